@@ -1,0 +1,66 @@
+"""Authorization server application factory.
+
+Run alone with `uvicorn --factory authserver.app:create_app` (settings from MOCKEHR_AUTH_*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from authserver.deps import RuntimeDep
+from authserver.settings import AuthSettings
+from common.clock import Clock, system_clock
+from common.health import Check, health_router
+from common.middleware import SecurityHeadersMiddleware
+from common.runtime import open_runtime
+from common.web import jwks_response
+from common.settings import load_settings
+
+
+def metadata(settings: AuthSettings) -> dict[str, Any]:
+    """RFC 8414 authorization server metadata: only what this server really offers today."""
+    base = settings.base_url
+    return {
+        "issuer": base,
+        "jwks_uri": f"{base}/jwks",
+        "response_types_supported": [],
+        "grant_types_supported": [],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES384", "RS384"],
+    }
+
+
+def create_app(settings: AuthSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+    settings = settings or load_settings(AuthSettings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings, signing=True, clock=clock) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(title="mockehr authorization server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
+
+    def checks() -> Mapping[str, Check]:
+        runtime = app.state.runtime
+        return {"database": runtime.check_db, "keys": runtime.check_keys}
+
+    app.include_router(health_router(checks))
+
+    @app.get("/jwks")
+    @app.get("/.well-known/jwks.json")
+    async def jwks(runtime: RuntimeDep) -> JSONResponse:
+        return await jwks_response(runtime.keys)
+
+    @app.get("/.well-known/oauth-authorization-server")
+    async def oauth_metadata() -> JSONResponse:
+        return JSONResponse(metadata(settings), headers={"Cache-Control": "public, max-age=300"})
+
+    return app

@@ -1,0 +1,114 @@
+"""Async database plumbing (SQLAlchemy 2): engine factory, naming convention, declarative base.
+
+SQLite (aiosqlite) is the embedded default; PostgreSQL goes through asyncpg. Alembic owns the
+schema: nothing here creates tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from common.errors import ConfigError
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every table of the stack (one metadata, one migration history)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def parse_database_url(raw: str) -> URL:
+    """Parse and normalise a database URL onto an async driver, or raise a one-line ConfigError."""
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"cannot parse database URL {redact_url(raw)!r}") from None
+    driver = _DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ConfigError(
+            f"unsupported database {url.drivername!r}: use sqlite:///PATH or postgresql://HOST/DB"
+        )
+    if driver.startswith("sqlite") and not url.database:
+        raise ConfigError("sqlite URL needs a file path (in-memory databases are not shared)")
+    return url.set(drivername=driver)
+
+
+def normalize_database_url(raw: str) -> str:
+    return parse_database_url(raw).render_as_string(hide_password=False)
+
+
+def redact_url(raw: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    try:
+        return make_url(raw).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable>"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Create the async engine. SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Round-trip to the database (used by /readyz and pre-flight checks)."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+@asynccontextmanager
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit on success, roll back on any exception."""
+    async with sessions() as session, session.begin():
+        yield session

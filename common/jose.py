@@ -1,0 +1,167 @@
+"""Signing and verifying JWTs over joserfc, with algorithms always pinned and claims always checked.
+
+Decoding a token is not validating it. `verify_jwt` names the algorithms, the expected `typ`,
+issuer(s), audience and clock every time (RFC 8725 §3.1 pinned algorithms, §3.8 issuer,
+§3.9 audience, §3.11 explicit typing). Only this module imports the JOSE library.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jwt import JWTClaimsRegistry
+
+from common.clock import Clock, system_clock
+from common.errors import TokenInvalidError
+from common.keys import ALGORITHMS, SigningKey
+
+ASYMMETRIC_ALGORITHMS: tuple[str, ...] = ALGORITHMS
+# Header members that would let a token choose its own verification key (RFC 8725 §3.10).
+_KEY_CHOOSING_HEADERS = frozenset({"jwk", "x5u", "x5c"})
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def sign_jwt(
+    claims: Mapping[str, Any],
+    key: SigningKey,
+    *,
+    typ: str,
+    extra_header: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign `claims` with `key`; the header always carries alg, kid and the explicit typ."""
+    header: dict[str, Any] = dict(extra_header or {})
+    header.update({"alg": key.alg, "kid": key.kid, "typ": typ})
+    return jwt.encode(header, dict(claims), key.key, algorithms=[key.alg])
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, for key selection only: never trust anything in it before verify_jwt."""
+    import base64
+
+    try:
+        head = token.split(".", 1)[0]
+        raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise TokenInvalidError("malformed JOSE header") from None
+    if not isinstance(header, dict):
+        raise TokenInvalidError("malformed JOSE header")
+    return header
+
+
+def _typ_matches(actual: object, expected: str) -> bool:
+    # RFC 7515 §4.1.9: media type compared case-insensitively, "application/" prefix optional.
+    if not isinstance(actual, str):
+        return False
+    norm = actual.lower().removeprefix("application/")
+    return norm == expected.lower().removeprefix("application/")
+
+
+def verify_jwt(
+    token: str,
+    keys: KeySet,
+    *,
+    algorithms: Collection[str],
+    typ: str,
+    issuer: str | Collection[str],
+    audience: str | None,
+    clock: Clock = system_clock,
+    leeway: int = 30,
+    max_lifetime: int | None = None,
+    require: Collection[str] = ("exp", "iat", "jti"),
+    allowed_jku: Collection[str] = (),
+    check_audience: Callable[[object], bool] | None = None,
+) -> VerifiedToken:
+    """Verify signature and claims; raise TokenInvalidError (with a reason for logs) on any failure.
+
+    - `algorithms` must be a non-empty subset of the asymmetric algorithms; `none` and HMAC can
+      never be accepted, whatever the caller passes.
+    - `kid` is required and must name a key of `keys` (no trial of every key).
+    - `jwk`, `x5u` and `x5c` headers are refused; `jku` only if it is in `allowed_jku`.
+    - `aud` may be a string or an array; it must contain `audience` exactly (RFC 7519 §4.1.3).
+    - `exp` must not be past and, with `max_lifetime`, not further ahead than that;
+      `iat` not in the future; `nbf` respected; all within `leeway` seconds.
+    """
+    algs = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
+    if not algs or len(algs) != len(list(algorithms)):
+        raise ValueError("verify_jwt takes only asymmetric algorithms (ES384, RS384, ES256)")
+    if not isinstance(token, str) or token.count(".") != 2:
+        raise TokenInvalidError("not a compact JWS")
+    header = unverified_header(token)
+    if header.get("alg") not in algs:
+        raise TokenInvalidError(f"algorithm {header.get('alg')!r} not allowed")
+    if not _typ_matches(header.get("typ"), typ):
+        raise TokenInvalidError(f"typ {header.get('typ')!r} is not {typ!r}")
+    if _KEY_CHOOSING_HEADERS & header.keys():
+        raise TokenInvalidError("key-bearing header not allowed")
+    if "jku" in header and header["jku"] not in allowed_jku:
+        raise TokenInvalidError("jku not trusted")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise TokenInvalidError("kid missing")
+    try:
+        key = keys.get_by_kid(kid)
+    except (ValueError, KeyError, JoseError):
+        raise TokenInvalidError("unknown kid") from None
+    try:
+        decoded = jwt.decode(token, key, algorithms=algs)
+    except (JoseError, ValueError, TypeError):
+        raise TokenInvalidError("bad signature or payload") from None
+    claims = dict(decoded.claims)
+    now = int(clock())
+    issuers = [issuer] if isinstance(issuer, str) else list(issuer)
+    options: dict[str, Any] = {
+        "iss": {"essential": True, "values": issuers},
+        "exp": {"essential": "exp" in require},
+        "iat": {"essential": "iat" in require},
+        "jti": {"essential": "jti" in require},
+    }
+    if audience is not None:
+        options["aud"] = {"essential": True, "value": audience}
+    registry = JWTClaimsRegistry(now=now, leeway=leeway, **options)
+    try:
+        registry.validate(claims)
+    except JoseError as exc:
+        raise TokenInvalidError(f"claims: {exc.error}: {exc.description}") from None
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
+            raise TokenInvalidError(f"{name} is not a NumericDate")
+    if "jti" in require and (not isinstance(claims.get("jti"), str) or not claims["jti"]):
+        raise TokenInvalidError("jti missing")
+    if max_lifetime is not None and "exp" in claims and claims["exp"] > now + max_lifetime + leeway:
+        raise TokenInvalidError("exp too far in the future")
+    if check_audience is not None and not check_audience(claims.get("aud")):
+        raise TokenInvalidError("aud rejected")
+    return VerifiedToken(header=header, claims=claims)
+
+
+def import_public_jwks(data: object) -> KeySet:
+    """Import a JWK Set fetched from elsewhere, refusing any key that carries private members."""
+    from common.keys import PRIVATE_MEMBERS
+
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise TokenInvalidError("not a JWK Set")
+    keys = [k for k in data["keys"] if isinstance(k, dict)]
+    if any(PRIVATE_MEMBERS & k.keys() for k in keys):
+        raise TokenInvalidError("JWK Set contains private key material")
+    usable = [k for k in keys if k.get("kty") in ("EC", "RSA") and isinstance(k.get("kid"), str)]
+    try:
+        return KeySet.import_key_set({"keys": usable})
+    except (JoseError, ValueError, TypeError):
+        raise TokenInvalidError("JWK Set has an invalid key") from None

@@ -1,0 +1,1 @@
+"""The EHR: CDS Hooks client, service registry, demo UI and SMART launcher."""

@@ -1,0 +1,1 @@
+"""FHIR R4 resource server of the mockehr stack."""

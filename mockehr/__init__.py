@@ -1,0 +1,1 @@
+"""The mockehr command line."""

@@ -1,0 +1,3 @@
+from mockehr.cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""The `mockehr` command line (typer + rich).
+
+A contract: scripts and CI jobs depend on these commands and flags (DESIGN.md "The command line").
+Every subcommand takes --data-dir (env MOCKEHR_DATA_DIR); listings take --json. Errors are one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.errors import ConfigError, MockEhrError
+from mockehr.settings import CliSettings
+from mockehr.stack import SIGNING_SERVICES, Stack
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="The trusted EHR side of CDS Hooks and SMART on FHIR.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
+ca_app = typer.Typer(no_args_is_help=True, help="The development certificate authority.")
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(ca_app, name="ca")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory [env MOCKEHR_DATA_DIR; default ./.mockehr]")]
+Db = Annotated[str | None, typer.Option("--db", help="Database URL [env MOCKEHR_DATABASE_URL; default SQLite in the data dir]")]
+Redis = Annotated[str | None, typer.Option("--redis", help="Redis URL [env MOCKEHR_REDIS_URL]")]
+BasePort = Annotated[int | None, typer.Option("--base-port", help="First of four ports [env MOCKEHR_BASE_PORT; default 9000]")]
+Host = Annotated[str | None, typer.Option("--host", help="Interface to listen on [env MOCKEHR_HOST; default 127.0.0.1]")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+Patients = Annotated[int, typer.Option("--patients", min=1, max=100000, help="Synthetic patients to seed")]
+
+T = TypeVar("T")
+
+
+def _stack(data_dir: Path | None = None, db: str | None = None, redis: str | None = None, base_port: int | None = None, host: str | None = None) -> Stack:
+    try:
+        cfg = CliSettings()
+    except ValueError as exc:
+        raise ConfigError(f"invalid MOCKEHR_* environment: {str(exc).splitlines()[0]}") from None
+    return Stack(
+        data_dir=data_dir or cfg.data_dir,
+        host=host or cfg.host,
+        base_port=base_port or cfg.base_port,
+        database_url=db or cfg.database_url,
+        redis_url=redis or cfg.redis_url,
+    )
+
+
+def _run(fn: Callable[[], T]) -> T:
+    """Run a command body, turning our errors into one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except MockEhrError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+async def _with_sessions(stack: Stack, body: Callable[[Any], Any]) -> Any:
+    from common.db import make_engine, make_sessionmaker
+
+    engine = make_engine(stack.db_url)
+    try:
+        return await body(make_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+# --- up / init ---------------------------------------------------------------------------------
+
+
+@app.command()
+def init(data_dir: DataDir = None, db: Db = None, redis: Redis = None, patients: Patients = 30, seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1) -> None:
+    """Create the CA, certificates, secrets, schema, keys and demo data (what compose's init runs)."""
+
+    def body() -> None:
+        from mockehr import setup
+
+        stack = _stack(data_dir, db, redis)
+        setup.check(stack, ports=False)
+        report = setup.prepare(stack, patients=patients, seed_value=seed)
+        out.print(f"initialised {stack.data_dir} ({'seeded' if report.seeded_now else 'data kept'})")
+
+    _run(body)
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    base_port: BasePort = None,
+    db: Db = None,
+    redis: Redis = None,
+    host: Host = None,
+    patients: Patients = 30,
+) -> None:
+    """Start the whole stack over HTTPS and keep it running until Ctrl-C or SIGTERM."""
+    from mockehr import setup, supervisor
+    from mockehr.summary import print_summary
+
+    stack = _run(lambda: _stack(data_dir, db, redis, base_port, host))
+    started = time.monotonic()
+    report = _run(lambda: (setup.check(stack, ports=True), setup.prepare(stack, patients=patients))[1])
+    running = supervisor.start(stack)
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _run(lambda: supervisor.wait_ready(stack, running))
+        print_summary(out, stack, report.users, time.monotonic() - started)
+        while True:
+            for r in running:
+                if r.process.poll() is not None:
+                    err.print(f"[red]error:[/red] {r.name} exited with code {r.process.returncode}; see {r.log_path}")
+                    raise typer.Exit(1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        out.print("stopping…")
+    finally:
+        supervisor.stop(running)
+    out.print("stopped")
+
+
+# --- db, seed, load ----------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None, db: Db = None) -> None:
+    """Apply the migrations (alembic upgrade head)."""
+
+    def body() -> None:
+        from mockehr import migrate, preflight
+
+        stack = _stack(data_dir, db)
+        preflight.check_data_dir(stack.data_dir)
+        asyncio.run(preflight.check_database(stack.db_url))
+        migrate.upgrade(stack.db_url)
+        out.print(f"schema at {migrate.head_revision()}")
+
+    _run(body)
+
+
+@app.command()
+def seed(data_dir: DataDir = None, db: Db = None, patients: Patients = 30, seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1) -> None:
+    """Load the deterministic synthetic data set and its demo logins (idempotent)."""
+
+    def body() -> None:
+        from mockehr.demo import seed as do_seed
+
+        stack = _stack(data_dir, db)
+        users = asyncio.run(_with_sessions(stack, lambda s: do_seed(s, stack.data_dir, patients=patients, seed_value=seed)))
+        out.print(f"seeded {patients} patients, {len(users)} practitioners")
+
+    _run(body)
+
+
+@app.command()
+def load(files: Annotated[list[Path], typer.Argument(help="FHIR transaction Bundles (JSON)")], data_dir: DataDir = None, db: Db = None, json_out: Json = False) -> None:
+    """Import FHIR transaction Bundles, each all-or-nothing (load referenced bundles first)."""
+    from mockehr.loader import load_files
+
+    stack = _run(lambda: _stack(data_dir, db))
+    results = _run(lambda: asyncio.run(_with_sessions(stack, lambda s: load_files(s, files))))
+    if json_out:
+        out.print_json(json.dumps([r.as_json() for r in results]))
+    else:
+        for r in results:
+            style = "green" if r.ok else "red"
+            out.print(f"[{style}]{'ok' if r.ok else 'failed'}[/{style}] {r.path}: {r.message}", highlight=False)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False) -> None:
+    """List signing keys with their status (active, retiring until a time, retired)."""
+    from common.keys import list_keys
+
+    stack = _run(lambda: _stack(data_dir, db))
+    rows = _run(lambda: asyncio.run(_with_sessions(stack, list_keys)))
+    items = [
+        {"service": r.service, "kid": r.kid, "alg": r.alg, "status": r.status, "created_at": r.created_at, "publish_until": r.publish_until}
+        for r in rows
+    ]
+    if json_out:
+        out.print_json(json.dumps(items))
+        return
+    table = Table("service", "kid", "alg", "status", "published until")
+    for i in items:
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i["publish_until"])) + "Z" if i["publish_until"] else ""
+        table.add_row(str(i["service"]), str(i["kid"]), str(i["alg"]), str(i["status"]), until)
+    out.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SIGNING_SERVICES)}")],
+    data_dir: DataDir = None,
+    db: Db = None,
+    alg: Annotated[str, typer.Option(help="ES384, RS384 or ES256")] = "ES384",
+    overlap: Annotated[int, typer.Option(help="Seconds the old key stays published (≥ the longest token lifetime + leeway)")] = 330,
+) -> None:
+    """Make a new signing key active; the old one stays published for --overlap seconds."""
+
+    def body() -> None:
+        from common.crypto import decode_kek
+        from common.keys import ALGORITHMS, rotate
+        from common.secrets_file import read_or_create_secret
+
+        if service not in SIGNING_SERVICES:
+            raise ConfigError(f"unknown service {service!r}: one of {', '.join(SIGNING_SERVICES)}")
+        if alg not in ALGORITHMS:
+            raise ConfigError(f"unsupported algorithm {alg!r}: one of {', '.join(ALGORITHMS)}")
+        if overlap < 0:
+            raise ConfigError("--overlap must be ≥ 0")
+        stack = _stack(data_dir, db)
+        kek = decode_kek(read_or_create_secret(stack.data_dir / "kek"))
+        new, old = asyncio.run(_with_sessions(stack, lambda s: rotate(s, service, alg, kek, int(time.time()), overlap)))  # type: ignore[arg-type]
+        out.print(f"{service}: new key {new} active" + (f"; {old} published for {overlap} s more" if old else ""))
+
+    _run(body)
+
+
+# --- ca ----------------------------------------------------------------------------------------
+
+
+@ca_app.command("issue")
+def ca_issue(
+    hosts: Annotated[list[str], typer.Argument(help="Host names and IP addresses (SANs)")],
+    data_dir: DataDir = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write HOST.pem and HOST-key.pem")] = Path("."),
+) -> None:
+    """Issue a certificate signed by the dev CA, e.g. for your own CDS Service on localhost."""
+
+    def body() -> None:
+        from common.tls import CertPaths, issue_certificate
+
+        stack = _stack(data_dir)
+        paths = CertPaths(cert=out_dir / f"{hosts[0]}.pem", key=out_dir / f"{hosts[0]}-key.pem")
+        issue_certificate(stack.data_dir, hosts, paths)
+        out.print(f"certificate {paths.cert}\nkey         {paths.key} (mode 0600)\nCA          {(stack.data_dir / 'ca.pem').resolve()}")
+
+    _run(body)
+
+
+@ca_app.command("path")
+def ca_path(data_dir: DataDir = None) -> None:
+    """Print the path of the dev CA certificate (creating the CA if needed)."""
+
+    def body() -> None:
+        from common.tls import ensure_ca
+
+        stack = _stack(data_dir)
+        out.print(str(ensure_ca(stack.data_dir).cert.resolve()), highlight=False, soft_wrap=True)
+
+    _run(body)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

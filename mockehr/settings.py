@@ -1,0 +1,18 @@
+"""Settings of the `mockehr` command line (env prefix MOCKEHR_); flags override them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CliSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOCKEHR_", extra="ignore")
+
+    data_dir: Path = Path(".mockehr")
+    database_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    base_port: int = Field(default=9000, ge=1, le=65532)

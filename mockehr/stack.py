@@ -1,0 +1,91 @@
+"""The stack's topology: which services run where, and the settings each receives.
+
+One place computes every URL and environment variable, so `mockehr up`, `mockehr init`, the e2e
+tests and docker-compose agree on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.db import normalize_database_url
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # also the name its signing keys are stored under
+    factory: str  # module:function for `uvicorn --factory`
+    env_prefix: str
+    port_offset: int
+    path: str = ""  # the path users point at (e.g. /fhir)
+    signs: bool = False
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("authserver", "authserver.app:create_app", "MOCKEHR_AUTH_", 1, signs=True),
+    ServiceSpec("fhirserver", "fhirserver.app:create_app", "MOCKEHR_FHIR_", 2, "/fhir"),
+    ServiceSpec("ehr", "ehr.app:create_app", "MOCKEHR_EHR_", 0, signs=True),
+    ServiceSpec("cds-example", "examples.cds_service.app:create_app", "MOCKEHR_CDS_", 3, "/cds-services"),
+)
+SIGNING_SERVICES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.signs)
+
+
+def spec(name: str) -> ServiceSpec:
+    for service in SERVICES:
+        if service.name == name:
+            return service
+    raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Stack:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    base_port: int = 9000
+    database_url: str | None = None
+    redis_url: str | None = None
+    public_host: str = "localhost"
+
+    @property
+    def db_url(self) -> str:
+        raw = self.database_url or f"sqlite:///{(self.data_dir / 'mockehr.db').resolve()}"
+        return normalize_database_url(raw)
+
+    def port(self, name: str) -> int:
+        return self.base_port + spec(name).port_offset
+
+    def base_url(self, name: str) -> str:
+        return f"https://{self.public_host}:{self.port(name)}"
+
+    def url(self, name: str) -> str:
+        """What a user points at: the base URL plus the service's path (e.g. the FHIR base)."""
+        return self.base_url(name) + spec(name).path
+
+    def env(self, name: str) -> dict[str, str]:
+        """The MOCKEHR_<SVC>_* variables that configure service `name` in this stack."""
+        service = spec(name)
+        data = self.data_dir.resolve()
+        values: dict[str, str] = {
+            "DATA_DIR": str(data),
+            "DATABASE_URL": self.db_url,
+            "HOST": self.host,
+            "PORT": str(self.port(name)),
+            "PUBLIC_URL": self.base_url(name),
+            "CA_FILE": str(data / "ca.pem"),
+            "TLS_CERT_FILE": str(data / "tls" / "server.pem"),
+            "TLS_KEY_FILE": str(data / "tls" / "server-key.pem"),
+        }
+        if self.redis_url:
+            values["REDIS_URL"] = self.redis_url
+        if name == "authserver":
+            values["FHIR_BASE_URL"] = self.url("fhirserver")
+        elif name == "fhirserver":
+            values["AUTHSERVER_URL"] = self.base_url("authserver")
+        elif name == "ehr":
+            values["AUTHSERVER_URL"] = self.base_url("authserver")
+            values["FHIR_BASE_URL"] = self.url("fhirserver")
+        elif name == "cds-example":
+            values["EHR_ISSUER"] = self.base_url("ehr")
+            values["EHR_JWKS_URL"] = self.base_url("ehr") + "/.well-known/jwks.json"
+        return {service.env_prefix + k: v for k, v in values.items()}

@@ -1,0 +1,112 @@
+"""Running the stack's services as separate uvicorn processes, and stopping them cleanly.
+
+Each service runs exactly as compose runs it: `python -m uvicorn --factory <module>:create_app`
+with its settings in MOCKEHR_<SVC>_* variables. Output goes to `<data_dir>/logs/<service>.log`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from common.errors import ConfigError
+from common.tls import client_ssl_context
+from mockehr.stack import SERVICES, Stack, spec
+
+
+@dataclass
+class Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes] = field(repr=False)
+
+
+def _command(stack: Stack, name: str) -> list[str]:
+    data = stack.data_dir.resolve()
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        spec(name).factory,
+        "--host",
+        stack.host,
+        "--port",
+        str(stack.port(name)),
+        "--ssl-certfile",
+        str(data / "tls" / "server.pem"),
+        "--ssl-keyfile",
+        str(data / "tls" / "server-key.pem"),
+        "--no-server-header",
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
+
+
+def start(stack: Stack, names: Iterable[str] | None = None) -> list[Running]:
+    logs = stack.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running: list[Running] = []
+    for name in names or [s.name for s in SERVICES]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKEHR_")}
+        env.update(stack.env(name))
+        log_path = logs / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            _command(stack, name), env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        running.append(Running(name, process, log_path, log_file))
+    return running
+
+
+def wait_ready(stack: Stack, running: list[Running], timeout: float = 60.0) -> None:
+    """Poll every service's /readyz over TLS verified against the stack's CA."""
+    deadline = time.monotonic() + timeout
+    pending = {r.name: r for r in running}
+    with httpx.Client(verify=client_ssl_context(stack.data_dir / "ca.pem"), timeout=2.0, trust_env=False) as client:
+        while pending:
+            for name, r in list(pending.items()):
+                if r.process.poll() is not None:
+                    raise ConfigError(f"{name} exited with code {r.process.returncode}; see {r.log_path}:\n{tail(r.log_path)}")
+                try:
+                    response = client.get(f"{stack.base_url(name)}/readyz")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(sorted(pending))
+                raise ConfigError(f"not ready after {timeout:.0f} s: {names} (logs in {stack.data_dir / 'logs'})")
+            if pending:
+                time.sleep(0.1)
+
+
+def stop(running: list[Running], timeout: float = 10.0) -> None:
+    for r in running:
+        if r.process.poll() is None:
+            r.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for r in running:
+        try:
+            r.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            r.process.kill()
+            r.process.wait()
+        r.log_file.close()
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
