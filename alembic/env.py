@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import os
 
-from alembic import context
 from sqlalchemy.engine import Connection
 
 import authserver.models  # noqa: F401  (registers tables on the shared metadata)
 import fhirserver.models  # noqa: F401
+from alembic import context
 from common.db import Base, make_engine, normalize_database_url
 from common.keys import SigningKeyRow  # noqa: F401
 

@@ -18,8 +18,8 @@ from common.clock import Clock, system_clock
 from common.health import Check, health_router
 from common.middleware import SecurityHeadersMiddleware
 from common.runtime import open_runtime
-from common.web import jwks_response
 from common.settings import load_settings
+from common.web import jwks_response
 
 
 def metadata(settings: AuthSettings) -> dict[str, Any]:

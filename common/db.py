@@ -50,9 +50,7 @@ def parse_database_url(raw: str) -> URL:
         raise ConfigError(f"cannot parse database URL {redact_url(raw)!r}") from None
     driver = _DRIVERS.get(url.drivername)
     if driver is None:
-        raise ConfigError(
-            f"unsupported database {url.drivername!r}: use sqlite:///PATH or postgresql://HOST/DB"
-        )
+        raise ConfigError(f"unsupported database {url.drivername!r}: use sqlite:///PATH or postgresql://HOST/DB")
     if driver.startswith("sqlite") and not url.database:
         raise ConfigError("sqlite URL needs a file path (in-memory databases are not shared)")
     return url.set(drivername=driver)

@@ -190,9 +190,7 @@ async def retire_expired(sessions: async_sessionmaker[AsyncSession], now: int) -
 
 async def list_keys(sessions: async_sessionmaker[AsyncSession]) -> list[SigningKeyRow]:
     async with sessions() as session:
-        result = await session.execute(
-            select(SigningKeyRow).order_by(SigningKeyRow.service, SigningKeyRow.created_at)
-        )
+        result = await session.execute(select(SigningKeyRow).order_by(SigningKeyRow.service, SigningKeyRow.created_at))
         return list(result.scalars())
 
 
@@ -250,9 +248,7 @@ class KeyStore:
         now = int(self._clock())
         async with self._sessions() as session:
             result = await session.execute(
-                select(SigningKeyRow).where(
-                    SigningKeyRow.service == self._service, SigningKeyRow.status != RETIRED
-                )
+                select(SigningKeyRow).where(SigningKeyRow.service == self._service, SigningKeyRow.status != RETIRED)
             )
             rows = list(result.scalars())
         if any(r.status == RETIRING and (r.publish_until or 0) <= now for r in rows):
@@ -268,7 +264,8 @@ class KeyStore:
 
     async def signer(self) -> SigningKey:
         await self._maybe_refresh()
-        assert self._signer is not None
+        if self._signer is None:
+            raise KeyNotFoundError(f"no active signing key for {self._service}")
         return self._signer
 
     async def jwks(self) -> dict[str, list[dict[str, Any]]]:

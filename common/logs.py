@@ -84,9 +84,7 @@ def configure_logging(level: str, service: str) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_mockehr", False) for h in root.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
         handler._mockehr = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from common.clock import Clock, system_clock
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 class ReplayStore(Protocol):
@@ -44,10 +47,7 @@ class MemoryReplayStore:
 
 
 class RedisReplayStore:
-    def __init__(self, redis: object, prefix: str, clock: Clock = system_clock) -> None:
-        from redis.asyncio import Redis
-
-        assert isinstance(redis, Redis)
+    def __init__(self, redis: Redis, prefix: str, clock: Clock = system_clock) -> None:
         self._redis = redis
         self._prefix = prefix
         self._clock = clock

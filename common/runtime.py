@@ -51,9 +51,7 @@ async def open_runtime(
     try:
         if signing:
             kek = settings.kek()
-            await ensure_active_key(
-                sessions, settings.service_name, settings.signing_alg, kek, int(clock())
-            )
+            await ensure_active_key(sessions, settings.service_name, settings.signing_alg, kek, int(clock()))
             keys = KeyStore(
                 sessions,
                 settings.service_name,

@@ -23,7 +23,6 @@ SigningAlg = Literal["ES384", "RS384", "ES256"]
 DEFAULT_DATA_DIR = Path(".mockehr")
 
 
-
 class ServiceSettings(BaseSettings):
     """What every service needs: where it listens, its public URL, its DB, TLS and secrets."""
 

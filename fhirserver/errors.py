@@ -25,9 +25,7 @@ class FhirError(Exception):
     status: int = 400
 
     def __init__(self, issues: Sequence[Issue] | str, *, status: int | None = None) -> None:
-        self.issues: tuple[Issue, ...] = (
-            (Issue(issues),) if isinstance(issues, str) else tuple(issues)
-        )
+        self.issues: tuple[Issue, ...] = (Issue(issues),) if isinstance(issues, str) else tuple(issues)
         if status is not None:
             self.status = status
         super().__init__("; ".join(i.diagnostics for i in self.issues))

@@ -50,7 +50,12 @@ async def resolve_criteria(session: AsyncSession, rtype: str, query: str) -> set
     for name, value in params:
         if name not in SUPPORTED_CRITERIA:
             raise FhirError(
-                [Issue(f"conditional criteria parameter {name!r} is not supported (use identifier or _id)", code="not-supported")]
+                [
+                    Issue(
+                        f"conditional criteria parameter {name!r} is not supported (use identifier or _id)",
+                        code="not-supported",
+                    )
+                ]
             )
         if name == "_id":
             found = {value} if await storage.exists(session, rtype, value) else set()
@@ -87,36 +92,71 @@ async def _plan(session: AsyncSession, index: int, raw: Any) -> _Entry:
     request = raw["request"]
     method, url = request.get("method"), str(request.get("url") or "")
     if method not in _ORDER:
-        raise FhirError([Issue(f"request.method {method!r} is not supported in a transaction", code="not-supported", expression=(f"{where}.request.method",))])
+        raise FhirError(
+            [
+                Issue(
+                    f"request.method {method!r} is not supported in a transaction",
+                    code="not-supported",
+                    expression=(f"{where}.request.method",),
+                )
+            ]
+        )
     path, _, query = url.partition("?")
     parts = path.strip("/").split("/")
     rtype = parts[0]
     resource = raw.get("resource")
     if method in ("POST", "PUT"):
         if not isinstance(resource, dict) or resource.get("resourceType") != rtype:
-            raise InvalidResourceError([Issue(f"entry.resource must be a {rtype or 'resource'} matching request.url", expression=(f"{where}.resource",))])
+            raise InvalidResourceError(
+                [
+                    Issue(
+                        f"entry.resource must be a {rtype or 'resource'} matching request.url",
+                        expression=(f"{where}.resource",),
+                    )
+                ]
+            )
         resource = dict(resource)
     entry = _Entry(index=index, method=method, rtype=rtype, resource=resource)
     if method == "POST":
         if len(parts) != 1 or query:
-            raise InvalidResourceError([Issue("POST url must be a resource type", expression=(f"{where}.request.url",))])
+            raise InvalidResourceError(
+                [Issue("POST url must be a resource type", expression=(f"{where}.request.url",))]
+            )
         criteria = request.get("ifNoneExist")
         found = await resolve_criteria(session, rtype, str(criteria)) if criteria else set()
         if len(found) > 1:
-            raise PreconditionFailedError([Issue(f"ifNoneExist matched {len(found)} resources", code="multiple-matches", expression=(f"{where}.request.ifNoneExist",))])
+            raise PreconditionFailedError(
+                [
+                    Issue(
+                        f"ifNoneExist matched {len(found)} resources",
+                        code="multiple-matches",
+                        expression=(f"{where}.request.ifNoneExist",),
+                    )
+                ]
+            )
         entry.existing = bool(found)
         entry.rid = found.pop() if found else storage.new_id()
     elif method == "PUT" and query:
         found = await resolve_criteria(session, rtype, query)
         if len(found) > 1:
-            raise PreconditionFailedError([Issue(f"conditional update matched {len(found)} resources", code="multiple-matches", expression=(f"{where}.request.url",))])
+            raise PreconditionFailedError(
+                [
+                    Issue(
+                        f"conditional update matched {len(found)} resources",
+                        code="multiple-matches",
+                        expression=(f"{where}.request.url",),
+                    )
+                ]
+            )
         entry.rid = found.pop() if found else str((resource or {}).get("id") or storage.new_id())
     else:
         if len(parts) != 2 or not parts[1]:
             raise InvalidResourceError([Issue(f"{method} url must be Type/id", expression=(f"{where}.request.url",))])
         entry.rid = parts[1]
         if method == "PUT" and resource is not None and resource.get("id") not in (None, entry.rid):
-            raise InvalidResourceError([Issue("resource.id does not match request.url", expression=(f"{where}.resource.id",))])
+            raise InvalidResourceError(
+                [Issue("resource.id does not match request.url", expression=(f"{where}.resource.id",))]
+            )
     if entry.resource is not None:
         entry.resource["id"] = entry.rid
     return entry
@@ -149,7 +189,13 @@ async def _resolve_reference(
             found = await resolve_criteria(session, rtype, query)
             if len(found) != 1:
                 raise PreconditionFailedError(
-                    [Issue(f"conditional reference {value} matched {len(found)} resources (needs exactly 1)", code="not-found" if not found else "multiple-matches", expression=(where,))]
+                    [
+                        Issue(
+                            f"conditional reference {value} matched {len(found)} resources (needs exactly 1)",
+                            code="not-found" if not found else "multiple-matches",
+                            expression=(where,),
+                        )
+                    ]
                 )
             cache[value] = f"{rtype}/{found.pop()}"
         return cache[value]
@@ -186,15 +232,25 @@ async def _apply(session: AsyncSession, entry: _Entry, now: dt.datetime) -> None
         deleted = await storage.delete(session, entry.rtype, entry.rid, now=now)
         entry.response = {"status": "204 No Content" if deleted else "404 Not Found"}
         if not deleted:
-            raise NotFoundError([Issue(f"{entry.rtype}/{entry.rid} not found", code="not-found", expression=(_where(entry.index),))])
+            raise NotFoundError(
+                [Issue(f"{entry.rtype}/{entry.rid} not found", code="not-found", expression=(_where(entry.index),))]
+            )
         return
     if entry.existing:
         row = await storage.read_current(session, entry.rtype, entry.rid)
-        assert row is not None
-        entry.response = {"status": "200 OK", "location": f"{entry.rtype}/{entry.rid}/_history/{row.version_id}", "etag": f'W/"{row.version_id}"'}
+        if row is None:  # matched a moment ago in this same transaction
+            raise NotFoundError(f"{entry.rtype}/{entry.rid} vanished during the transaction")
+        entry.response = {
+            "status": "200 OK",
+            "location": f"{entry.rtype}/{entry.rid}/_history/{row.version_id}",
+            "etag": f'W/"{row.version_id}"',
+        }
         return
-    assert entry.resource is not None
-    stored, created = await storage.write(session, entry.resource, method=entry.method, now=now)
+    if entry.resource is None:
+        raise InvalidResourceError(f"{_where(entry.index)}: a resource is required")
+    stored, created = await storage.write(
+        session, entry.resource, method=entry.method, now=now, is_new=entry.method == "POST"
+    )
     version = stored["meta"]["versionId"]
     entry.response = {
         "status": "201 Created" if created else "200 OK",

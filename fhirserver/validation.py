@@ -27,7 +27,17 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
         {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order", "instance-order", "option"}
     ),
     ("Encounter", "status"): frozenset(
-        {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "entered-in-error", "unknown"}
+        {
+            "planned",
+            "arrived",
+            "triaged",
+            "in-progress",
+            "onleave",
+            "finished",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
     ),
     ("AllergyIntolerance", "criticality"): frozenset({"low", "high", "unable-to-assess"}),
     ("CareTeam", "status"): frozenset({"proposed", "active", "suspended", "inactive", "entered-in-error"}),
@@ -54,13 +64,20 @@ def _loc(loc: tuple[Any, ...], resource_type: str) -> str:
 def validate_resource(resource: Any, *, where: str = "") -> None:
     """Raise InvalidResourceError / UnsupportedTypeError with expression paths, or return."""
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-        raise InvalidResourceError([Issue(f"{where}resource must be a JSON object with resourceType", code="structure")])
+        raise InvalidResourceError(
+            [Issue(f"{where}resource must be a JSON object with resourceType", code="structure")]
+        )
     rtype = resource["resourceType"]
     model = _model(rtype)
     # A Bundle or OperationOutcome inside a transaction entry is not something we store.
     if model is None or (where and rtype in {"Bundle", "OperationOutcome"}):
         raise UnsupportedTypeError(
-            [Issue(f"{where}resource type {rtype!r} is not supported by this server (FHIR R4 via R4B models)", code="not-supported")]
+            [
+                Issue(
+                    f"{where}resource type {rtype!r} is not supported by this server (FHIR R4 via R4B models)",
+                    code="not-supported",
+                )
+            ]
         )
     from pydantic import ValidationError
 

@@ -25,7 +25,9 @@ from common.errors import ConfigError, MockEhrError
 from mockehr.settings import CliSettings
 from mockehr.stack import SIGNING_SERVICES, Stack
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="The trusted EHR side of CDS Hooks and SMART on FHIR.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="The trusted EHR side of CDS Hooks and SMART on FHIR."
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
 ca_app = typer.Typer(no_args_is_help=True, help="The development certificate authority.")
@@ -36,18 +38,32 @@ app.add_typer(ca_app, name="ca")
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory [env MOCKEHR_DATA_DIR; default ./.mockehr]")]
-Db = Annotated[str | None, typer.Option("--db", help="Database URL [env MOCKEHR_DATABASE_URL; default SQLite in the data dir]")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory [env MOCKEHR_DATA_DIR; default ./.mockehr]")
+]
+Db = Annotated[
+    str | None, typer.Option("--db", help="Database URL [env MOCKEHR_DATABASE_URL; default SQLite in the data dir]")
+]
 Redis = Annotated[str | None, typer.Option("--redis", help="Redis URL [env MOCKEHR_REDIS_URL]")]
-BasePort = Annotated[int | None, typer.Option("--base-port", help="First of four ports [env MOCKEHR_BASE_PORT; default 9000]")]
-Host = Annotated[str | None, typer.Option("--host", help="Interface to listen on [env MOCKEHR_HOST; default 127.0.0.1]")]
+BasePort = Annotated[
+    int | None, typer.Option("--base-port", help="First of four ports [env MOCKEHR_BASE_PORT; default 9000]")
+]
+Host = Annotated[
+    str | None, typer.Option("--host", help="Interface to listen on [env MOCKEHR_HOST; default 127.0.0.1]")
+]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 Patients = Annotated[int, typer.Option("--patients", min=1, max=100000, help="Synthetic patients to seed")]
 
 T = TypeVar("T")
 
 
-def _stack(data_dir: Path | None = None, db: str | None = None, redis: str | None = None, base_port: int | None = None, host: str | None = None) -> Stack:
+def _stack(
+    data_dir: Path | None = None,
+    db: str | None = None,
+    redis: str | None = None,
+    base_port: int | None = None,
+    host: str | None = None,
+) -> Stack:
     try:
         cfg = CliSettings()
     except ValueError as exc:
@@ -84,7 +100,13 @@ async def _with_sessions(stack: Stack, body: Callable[[Any], Any]) -> Any:
 
 
 @app.command()
-def init(data_dir: DataDir = None, db: Db = None, redis: Redis = None, patients: Patients = 30, seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1) -> None:
+def init(
+    data_dir: DataDir = None,
+    db: Db = None,
+    redis: Redis = None,
+    patients: Patients = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1,
+) -> None:
     """Create the CA, certificates, secrets, schema, keys and demo data (what compose's init runs)."""
 
     def body() -> None:
@@ -113,7 +135,12 @@ def up(
 
     stack = _run(lambda: _stack(data_dir, db, redis, base_port, host))
     started = time.monotonic()
-    report = _run(lambda: (setup.check(stack, ports=True), setup.prepare(stack, patients=patients))[1])
+
+    def prepare() -> setup.SetupReport:
+        setup.check(stack, ports=True)
+        return setup.prepare(stack, patients=patients)
+
+    report = _run(prepare)
     running = supervisor.start(stack)
     stopping = False
 
@@ -159,21 +186,33 @@ def db_upgrade(data_dir: DataDir = None, db: Db = None) -> None:
 
 
 @app.command()
-def seed(data_dir: DataDir = None, db: Db = None, patients: Patients = 30, seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1) -> None:
+def seed(
+    data_dir: DataDir = None,
+    db: Db = None,
+    patients: Patients = 30,
+    seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1,
+) -> None:
     """Load the deterministic synthetic data set and its demo logins (idempotent)."""
 
     def body() -> None:
         from mockehr.demo import seed as do_seed
 
         stack = _stack(data_dir, db)
-        users = asyncio.run(_with_sessions(stack, lambda s: do_seed(s, stack.data_dir, patients=patients, seed_value=seed)))
+        users = asyncio.run(
+            _with_sessions(stack, lambda s: do_seed(s, stack.data_dir, patients=patients, seed_value=seed))
+        )
         out.print(f"seeded {patients} patients, {len(users)} practitioners")
 
     _run(body)
 
 
 @app.command()
-def load(files: Annotated[list[Path], typer.Argument(help="FHIR transaction Bundles (JSON)")], data_dir: DataDir = None, db: Db = None, json_out: Json = False) -> None:
+def load(
+    files: Annotated[list[Path], typer.Argument(help="FHIR transaction Bundles (JSON)")],
+    data_dir: DataDir = None,
+    db: Db = None,
+    json_out: Json = False,
+) -> None:
     """Import FHIR transaction Bundles, each all-or-nothing (load referenced bundles first)."""
     from mockehr.loader import load_files
 
@@ -200,7 +239,14 @@ def keys_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False) -
     stack = _run(lambda: _stack(data_dir, db))
     rows = _run(lambda: asyncio.run(_with_sessions(stack, list_keys)))
     items = [
-        {"service": r.service, "kid": r.kid, "alg": r.alg, "status": r.status, "created_at": r.created_at, "publish_until": r.publish_until}
+        {
+            "service": r.service,
+            "kid": r.kid,
+            "alg": r.alg,
+            "status": r.status,
+            "created_at": r.created_at,
+            "publish_until": r.publish_until,
+        }
         for r in rows
     ]
     if json_out:
@@ -219,7 +265,9 @@ def keys_rotate(
     data_dir: DataDir = None,
     db: Db = None,
     alg: Annotated[str, typer.Option(help="ES384, RS384 or ES256")] = "ES384",
-    overlap: Annotated[int, typer.Option(help="Seconds the old key stays published (≥ the longest token lifetime + leeway)")] = 330,
+    overlap: Annotated[
+        int, typer.Option(help="Seconds the old key stays published (≥ the longest token lifetime + leeway)")
+    ] = 330,
 ) -> None:
     """Make a new signing key active; the old one stays published for --overlap seconds."""
 
@@ -236,7 +284,7 @@ def keys_rotate(
             raise ConfigError("--overlap must be ≥ 0")
         stack = _stack(data_dir, db)
         kek = decode_kek(read_or_create_secret(stack.data_dir / "kek"))
-        new, old = asyncio.run(_with_sessions(stack, lambda s: rotate(s, service, alg, kek, int(time.time()), overlap)))  # type: ignore[arg-type]
+        new, old = asyncio.run(_with_sessions(stack, lambda s: rotate(s, service, alg, kek, int(time.time()), overlap)))
         out.print(f"{service}: new key {new} active" + (f"; {old} published for {overlap} s more" if old else ""))
 
     _run(body)
@@ -259,7 +307,10 @@ def ca_issue(
         stack = _stack(data_dir)
         paths = CertPaths(cert=out_dir / f"{hosts[0]}.pem", key=out_dir / f"{hosts[0]}-key.pem")
         issue_certificate(stack.data_dir, hosts, paths)
-        out.print(f"certificate {paths.cert}\nkey         {paths.key} (mode 0600)\nCA          {(stack.data_dir / 'ca.pem').resolve()}")
+        out.print(
+            f"certificate {paths.cert}\nkey         {paths.key} (mode 0600)\n"
+            f"CA          {(stack.data_dir / 'ca.pem').resolve()}"
+        )
 
     _run(body)
 

@@ -44,7 +44,15 @@ def _save_users(data_dir: Path, users: list[DemoUser]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(
-            {u.username: {"password": u.password, "fhirUser": u.fhir_user, "display": u.display, "patients": list(u.patients)} for u in users},
+            {
+                u.username: {
+                    "password": u.password,
+                    "fhirUser": u.fhir_user,
+                    "display": u.display,
+                    "patients": list(u.patients),
+                }
+                for u in users
+            },
             fh,
             indent=2,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections import Counter
@@ -24,21 +25,25 @@ class LoadResult:
     updated: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "ok": self.ok, "message": self.message, "created": self.created, "updated": self.updated}
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "message": self.message,
+            "created": self.created,
+            "updated": self.updated,
+        }
 
 
 async def load_file(sessions: async_sessionmaker[AsyncSession], path: Path) -> LoadResult:
     try:
-        bundle = json.loads(path.read_bytes())
+        bundle = json.loads(await asyncio.to_thread(path.read_bytes))
     except OSError as exc:
         return LoadResult(path, False, f"cannot read: {exc.strerror}")
     except ValueError:
         return LoadResult(path, False, "not valid JSON")
     try:
         async with sessions() as session, session.begin():
-            response = await process_transaction(
-                session, bundle, now=dt.datetime.now(dt.UTC), max_entries=100_000
-            )
+            response = await process_transaction(session, bundle, now=dt.datetime.now(dt.UTC), max_entries=100_000)
     except FhirError as exc:
         first = exc.issues[0]
         where = f" at {first.expression[0]}" if first.expression else ""
@@ -48,7 +53,8 @@ async def load_file(sessions: async_sessionmaker[AsyncSession], path: Path) -> L
     return LoadResult(
         path,
         True,
-        f"{len(response['entry'])} entries ({statuses.get('201', 0)} created, {statuses.get('200', 0)} updated or matched)",
+        f"{len(response['entry'])} entries ({statuses.get('201', 0)} created, "
+        f"{statuses.get('200', 0)} updated or matched)",
         created=statuses.get("201", 0),
         updated=statuses.get("200", 0),
     )

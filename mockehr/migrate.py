@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+
+from alembic import command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,4 +30,3 @@ def downgrade(database_url: str, revision: str) -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite:///unused.db")).get_current_head()
-

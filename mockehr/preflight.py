@@ -39,27 +39,28 @@ def check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-async def check_database(url: str, timeout: float = 5.0) -> None:
+async def check_database(url: str, limit: float = 5.0) -> None:
     parse_database_url(url)
     engine = make_engine(url)
     try:
-        await asyncio.wait_for(ping(engine), timeout)
+        await asyncio.wait_for(ping(engine), limit)
     except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "orig", None) or exc
+        detail = str(reason).splitlines()[0] if str(reason) else "timeout"
         raise ConfigError(
-            f"cannot connect to the database {redact_url(url)}: {type(reason).__name__}: {str(reason).splitlines()[0] if str(reason) else 'timeout'}"
+            f"cannot connect to the database {redact_url(url)}: {type(reason).__name__}: {detail}"
         ) from None
     finally:
         await engine.dispose()
 
 
-async def check_redis(url: str, timeout: float = 3.0) -> None:
+async def check_redis(url: str, limit: float = 3.0) -> None:
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
-    client = Redis.from_url(url, socket_connect_timeout=timeout)
+    client = Redis.from_url(url, socket_connect_timeout=limit)
     try:
-        await asyncio.wait_for(client.ping(), timeout)
+        await asyncio.wait_for(client.ping(), limit)
     except (RedisError, OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(f"cannot reach Redis at {redact_url(url)}: {type(exc).__name__}") from None
     finally:

@@ -73,6 +73,8 @@ class _Medication(NamedTuple):
     indications: frozenset[str]  # SNOMED problems this drug is prescribed for here
 
 
+# Tables read better one record per line.
+# fmt: off
 MEDICATIONS: Final[tuple[_Medication, ...]] = (
     _Medication("860975", "metformin hydrochloride 500 MG Oral Tablet",
                 "Take 1 tablet (500 mg) by mouth twice daily with meals", frozenset({DIABETES})),
@@ -87,6 +89,7 @@ MEDICATIONS: Final[tuple[_Medication, ...]] = (
                 "Take 1 tablet (5 mg) by mouth once daily in the evening; dose adjusted to INR",
                 frozenset({ISCHEMIC_HEART_DISEASE})),
 )
+# fmt: on
 
 
 class _Lab(NamedTuple):
@@ -101,6 +104,8 @@ class _Lab(NamedTuple):
     decimals: int
 
 
+# Tables read better one record per line.
+# fmt: off
 LABS: Final[tuple[_Lab, ...]] = (
     _Lab("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", 4.0, 5.6,
          (4.6, 5.6), (6.6, 9.8), frozenset({DIABETES}), 1),
@@ -113,6 +118,7 @@ LABS: Final[tuple[_Lab, ...]] = (
     _Lab("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", 3.5, 5.1,
          (3.6, 5.0), (3.6, 5.0), frozenset(), 1),
 )
+# fmt: on
 
 
 class _Allergen(NamedTuple):
@@ -135,15 +141,19 @@ _REACTIONS: Final[tuple[tuple[str, str, str], ...]] = (
 )
 
 # Practitioners come from a fixed list (not the RNG) so "dr.alvarez" exists for every seed.
+# fmt: off
 _DOCTORS: Final[tuple[tuple[str, str, str], ...]] = (
     ("Maria", "Alvarez", "female"), ("James", "Okafor", "male"), ("Priya", "Raman", "female"),
     ("Daniel", "Kowalski", "male"), ("Aiko", "Tanaka", "female"), ("Samuel", "Brennan", "male"),
     ("Leila", "Haddad", "female"), ("Victor", "Lindqvist", "male"), ("Grace", "Mensah", "female"),
-    ("Tomas", "Novak", "male"), ("Hannah", "Fischer", "female"), ("Omar", "Siddiqui", "male"),
+    ("Tomas", "Novak", "male"), ("Hannah", "Fischer", "female"), ("Omar", "Siddiqui", "male")
 )
+# fmt: on
+# Tables read better several records per line.
+# fmt: off
 _MALE_NAMES: Final[tuple[str, ...]] = (
-    "James", "Robert", "John", "Michael", "David", "William", "Richard", "Joseph", "Thomas", "Carlos",
-    "Luis", "Wei", "Ahmed", "Kevin", "Brian", "George", "Edward", "Anthony", "Mark", "Steven",
+    "James", "Robert", "John", "Michael", "David", "William", "Richard", "Joseph", "Thomas", "Carlos", "Luis",
+    "Wei", "Ahmed", "Kevin", "Brian", "George", "Edward", "Anthony", "Mark", "Steven",
 )
 _FEMALE_NAMES: Final[tuple[str, ...]] = (
     "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Barbara", "Susan", "Jessica", "Sarah", "Karen",
@@ -156,30 +166,37 @@ _FAMILY_NAMES: Final[tuple[str, ...]] = (
 )
 _STREETS: Final[tuple[str, ...]] = (
     "Maple Street", "Oak Avenue", "Cedar Lane", "Pine Road", "Elm Street", "Washington Avenue",
-    "Lake Drive", "Hillside Terrace", "Park Place", "River Road",
+    "Lake Drive", "Hillside Terrace", "Park Place", "River Road"
 )
 # (city, state, ZIP prefix, area code)
 _CITIES: Final[tuple[tuple[str, str, str, str], ...]] = (
     ("Springfield", "MA", "011", "413"), ("Worcester", "MA", "016", "508"), ("Lowell", "MA", "018", "978"),
-    ("Cambridge", "MA", "021", "617"), ("Quincy", "MA", "021", "617"), ("Providence", "RI", "029", "401"),
+    ("Cambridge", "MA", "021", "617"), ("Quincy", "MA", "021", "617"), ("Providence", "RI", "029", "401")
 )
+# fmt: on
 _CLINIC_NAME: Final[str] = "MockEHR Family Medicine Clinic"
 
 
 @dataclass(frozen=True)
 class DemoPractitioner:
-    id: str
+    """A seeded Practitioner who gets a demo login."""
+
+    id: str  # FHIR id of the Practitioner
+    username: str  # login name, e.g. "dr.alvarez" (lowercase ascii, unique)
+    display: str  # "Dr. Maria Alvarez"
     username: str
     display: str
-    patient_ids: tuple[str, ...]
+    patient_ids: tuple[str, ...]  # their panel: Patients whose generalPractitioner they are
 
 
 @dataclass(frozen=True)
 class SeedResult:
-    bundle: dict[str, Any]
+    """The Bundle to load and the facts about it that logins and access tests need."""
+
+    bundle: dict[str, Any]  # one FHIR R4 transaction Bundle
     practitioners: tuple[DemoPractitioner, ...]
     patient_ids: tuple[str, ...]
-    careteam_member_patients: dict[str, tuple[str, ...]]
+    careteam_member_patients: dict[str, tuple[str, ...]]  # practitioner id -> patients reached via a CareTeam only
 
 
 @dataclass(frozen=True)
@@ -302,14 +319,24 @@ def _phone(rng: random.Random, area: str) -> str:
 
 def _organization() -> Resource:
     org = _base("Organization", "clinic")
-    org.update({
-        "active": True,
-        "type": [_hl7_concept("organization-type", "prov", "Healthcare Provider")],
-        "name": _CLINIC_NAME,
-        "telecom": [{"system": "phone", "value": "(617) 555-0100", "use": "work"}],
-        "address": [{"use": "work", "line": ["1 Example Plaza"], "city": "Cambridge", "state": "MA",
-                     "postalCode": "02139", "country": "US"}],
-    })
+    org.update(
+        {
+            "active": True,
+            "type": [_hl7_concept("organization-type", "prov", "Healthcare Provider")],
+            "name": _CLINIC_NAME,
+            "telecom": [{"system": "phone", "value": "(617) 555-0100", "use": "work"}],
+            "address": [
+                {
+                    "use": "work",
+                    "line": ["1 Example Plaza"],
+                    "city": "Cambridge",
+                    "state": "MA",
+                    "postalCode": "02139",
+                    "country": "US",
+                }
+            ],
+        }
+    )
     return org
 
 
@@ -332,14 +359,17 @@ def _practitioner(doc: _Staff) -> Resource:
         {"system": NPI_SYSTEM, "value": _npi(doc.index)},
         {"system": f"{SEED_SYSTEM}/username", "value": doc.username},
     ]
-    res.update({
-        "active": True,
-        "name": [{"use": "official", "family": doc.family, "given": [doc.given], "prefix": ["Dr."],
-                  "text": doc.display}],
-        "telecom": [{"system": "email", "value": f"{doc.username}@example.org", "use": "work"}],
-        "gender": doc.gender,
-        "qualification": [{"code": {"text": "MD"}}],
-    })
+    res.update(
+        {
+            "active": True,
+            "name": [
+                {"use": "official", "family": doc.family, "given": [doc.given], "prefix": ["Dr."], "text": doc.display}
+            ],
+            "telecom": [{"system": "email", "value": f"{doc.username}@example.org", "use": "work"}],
+            "gender": doc.gender,
+            "qualification": [{"code": {"text": "MD"}}],
+        }
+    )
     return res
 
 
@@ -362,19 +392,34 @@ def _patient(n: int, rng: random.Random, gp: _Staff, org_id: str) -> Resource:
     city, state, zip_prefix, area = rng.choice(_CITIES)
     patient = _base("Patient", str(n), f"MRN-{n + 1:06d}")
     mrn = patient["identifier"][0]
-    mrn.update({"use": "usual", "type": _hl7_concept("v2-0203", "MR", "Medical record number"),
-                "assigner": _ref("Organization", org_id, _CLINIC_NAME)})
-    patient.update({
-        "active": True,
-        "name": [{"use": "official", "family": family, "given": [given], "text": f"{given} {family}"}],
-        "telecom": [{"system": "phone", "value": _phone(rng, area), "use": "home"}],
-        "gender": gender,
-        "birthDate": _birth_date(rng).isoformat(),
-        "address": [{"use": "home", "line": [f"{rng.randint(1, 999)} {rng.choice(_STREETS)}"], "city": city,
-                     "state": state, "postalCode": f"{zip_prefix}{rng.randrange(100):02d}", "country": "US"}],
-        "generalPractitioner": [gp.ref],
-        "managingOrganization": _ref("Organization", org_id, _CLINIC_NAME),
-    })
+    mrn.update(
+        {
+            "use": "usual",
+            "type": _hl7_concept("v2-0203", "MR", "Medical record number"),
+            "assigner": _ref("Organization", org_id, _CLINIC_NAME),
+        }
+    )
+    patient.update(
+        {
+            "active": True,
+            "name": [{"use": "official", "family": family, "given": [given], "text": f"{given} {family}"}],
+            "telecom": [{"system": "phone", "value": _phone(rng, area), "use": "home"}],
+            "gender": gender,
+            "birthDate": _birth_date(rng).isoformat(),
+            "address": [
+                {
+                    "use": "home",
+                    "line": [f"{rng.randint(1, 999)} {rng.choice(_STREETS)}"],
+                    "city": city,
+                    "state": state,
+                    "postalCode": f"{zip_prefix}{rng.randrange(100):02d}",
+                    "country": "US",
+                }
+            ],
+            "generalPractitioner": [gp.ref],
+            "managingOrganization": _ref("Organization", org_id, _CLINIC_NAME),
+        }
+    )
     return patient
 
 
@@ -391,18 +436,22 @@ def _visits(n: int, rng: random.Random) -> tuple[_Visit, ...]:
 
 def _encounter(chart: _Chart, k: int, visit: _Visit) -> Resource:
     enc = _base("Encounter", f"{chart.n}-{k}")
-    enc.update({
-        "status": "finished",
-        "class": _coding(f"{_HL7}/v3-ActCode", "AMB", "ambulatory"),
-        "type": [_concept(SNOMED, "185349003", "Encounter for check up (procedure)")],
-        "subject": chart.subject,
-        "participant": [{
-            "type": [_hl7_concept("v3-ParticipationType", "PPRF", "primary performer")],
-            "individual": chart.gp.ref,
-        }],
-        "period": {"start": _iso(visit.start), "end": _iso(visit.end)},
-        "serviceProvider": _ref("Organization", chart.org_id, _CLINIC_NAME),
-    })
+    enc.update(
+        {
+            "status": "finished",
+            "class": _coding(f"{_HL7}/v3-ActCode", "AMB", "ambulatory"),
+            "type": [_concept(SNOMED, "185349003", "Encounter for check up (procedure)")],
+            "subject": chart.subject,
+            "participant": [
+                {
+                    "type": [_hl7_concept("v3-ParticipationType", "PPRF", "primary performer")],
+                    "individual": chart.gp.ref,
+                }
+            ],
+            "period": {"start": _iso(visit.start), "end": _iso(visit.end)},
+            "serviceProvider": _ref("Organization", chart.org_id, _CLINIC_NAME),
+        }
+    )
     return enc
 
 
@@ -418,31 +467,36 @@ def _condition(chart: _Chart, k: int, code: str) -> Resource:
     span = max(0, (first.start.date() - earliest).days - 1)
     onset = datetime.combine(earliest + timedelta(days=chart.rng.randint(0, span)), time(), tzinfo=UTC)
     cond = _base("Condition", f"{chart.n}-{k}")
-    cond.update({
-        "clinicalStatus": _hl7_concept("condition-clinical", "active", "Active"),
-        "verificationStatus": _hl7_concept("condition-ver-status", "confirmed", "Confirmed"),
-        "category": [_hl7_concept("condition-category", "problem-list-item", "Problem List Item")],
-        "code": _concept(SNOMED, code, CONDITIONS[code]),
-        "subject": chart.subject,
-        "encounter": _ref("Encounter", first.id),
-        "onsetDateTime": _iso(onset),
-        "recordedDate": _iso(first.start),
-        "recorder": chart.gp.ref,
-    })
+    cond.update(
+        {
+            "clinicalStatus": _hl7_concept("condition-clinical", "active", "Active"),
+            "verificationStatus": _hl7_concept("condition-ver-status", "confirmed", "Confirmed"),
+            "category": [_hl7_concept("condition-category", "problem-list-item", "Problem List Item")],
+            "code": _concept(SNOMED, code, CONDITIONS[code]),
+            "subject": chart.subject,
+            "encounter": _ref("Encounter", first.id),
+            "onsetDateTime": _iso(onset),
+            "recordedDate": _iso(first.start),
+            "recorder": chart.gp.ref,
+        }
+    )
     return cond
 
 
-def _observation(chart: _Chart, key: str, visit: _Visit, category: tuple[str, str], loinc: str,
-                 display: str) -> Resource:
+def _observation(
+    chart: _Chart, key: str, visit: _Visit, category: tuple[str, str], loinc: str, display: str
+) -> Resource:
     obs = _base("Observation", f"{chart.n}-{key}-{loinc}")
-    obs.update({
-        "status": "final",
-        "category": [_hl7_concept("observation-category", *category)],
-        "code": _concept(LOINC, loinc, display),
-        "subject": chart.subject,
-        "encounter": _ref("Encounter", visit.id),
-        "effectiveDateTime": _iso(visit.start),
-    })
+    obs.update(
+        {
+            "status": "final",
+            "category": [_hl7_concept("observation-category", *category)],
+            "code": _concept(LOINC, loinc, display),
+            "subject": chart.subject,
+            "encounter": _ref("Encounter", visit.id),
+            "effectiveDateTime": _iso(visit.start),
+        }
+    )
     return obs
 
 
@@ -487,10 +541,14 @@ def _vitals(chart: _Chart, k: int, visit: _Visit, body: _Body) -> list[Resource]
         result.append(obs)
     panel = _observation(chart, str(k), visit, category, "85354-9", VITAL_SIGNS["85354-9"])
     panel["component"] = [
-        {"code": _concept(LOINC, *SYSTOLIC),
-         "valueQuantity": _quantity(body.systolic + rng.randint(-8, 8), "mmHg", "mm[Hg]")},
-        {"code": _concept(LOINC, *DIASTOLIC),
-         "valueQuantity": _quantity(body.diastolic + rng.randint(-5, 5), "mmHg", "mm[Hg]")},
+        {
+            "code": _concept(LOINC, *SYSTOLIC),
+            "valueQuantity": _quantity(body.systolic + rng.randint(-8, 8), "mmHg", "mm[Hg]"),
+        },
+        {
+            "code": _concept(LOINC, *DIASTOLIC),
+            "valueQuantity": _quantity(body.diastolic + rng.randint(-5, 5), "mmHg", "mm[Hg]"),
+        },
     ]
     result.append(panel)
     return result
@@ -505,7 +563,7 @@ def _interpretation(lab: _Lab, value: float) -> Resource:
 
 
 def _lab_observation(chart: _Chart, k: int, visit: _Visit, lab: _Lab) -> Resource:
-    low, high = lab.abnormal if lab.drivers & chart.problems.keys() else lab.normal
+    low, high = lab.abnormal if chart.problems.keys() & lab.drivers else lab.normal
     value: float = round(chart.rng.uniform(low, high), lab.decimals)
     if lab.decimals == 0:
         value = int(value)
@@ -523,24 +581,26 @@ def _lab_observation(chart: _Chart, k: int, visit: _Visit, lab: _Lab) -> Resourc
 
 def _medication_requests(chart: _Chart) -> list[Resource]:
     """0-3 prescriptions, only for drugs one of the patient's problems indicates."""
-    indicated = [med for med in MEDICATIONS if med.indications & chart.problems.keys()]
+    indicated = [med for med in MEDICATIONS if chart.problems.keys() & med.indications]
     chosen = chart.rng.sample(indicated, chart.rng.randint(0, min(3, len(indicated))))
     last = chart.visits[-1]
     result = []
     for k, med in enumerate(chosen):
         reason = next(code for code in chart.problems if code in med.indications)
         req = _base("MedicationRequest", f"{chart.n}-{k}")
-        req.update({
-            "status": "active",
-            "intent": "order",
-            "medicationCodeableConcept": _concept(RXNORM, med.rxnorm, med.display),
-            "subject": chart.subject,
-            "encounter": _ref("Encounter", last.id),
-            "authoredOn": _iso(last.end),
-            "requester": chart.gp.ref,
-            "reasonReference": [_ref("Condition", chart.problems[reason], CONDITIONS[reason])],
-            "dosageInstruction": [{"text": med.dosage}],
-        })
+        req.update(
+            {
+                "status": "active",
+                "intent": "order",
+                "medicationCodeableConcept": _concept(RXNORM, med.rxnorm, med.display),
+                "subject": chart.subject,
+                "encounter": _ref("Encounter", last.id),
+                "authoredOn": _iso(last.end),
+                "requester": chart.gp.ref,
+                "reasonReference": [_ref("Condition", chart.problems[reason], CONDITIONS[reason])],
+                "dosageInstruction": [{"text": med.dosage}],
+            }
+        )
         result.append(req)
     return result
 
@@ -553,19 +613,21 @@ def _allergies(chart: _Chart) -> list[Resource]:
     for k, allergen in enumerate(chosen):
         code, display, severity = rng.choice(_REACTIONS)
         allergy = _base("AllergyIntolerance", f"{chart.n}-{k}")
-        allergy.update({
-            "clinicalStatus": _hl7_concept("allergyintolerance-clinical", "active", "Active"),
-            "verificationStatus": _hl7_concept("allergyintolerance-verification", "confirmed", "Confirmed"),
-            "type": "allergy",
-            "category": [allergen.category],
-            "criticality": "high" if severity == "severe" else "low",
-            "code": _concept(allergen.system, allergen.code, allergen.display),
-            "patient": chart.subject,
-            "encounter": _ref("Encounter", first.id),
-            "recordedDate": _iso(first.start),
-            "recorder": chart.gp.ref,
-            "reaction": [{"manifestation": [_concept(SNOMED, code, display)], "severity": severity}],
-        })
+        allergy.update(
+            {
+                "clinicalStatus": _hl7_concept("allergyintolerance-clinical", "active", "Active"),
+                "verificationStatus": _hl7_concept("allergyintolerance-verification", "confirmed", "Confirmed"),
+                "type": "allergy",
+                "category": [allergen.category],
+                "criticality": "high" if severity == "severe" else "low",
+                "code": _concept(allergen.system, allergen.code, allergen.display),
+                "patient": chart.subject,
+                "encounter": _ref("Encounter", first.id),
+                "recordedDate": _iso(first.start),
+                "recorder": chart.gp.ref,
+                "reaction": [{"manifestation": [_concept(SNOMED, code, display)], "severity": severity}],
+            }
+        )
         result.append(allergy)
     return result
 
@@ -575,8 +637,17 @@ def _chart_resources(n: int, seed: int, gp: _Staff, org_id: str) -> tuple[Resour
     # A per-patient generator: patient n's data depends only on (seed, n).
     rng = random.Random(f"mockehr:{seed}:patient:{n}")  # noqa: S311 - synthetic data, not security
     patient = _patient(n, rng, gp, org_id)
-    chart = _Chart(n, rng, patient["id"], patient["gender"], date.fromisoformat(patient["birthDate"]), gp,
-                   org_id, _visits(n, rng), _pick_problems(n, rng))
+    chart = _Chart(
+        n,
+        rng,
+        patient["id"],
+        patient["gender"],
+        date.fromisoformat(patient["birthDate"]),
+        gp,
+        org_id,
+        _visits(n, rng),
+        _pick_problems(n, rng),
+    )
     body = _body(chart)
     resources = [patient, *(_encounter(chart, k, v) for k, v in enumerate(chart.visits))]
     resources += [_condition(chart, k, code) for k, code in enumerate(chart.problems)]
@@ -592,8 +663,9 @@ def _chart_resources(n: int, seed: int, gp: _Staff, org_id: str) -> tuple[Resour
 # care teams and the whole bundle
 
 
-def _careteams(staff: Sequence[_Staff], panels: Sequence[Sequence[str]], names: Sequence[str],
-               org_id: str) -> tuple[list[Resource], dict[str, tuple[str, ...]]]:
+def _careteams(
+    staff: Sequence[_Staff], panels: Sequence[Sequence[str]], names: Sequence[str], org_id: str
+) -> tuple[list[Resource], dict[str, tuple[str, ...]]]:
     """One CareTeam per non-empty panel: its first patient, co-managed by the next practitioner.
 
     The member is never that patient's GP (there are at least 3 practitioners), so they reach the
@@ -607,17 +679,18 @@ def _careteams(staff: Sequence[_Staff], panels: Sequence[Sequence[str]], names: 
         patient_id = panels[gp.index][0]
         member = staff[(gp.index + 1) % len(staff)]
         team = _base("CareTeam", str(gp.index))
-        team.update({
-            "status": "active",
-            "name": f"Shared care for {names[gp.index]}",
-            "subject": _ref("Patient", patient_id, names[gp.index]),
-            "period": {"start": (REFERENCE_DATE - timedelta(days=180)).isoformat()},
-            "participant": [{
-                "role": [_concept(SNOMED, "309343006", "Physician (occupation)")],
-                "member": member.ref,
-            }],
-            "managingOrganization": [_ref("Organization", org_id, _CLINIC_NAME)],
-        })
+        team.update(
+            {
+                "status": "active",
+                "name": f"Shared care for {names[gp.index]}",
+                "subject": _ref("Patient", patient_id, names[gp.index]),
+                "period": {"start": (REFERENCE_DATE - timedelta(days=180)).isoformat()},
+                "participant": [
+                    {"role": [_concept(SNOMED, "309343006", "Physician (occupation)")], "member": member.ref}
+                ],
+                "managingOrganization": [_ref("Organization", org_id, _CLINIC_NAME)],
+            }
+        )
         teams.append(team)
         reach.setdefault(member.id, []).append(patient_id)
     return teams, {key: tuple(ids) for key, ids in reach.items()}
@@ -631,6 +704,7 @@ def generate(patients: int = 30, seed: int = 1) -> SeedResult:
     staff = _staff(_practitioner_count(patients))
     entries = [_entry(org), *(_entry(_practitioner(doc)) for doc in staff)]
     panels: list[list[str]] = [[] for _ in staff]
+    patient_ids: list[str] = []
     # Display names of each panel's first patient, who becomes that panel's CareTeam subject.
     first_names: list[str] = ["" for _ in staff]
     for n in range(patients):
@@ -639,12 +713,13 @@ def generate(patients: int = 30, seed: int = 1) -> SeedResult:
         if not panels[gp.index]:
             first_names[gp.index] = patient["name"][0]["text"]
         panels[gp.index].append(patient["id"])
+        patient_ids.append(patient["id"])
         entries += [_entry(res) for res in resources]
     teams, reach = _careteams(staff, panels, first_names, org["id"])
     entries += [_entry(team) for team in teams]
     return SeedResult(
         bundle={"resourceType": "Bundle", "type": "transaction", "entry": entries},
         practitioners=tuple(DemoPractitioner(d.id, d.username, d.display, tuple(panels[d.index])) for d in staff),
-        patient_ids=tuple(pid for n in range(patients) for pid in [panels[n % len(staff)][n // len(staff)]]),
+        patient_ids=tuple(patient_ids),
         careteam_member_patients=reach,
     )

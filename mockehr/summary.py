@@ -16,7 +16,10 @@ def print_summary(console: Console, stack: Stack, users: list[DemoUser], seconds
         services.add_row(service.name, stack.url(service.name))
     console.print(services)
     console.print(f"CA certificate  {data / 'ca.pem'}   (curl --cacert …, SSL_CERT_FILE=…)", highlight=False)
-    console.print(f"admin token     {(data / 'admin-token').read_text().strip()}   (also in {data / 'admin-token'})", highlight=False)
+    console.print(
+        f"admin token     {(data / 'admin-token').read_text().strip()}   (also in {data / 'admin-token'})",
+        highlight=False,
+    )
     console.print(f"database        {stack.db_url.split('@')[-1]}", highlight=False)
     console.print(f"logs            {data / 'logs'}", highlight=False)
     if users:

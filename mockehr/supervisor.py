@@ -58,7 +58,8 @@ def start(stack: Stack, names: Iterable[str] | None = None) -> list[Running]:
     logs.mkdir(parents=True, exist_ok=True)
     running: list[Running] = []
     for name in names or [s.name for s in SERVICES]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOCKEHR_")}
+        # The stack's own values win; other MOCKEHR_<SVC>_* variables (log level, lifetimes…) pass through.
+        env = dict(os.environ)
         env.update(stack.env(name))
         log_path = logs / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -77,7 +78,9 @@ def wait_ready(stack: Stack, running: list[Running], timeout: float = 60.0) -> N
         while pending:
             for name, r in list(pending.items()):
                 if r.process.poll() is not None:
-                    raise ConfigError(f"{name} exited with code {r.process.returncode}; see {r.log_path}:\n{tail(r.log_path)}")
+                    raise ConfigError(
+                        f"{name} exited with code {r.process.returncode}; see {r.log_path}:\n{tail(r.log_path)}"
+                    )
                 try:
                     response = client.get(f"{stack.base_url(name)}/readyz")
                 except httpx.HTTPError:

@@ -37,9 +37,7 @@ SETTINGS_OF_SERVICE = {
 
 # Env values that are a pure reference to a variable with no default (`${VAR}`, `${VAR:?msg}`,
 # `$VAR`): the value comes from whoever runs compose, not from this file.
-_REQUIRED_REFERENCE = re.compile(
-    r"^\$(\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}|[A-Za-z_][A-Za-z0-9_]*)$"
-)
+_REQUIRED_REFERENCE = re.compile(r"^\$(\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}|[A-Za-z_][A-Za-z0-9_]*)$")
 # What a generated key or token looks like (e.g. 32 random bytes, base64url): a long unbroken run.
 _RANDOM_LOOKING = re.compile(r"[A-Za-z0-9_\-+/]{32,}={0,2}")
 
@@ -102,9 +100,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(
-                "docker-compose is not installed (apt-get install -y docker-compose)"
-            )
+            pytest.fail("docker-compose is not installed (apt-get install -y docker-compose)")
         pytest.skip("docker-compose is not installed")
     result = subprocess.run(
         [binary, "-f", "docker-compose.yml", "config", "--quiet"],
@@ -114,24 +110,17 @@ def test_docker_compose_config_accepts_the_file() -> None:
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, (
-        f"docker-compose config failed:\n{result.stdout}\n{result.stderr}"
-    )
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stdout}\n{result.stderr}"
 
 
 def test_the_stack_services_are_all_defined() -> None:
     services = _services()
-    missing = [
-        name for name in (*STACK_SERVICES, "postgres", "redis") if name not in services
-    ]
+    missing = [name for name in (*STACK_SERVICES, "postgres", "redis") if name not in services]
     assert not missing, f"services missing from docker-compose.yml: {missing}"
 
 
 def test_every_environment_variable_is_read_by_a_settings_class() -> None:
-    classes = {
-        service: _settings_class(dotted)
-        for service, dotted in SETTINGS_OF_SERVICE.items()
-    }
+    classes = {service: _settings_class(dotted) for service, dotted in SETTINGS_OF_SERVICE.items()}
     every_known = set().union(*(_env_names(cls) for cls in classes.values()))
     unread: list[str] = []
     for name, service in _services().items():
@@ -146,13 +135,8 @@ def test_every_environment_variable_is_read_by_a_settings_class() -> None:
 
 def test_every_web_service_and_init_use_the_same_image_and_build() -> None:
     services = _services()
-    images = {
-        name: (services[name].get("image"), repr(services[name].get("build")))
-        for name in STACK_SERVICES
-    }
-    assert len(set(images.values())) == 1, (
-        f"the stack's services use different images: {images}"
-    )
+    images = {name: (services[name].get("image"), repr(services[name].get("build"))) for name in STACK_SERVICES}
+    assert len(set(images.values())) == 1, f"the stack's services use different images: {images}"
     image, build = next(iter(images.values()))
     assert image, "the stack's services name no image"
     assert build != repr(None), "the stack's services have no build section"
@@ -169,22 +153,16 @@ def test_every_web_service_has_a_healthcheck_that_probes_its_own_port() -> None:
         assert "--port" in command, f"{name} does not say its port in its command"
         port = command[command.index("--port") + 1]
         probe = " ".join(test) if isinstance(test, list) else str(test)
-        assert f"https://localhost:{port}/readyz" in probe, (
-            f"{name}'s healthcheck does not probe its /readyz"
-        )
+        assert f"https://localhost:{port}/readyz" in probe, f"{name}'s healthcheck does not probe its /readyz"
 
 
 def test_every_web_service_waits_for_init_to_complete_successfully() -> None:
     services = _services()
     for name in WEB_SERVICES:
         depends_on = services[name].get("depends_on")
-        assert isinstance(depends_on, dict), (
-            f"{name}: depends_on must be the long form with conditions"
-        )
+        assert isinstance(depends_on, dict), f"{name}: depends_on must be the long form with conditions"
         init = depends_on.get("init") or {}
-        assert init.get("condition") == "service_completed_successfully", (
-            f"{name} does not wait for init"
-        )
+        assert init.get("condition") == "service_completed_successfully", f"{name} does not wait for init"
 
 
 def test_no_port_is_published_beyond_the_loopback_address() -> None:
@@ -192,10 +170,7 @@ def test_no_port_is_published_beyond_the_loopback_address() -> None:
     for name, service in _services().items():
         for port in _published_ports(service):
             if isinstance(port, dict):
-                if (
-                    port.get("published") is not None
-                    and port.get("host_ip") != "127.0.0.1"
-                ):
+                if port.get("published") is not None and port.get("host_ip") != "127.0.0.1":
                     exposed.append(f"{name}: {port}")
             elif not str(port).startswith("127.0.0.1:"):
                 exposed.append(f"{name}: {port}")
@@ -208,9 +183,7 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
     leaked: list[str] = []
     for name, service in _services().items():
         for var, value in _environment(service).items():
-            is_secret = var in secret_names or var.endswith(
-                ("KEY_ENCRYPTION_KEY", "ADMIN_TOKEN")
-            )
+            is_secret = var in secret_names or var.endswith(("KEY_ENCRYPTION_KEY", "ADMIN_TOKEN"))
             if is_secret and value is not None and not _REQUIRED_REFERENCE.match(value):
                 leaked.append(f"{name}: {var}")
             elif value is not None and _RANDOM_LOOKING.search(value):
@@ -219,9 +192,7 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         parts = command if isinstance(command, list) else str(command).split()
         for part in parts:
             if _RANDOM_LOOKING.search(str(part)):
-                leaked.append(
-                    f"{name}: command argument {part!r} looks like a key or token"
-                )
+                leaked.append(f"{name}: command argument {part!r} looks like a key or token")
             if str(part).startswith(("--kek", "--key-encryption-key", "--admin-token")):
                 leaked.append(f"{name}: command passes a secret ({part})")
     assert not leaked, f"secrets written in docker-compose.yml: {leaked}"

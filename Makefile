@@ -1,0 +1,36 @@
+# mockehr: `make up` runs the stack, `make test` runs the tests; each installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install up test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## up: start the stack (ehr :9000, authserver :9001, fhirserver :9002/fhir, CDS example :9003)
+up: install
+	$(VENV)/bin/mockehr up $(ARGS)
+
+## test: the whole suite (unit, integration, e2e) on SQLite and PostgreSQL
+test: install
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: install
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .mockehr .pytest_cache .mypy_cache .ruff_cache test-artifacts
