@@ -184,8 +184,6 @@ class DemoPractitioner:
     id: str  # FHIR id of the Practitioner
     username: str  # login name, e.g. "dr.alvarez" (lowercase ascii, unique)
     display: str  # "Dr. Maria Alvarez"
-    username: str
-    display: str
     patient_ids: tuple[str, ...]  # their panel: Patients whose generalPractitioner they are
 
 

@@ -211,7 +211,9 @@ async def test_every_synthea_bundle_loads_with_practitioners_and_hospitals_first
 
 async def test_loading_a_malformed_file_reports_it_and_stores_nothing(sessions: Sessions, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(_bundle(_post({"resourceType": "Observation", "status": "guess", "code": {"text": "x"}}))))
+    bad.write_text(
+        json.dumps(_bundle(_post({"resourceType": "Observation", "status": "guess", "code": {"text": "x"}})))
+    )
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     results = await load_files(sessions, [bad, broken])
