@@ -31,7 +31,7 @@ def health_router(checks: Callable[[], Mapping[str, Check]]) -> APIRouter:
             try:
                 await check()
                 results[name] = "ok"
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
                 log.warning("readiness check %s failed: %s", name, type(exc).__name__)
                 results[name] = "failed"
         ok = all(v == "ok" for v in results.values())

@@ -1,7 +1,8 @@
 """A cache of a remote JWK Set (the authserver's for the FHIR server, the EHR's for a CDS Service).
 
 Fetched once, kept for `ttl` seconds, refetched early when a token names an unknown kid — but at
-most once per `min_refetch` seconds and by one coroutine at a time, so a flood of tokens with
+most once per `min_refetch` seconds (default 1 s; a signing service publishes a new key
+`key_publish_ahead_seconds` before it signs with it) and by one coroutine at a time, so a flood of tokens with
 made-up kids cannot turn into a flood of fetches (no fetch storm).
 """
 
@@ -24,7 +25,7 @@ class JwksCache:
         url: str,
         *,
         ttl: float = 300.0,
-        min_refetch: float = 10.0,
+        min_refetch: float = 1.0,
         clock: Clock = system_clock,
     ) -> None:
         self._client = client

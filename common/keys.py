@@ -6,9 +6,12 @@
 - Private keys are stored in the database encrypted (AES-256-GCM, common.crypto) under the
   key-encryption key from settings, so every replica of a service signs with the same key.
 - Rotation (RFC 7517 §5 key sets; CDS Hooks 2.0 "Trusting CDS Clients": old keys stay
-  published until every token they signed has expired): the new key signs at once; the old one
-  stays in the JWKS until `publish_until` = rotation time + the longest token lifetime + leeway;
-  after that it is retired and its private part destroyed.
+  published until every token they signed has expired): the new key is published at once and
+  signs once it has been published for `publish_ahead` seconds (so verifiers that cached the
+  JWKS a moment before can refetch it before they meet the new kid); until then the previous key
+  keeps signing. The old key stays in the JWKS until `publish_until` = rotation time +
+  publish_ahead + the longest token lifetime + leeway; then it is retired and its private part
+  destroyed.
 """
 
 from __future__ import annotations
@@ -205,6 +208,17 @@ def published(rows: list[SigningKeyRow], now: int) -> list[dict[str, Any]]:
     return keys
 
 
+def _signing_row(rows: list[SigningKeyRow], now: int, publish_ahead: float) -> SigningKeyRow | None:
+    """The active key, or — while it is younger than `publish_ahead` — the key it replaced."""
+    active = next((r for r in rows if r.status == ACTIVE), None)
+    if active is None or publish_ahead <= 0 or now - active.created_at >= publish_ahead:
+        return active
+    previous = [
+        r for r in rows if r.status == RETIRING and r.private_jwk_enc is not None and (r.publish_until or 0) > now
+    ]
+    return max(previous, key=lambda r: r.rotated_at or 0, default=active)
+
+
 class KeyStore:
     """A service's view of its keys, re-read from the database every `refresh_seconds`.
 
@@ -219,12 +233,14 @@ class KeyStore:
         kek: bytes,
         *,
         refresh_seconds: float,
+        publish_ahead: float = 0.0,
         clock: Clock = system_clock,
     ) -> None:
         self._sessions = sessions
         self._service = service
         self._kek = kek
         self._refresh = refresh_seconds
+        self._publish_ahead = publish_ahead
         self._clock = clock
         self._lock = asyncio.Lock()
         self._loaded_at = float("-inf")
@@ -253,12 +269,12 @@ class KeyStore:
             rows = list(result.scalars())
         if any(r.status == RETIRING and (r.publish_until or 0) <= now for r in rows):
             await retire_expired(self._sessions, now)
-        active = next((r for r in rows if r.status == ACTIVE), None)
-        if active is None:
+        signing = _signing_row(rows, now, self._publish_ahead)
+        if signing is None:
             raise KeyNotFoundError(f"no active signing key for {self._service}")
-        if active.kid not in self._decrypted:
-            self._decrypted = {active.kid: decrypt_row(active, self._kek)}
-        self._signer = self._decrypted[active.kid]
+        if signing.kid not in self._decrypted:
+            self._decrypted = {signing.kid: decrypt_row(signing, self._kek)}
+        self._signer = self._decrypted[signing.kid]
         self._jwks = published(rows, now)
         self._loaded_at = self._clock()
 

@@ -52,6 +52,9 @@ def _redact_value(value: Any) -> Any:
     return redact(str(value))
 
 
+# Loggers whose formatter needs the original args (uvicorn's AccessFormatter unpacks a 5-tuple).
+_KEEP_ARGS_LOGGERS = frozenset({"uvicorn.access"})
+
 _installed = False
 
 
@@ -64,12 +67,17 @@ def install_redaction() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
+        if record.name in _KEEP_ARGS_LOGGERS and isinstance(record.args, tuple):
+            # Their formatters unpack record.args: redact each argument, keep the format string.
             record.args = tuple(_redact_value(a) for a in record.args)
-        elif isinstance(record.args, dict):
-            record.args = {k: _redact_value(v) for k, v in record.args.items()}
+        else:
+            # Redact the *formatted* message: a credential split between the format string
+            # ("token=%s") and its argument, or a dict argument, is then seen whole.
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError, KeyError):
+                message = f"{record.msg} {record.args!r}"
+            record.msg, record.args = redact(message), ()
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record

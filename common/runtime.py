@@ -57,6 +57,7 @@ async def open_runtime(
                 settings.service_name,
                 kek,
                 refresh_seconds=settings.key_refresh_seconds,
+                publish_ahead=settings.key_publish_ahead_seconds,
                 clock=clock,
             )
             await keys.reload()

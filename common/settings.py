@@ -57,6 +57,9 @@ class ServiceSettings(BaseSettings):
     max_token_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
     # How often a process re-reads the key table (picks up `mockehr keys rotate`).
     key_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
+    # A rotated-in key is published this long before it signs (verifiers refetch on unknown kid
+    # at most once a second, so they always know a key before they see it).
+    key_publish_ahead_seconds: float = Field(default=5.0, ge=0, le=300)
 
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

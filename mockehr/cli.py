@@ -266,10 +266,12 @@ def keys_rotate(
     db: Db = None,
     alg: Annotated[str, typer.Option(help="ES384, RS384 or ES256")] = "ES384",
     overlap: Annotated[
-        int, typer.Option(help="Seconds the old key stays published (≥ the longest token lifetime + leeway)")
-    ] = 330,
+        int,
+        typer.Option(help="Seconds the old key stays published (≥ publish-ahead + longest token lifetime + leeway)"),
+    ] = 340,
 ) -> None:
-    """Make a new signing key active; the old one stays published for --overlap seconds."""
+    """Publish a new signing key; running services sign with it once it has been published for
+    their key_publish_ahead_seconds (default 5 s). The old key stays published for --overlap seconds."""
 
     def body() -> None:
         from common.crypto import decode_kek

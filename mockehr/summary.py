@@ -23,9 +23,13 @@ def print_summary(console: Console, stack: Stack, users: list[DemoUser], seconds
     console.print(f"database        {stack.db_url.split('@')[-1]}", highlight=False)
     console.print(f"logs            {data / 'logs'}", highlight=False)
     if users:
-        table = Table("user", "login", "password", "patients (first 3)", title="demo users", title_justify="left")
+        # One line per user, not a table: ids are long, and scripts grep these lines.
+        console.print("demo users:", highlight=False)
         for user in users:
-            patients = ", ".join(f"Patient/{p}" for p in user.patients[:3])
-            table.add_row(user.fhir_user, user.username, user.password, patients)
-        console.print(table)
+            patients = " ".join(f"Patient/{p}" for p in user.patients[:3])
+            console.print(
+                f"  {user.fhir_user}  login {user.username}  password {user.password}  patients {patients}",
+                highlight=False,
+                soft_wrap=True,
+            )
     console.print("Ctrl-C stops every service.")

@@ -123,3 +123,20 @@ async def test_rotating_twice_keeps_every_key_whose_overlap_is_running(sessions:
     async with sessions() as session:
         statuses = {r.kid: r.status for r in (await session.execute(select(SigningKeyRow))).scalars()}
     assert statuses == {first: RETIRING, second: RETIRING, third: "active"}
+
+
+async def test_a_rotated_in_key_is_published_before_it_signs(sessions: Sessions) -> None:
+    clock = FrozenClock(2_000_000)
+    old_kid = await ensure_active_key(sessions, "ehr", "ES384", KEK, int(clock()))
+    store = KeyStore(sessions, "ehr", KEK, refresh_seconds=1, publish_ahead=10, clock=clock)
+    await store.reload()
+    new_kid, _ = await rotate(sessions, "ehr", "ES384", KEK, int(clock()), OVERLAP)
+    clock.advance(1)
+    await store.reload()
+    # Published at once, so verifiers can learn it…
+    assert {k["kid"] for k in (await store.jwks())["keys"]} == {old_kid, new_kid}
+    # …but the old key keeps signing until the new one has been published for publish_ahead.
+    assert (await store.signer()).kid == old_kid
+    clock.advance(9)
+    await store.reload()
+    assert (await store.signer()).kid == new_kid

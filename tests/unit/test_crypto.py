@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from common import crypto
 from common.errors import ConfigError, KeyDecryptionError
 
-KEK = os.urandom(32)
+KEK = hashlib.sha256(b"unit-test key-encryption key").digest()  # fixed: it appears in test ids
 AAD = b"mockehr-signing-key:authserver:kid-1"
 PLAINTEXT = b'{"kty":"EC","d":"secret-scalar"}'
 
@@ -130,7 +131,7 @@ def test_decrypt_refuses_a_blob_with_any_byte_flipped(position: int) -> None:
 def test_decrypt_refuses_a_truncated_blob_as_unknown_format(length: int) -> None:
     blob = crypto.encrypt(KEK, PLAINTEXT, AAD)[:length]
 
-    with pytest.raises(KeyDecryptionError, match="^stored key has an unknown format$"):
+    with pytest.raises(KeyDecryptionError, match=r"^stored key has an unknown format$"):
         crypto.decrypt(KEK, blob, AAD)
 
 
@@ -145,10 +146,10 @@ def test_decrypt_refuses_a_blob_cut_after_the_minimum_length_as_undecryptable() 
 def test_decrypt_refuses_an_unknown_version_byte(version: bytes) -> None:
     blob = version + crypto.encrypt(KEK, PLAINTEXT, AAD)[1:]
 
-    with pytest.raises(KeyDecryptionError, match="^stored key has an unknown format$"):
+    with pytest.raises(KeyDecryptionError, match=r"^stored key has an unknown format$"):
         crypto.decrypt(KEK, blob, AAD)
 
 
 def test_decrypt_refuses_a_plaintext_json_key_stored_without_encryption() -> None:
-    with pytest.raises(KeyDecryptionError, match="^stored key has an unknown format$"):
+    with pytest.raises(KeyDecryptionError, match=r"^stored key has an unknown format$"):
         crypto.decrypt(KEK, PLAINTEXT, AAD)
