@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -20,10 +21,17 @@ _NONCE_BYTES = 12
 _VERSION = b"\x01"
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
 def decode_kek(value: str) -> bytes:
-    """Decode a base64url KEK; it must be exactly 32 bytes (AES-256)."""
+    """Decode a base64url KEK (RFC 4648 §5, strictly); it must be exactly 32 bytes (AES-256)."""
+    text = value.strip()
+    # The stdlib decoder silently drops characters outside the alphabet: check the alphabet first.
+    if not _BASE64URL.fullmatch(text):
+        raise ConfigError("key_encryption_key is not base64url")
     try:
-        raw = base64.urlsafe_b64decode(value.strip() + "=" * (-len(value.strip()) % 4))
+        raw = base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
     except (binascii.Error, ValueError):
         raise ConfigError("key_encryption_key is not base64url") from None
     if len(raw) != 32:

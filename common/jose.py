@@ -58,7 +58,7 @@ def unverified_header(token: str) -> dict[str, Any]:
         head = token.split(".", 1)[0]
         raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
         header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise TokenInvalidError("malformed JOSE header") from None
     if not isinstance(header, dict):
         raise TokenInvalidError("malformed JOSE header")
@@ -80,7 +80,7 @@ def verify_jwt(
     algorithms: Collection[str],
     typ: str,
     issuer: str | Collection[str],
-    audience: str | None,
+    audience: str,
     clock: Clock = system_clock,
     leeway: int = 30,
     max_lifetime: int | None = None,
@@ -101,6 +101,14 @@ def verify_jwt(
     algs = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
     if not algs or len(algs) != len(list(algorithms)):
         raise ValueError("verify_jwt takes only asymmetric algorithms (ES384, RS384, ES256)")
+    issuers = [issuer] if isinstance(issuer, str) else list(issuer)
+    # Programming errors that would silently turn a check off: refuse them outright.
+    if not issuers or not all(isinstance(i, str) and i for i in issuers):
+        raise ValueError("verify_jwt needs at least one trusted issuer")
+    if not isinstance(audience, str) or not audience:
+        raise ValueError("verify_jwt needs the expected audience")
+    if "exp" not in require:
+        raise ValueError("verify_jwt always requires exp")
     if not isinstance(token, str) or token.count(".") != 2:
         raise TokenInvalidError("not a compact JWS")
     header = unverified_header(token)
@@ -121,19 +129,17 @@ def verify_jwt(
         raise TokenInvalidError("unknown kid") from None
     try:
         decoded = jwt.decode(token, key, algorithms=algs)
-    except (JoseError, ValueError, TypeError):
+    except (JoseError, ValueError, TypeError, RecursionError):
         raise TokenInvalidError("bad signature or payload") from None
     claims = dict(decoded.claims)
     now = int(clock())
-    issuers = [issuer] if isinstance(issuer, str) else list(issuer)
     options: dict[str, Any] = {
         "iss": {"essential": True, "values": issuers},
-        "exp": {"essential": "exp" in require},
+        "exp": {"essential": True},
         "iat": {"essential": "iat" in require},
         "jti": {"essential": "jti" in require},
+        "aud": {"essential": True, "value": audience},
     }
-    if audience is not None:
-        options["aud"] = {"essential": True, "value": audience}
     registry = JWTClaimsRegistry(now=now, leeway=leeway, **options)
     try:
         registry.validate(claims)

@@ -193,8 +193,9 @@ async def retire_expired(sessions: async_sessionmaker[AsyncSession], now: int) -
 
 async def list_keys(sessions: async_sessionmaker[AsyncSession]) -> list[SigningKeyRow]:
     async with sessions() as session:
-        result = await session.execute(select(SigningKeyRow).order_by(SigningKeyRow.service, SigningKeyRow.created_at))
-        return list(result.scalars())
+        rows = list((await session.execute(select(SigningKeyRow))).scalars())
+    # Oldest first; within one second (created_at ties) the active key comes last.
+    return sorted(rows, key=lambda r: (r.service, r.created_at, r.status == ACTIVE, r.rotated_at or 0))
 
 
 def published(rows: list[SigningKeyRow], now: int) -> list[dict[str, Any]]:

@@ -22,14 +22,24 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # JWS / JWE compact serialisations: base64url JSON header "eyJ..." then 2 or 4 more parts.
     (re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){1,4}"), "[JWT]"),
     # Authorization / Proxy-Authorization header values, whatever the scheme.
+    # Authorization header values: a quoted value up to its closing quote (dict and ASGI-tuple
+    # reprs: "', b'..."), an unquoted one to the end of the line (Digest carries quoted params).
     (
-        re.compile(r"(?i)((?:proxy-)?authorization['\"]?\s*[:=,]\s*['\"]?)[^'\"\r\n]+"),
+        re.compile(r"(?i)((?:proxy-)?authorization['\"]?\s*[:=,]\s*b?(['\"]))[^\r\n]*?(?=\2)"),
+        r"\1" + REDACTED,
+    ),
+    (
+        re.compile(r"(?i)((?:proxy-)?authorization['\"]?\s*[:=]\s*)(?!['\"\s]|b['\"])[^\r\n]+"),
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)\b(bearer|basic|dpop)\s+[A-Za-z0-9\-._~+/=\[\]]+"), r"\1 " + REDACTED),
     # name=value in query strings and forms, "name": "value" in JSON.
     (
-        re.compile(rf"(?i)([?&;\s,{{]['\"]?(?:{_CREDENTIAL_NAMES})['\"]?\s*[=:]\s*['\"]?)[^&\s'\",}}]+"),
+        # Preceded by a separator, a quote or a bracket (reprs of QueryParams and FormData),
+        # followed by =, : or , (a ('name', 'value') pair).
+        re.compile(
+            rf"(?i)([?&;#\s,{{(\['\"](?:{_CREDENTIAL_NAMES})['\"]?\s*[=:,]\s*b?['\"]?)[^&\s'\",}})\]]+"
+        ),
         r"\1" + REDACTED,
     ),
     (re.compile(rf"(?i)^((?:{_CREDENTIAL_NAMES})=)[^&\s]+"), r"\1" + REDACTED),
@@ -73,6 +83,10 @@ def install_redaction() -> None:
         else:
             # Redact the *formatted* message: a credential split between the format string
             # ("token=%s") and its argument, or a dict argument, is then seen whole.
+            if isinstance(record.args, tuple):
+                record.args = tuple(
+                    a.decode("utf-8", "replace") if isinstance(a, bytes | bytearray) else a for a in record.args
+                )
             try:
                 message = record.getMessage()
             except (TypeError, ValueError, KeyError):

@@ -62,7 +62,9 @@ async def authenticate(
         log.info("rejected CDS Client JWT: %s", exc.reason)
         raise Unauthorized from None
     claims = verified.claims
-    if not await replay.first_use(f"{claims['iss']}|{claims['jti']}", int(claims["exp"])):
+    # Remember the jti as long as verify_jwt would still accept the token (exp + leeway).
+    remember_until = int(claims["exp"]) + settings.jwt_leeway_seconds
+    if not await replay.first_use(f"{claims['iss']}|{claims['jti']}", remember_until):
         log.info("rejected CDS Client JWT: jti replayed")
         raise Unauthorized
     return claims

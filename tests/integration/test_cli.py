@@ -1,0 +1,131 @@
+"""The `mockehr` commands that do not start the stack, run through typer on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from cryptography import x509
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from authserver.models import UserRow
+from authserver.passwords import verify_password
+from common.db import make_engine, make_sessionmaker
+from fhirserver import storage
+from fhirserver.models import ResourceRow
+from mockehr.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def _users_and_panel(url: str) -> tuple[list[UserRow], dict[str, list[str]]]:
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            users = list((await session.execute(select(UserRow))).scalars())
+            panels = {
+                u.fhir_user: await storage.referencing(
+                    session, "Practitioner", u.fhir_user.split("/")[1], "Patient", ("generalPractitioner",)
+                )
+                for u in users
+            }
+        return users, panels
+    finally:
+        await engine.dispose()
+
+
+def test_seed_creates_logins_with_argon2_hashes_and_disjoint_panels(tmp_path: Path, database_url: str) -> None:
+    code, out, err = _invoke("seed", "--data-dir", str(tmp_path), "--db", database_url, "--patients", "9")
+    assert code == 0, err
+    assert "seeded 9 patients, 3 practitioners" in out
+    demo = json.loads((tmp_path / "demo-users.json").read_text())
+    assert (tmp_path / "demo-users.json").stat().st_mode & 0o777 == 0o600
+    users, panels = asyncio.run(_users_and_panel(database_url))
+    assert {u.username for u in users} == set(demo)
+    for user in users:
+        assert user.password_hash.startswith("$argon2id$")
+        assert demo[user.username]["password"] not in user.password_hash
+        assert verify_password(user.password_hash, demo[user.username]["password"])
+        assert not verify_password(user.password_hash, "wrong")
+        assert sorted(panels[user.fhir_user]) == sorted(demo[user.username]["patients"])
+    all_patients = [p for ids in panels.values() for p in ids]
+    assert len(all_patients) == len(set(all_patients)) == 9
+
+
+def test_seeding_twice_keeps_the_passwords(tmp_path: Path, database_url: str) -> None:
+    assert _invoke("seed", "--data-dir", str(tmp_path), "--db", database_url, "--patients", "3")[0] == 0
+    first = json.loads((tmp_path / "demo-users.json").read_text())
+    assert _invoke("seed", "--data-dir", str(tmp_path), "--db", database_url, "--patients", "3")[0] == 0
+    assert json.loads((tmp_path / "demo-users.json").read_text()) == first
+
+
+def test_load_reports_each_file_and_exits_non_zero_when_one_fails(
+    tmp_path: Path, database_url: str, fixtures_dir: Path
+) -> None:
+    practitioners = next((fixtures_dir / "synthea-r4").glob("practitionerInformation*.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"resourceType": "Bundle", "type": "batch", "entry": []}))
+    code, out, _ = _invoke(
+        "load", str(practitioners), str(bad), "--data-dir", str(tmp_path), "--db", database_url, "--json"
+    )
+    assert code == 1
+    results = json.loads(out)
+    assert [r["ok"] for r in results] == [True, False]
+    assert results[0]["created"] == 102
+    assert "Bundle.type must be 'transaction'" in results[1]["message"]
+
+    async def count() -> int:
+        engine = make_engine(database_url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return len((await session.execute(select(ResourceRow.id))).all())
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(count()) == 102
+
+
+def test_keys_rotate_refuses_an_unknown_service_in_one_line(tmp_path: Path) -> None:
+    code, _, err = _invoke("keys", "rotate", "fhirserver", "--data-dir", str(tmp_path))
+    assert code == 2
+    assert err.strip().splitlines() == ["error: unknown service 'fhirserver': one of authserver, ehr"]
+
+
+def test_keys_list_shows_each_key_once_rotated(tmp_path: Path, database_url: str) -> None:
+    assert _invoke("keys", "rotate", "authserver", "--data-dir", str(tmp_path), "--db", database_url)[0] == 0
+    assert (
+        _invoke("keys", "rotate", "authserver", "--data-dir", str(tmp_path), "--db", database_url, "--alg", "RS384")[0]
+        == 0
+    )
+    code, out, _ = _invoke("keys", "list", "--json", "--data-dir", str(tmp_path), "--db", database_url)
+    assert code == 0
+    keys = json.loads(out)
+    assert [(k["service"], k["alg"], k["status"]) for k in keys] == [
+        ("authserver", "ES384", "retiring"),
+        ("authserver", "RS384", "active"),
+    ]
+    assert keys[0]["publish_until"] - keys[0]["created_at"] >= 340
+
+
+def test_ca_issue_writes_a_certificate_for_the_users_own_service(tmp_path: Path) -> None:
+    data, out_dir = tmp_path / "data", tmp_path / "certs"
+    code, out, err = _invoke("ca", "issue", "my-cds.local", "127.0.0.1", "--data-dir", str(data), "--out", str(out_dir))
+    assert code == 0, err
+    cert = x509.load_pem_x509_certificate((out_dir / "my-cds.local.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((data / "ca.pem").read_bytes())
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["my-cds.local"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert (out_dir / "my-cds.local-key.pem").stat().st_mode & 0o777 == 0o600
+    code, out, _ = _invoke("ca", "path", "--data-dir", str(data))
+    assert out.strip() == str((data / "ca.pem").resolve())
