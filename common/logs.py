@@ -37,9 +37,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         # Preceded by a separator, a quote or a bracket (reprs of QueryParams and FormData),
         # followed by =, : or , (a ('name', 'value') pair).
-        re.compile(
-            rf"(?i)([?&;#\s,{{(\['\"](?:{_CREDENTIAL_NAMES})['\"]?\s*[=:,]\s*b?['\"]?)[^&\s'\",}})\]]+"
-        ),
+        re.compile(rf"(?i)([?&;#\s,{{(\['\"](?:{_CREDENTIAL_NAMES})['\"]?\s*[=:,]\s*b?['\"]?)[^&\s'\",}})\]]+"),
         r"\1" + REDACTED,
     ),
     (re.compile(rf"(?i)^((?:{_CREDENTIAL_NAMES})=)[^&\s]+"), r"\1" + REDACTED),
