@@ -149,7 +149,9 @@ def up(
         stopping = True
         raise KeyboardInterrupt
 
+    # Both explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         _run(lambda: supervisor.wait_ready(stack, running))
         print_summary(out, stack, report.users, time.monotonic() - started)
