@@ -44,7 +44,9 @@ def create_app(settings: AuthSettings | None = None, *, clock: Clock = system_cl
             app.state.runtime = runtime
             yield
 
-    app = FastAPI(title="mockehr authorization server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="mockehr authorization server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
 

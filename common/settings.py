@@ -56,10 +56,10 @@ class ServiceSettings(BaseSettings):
     # The longest lifetime of any token this service signs; old keys stay published this long.
     max_token_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
     # How often a process re-reads the key table (picks up `mockehr keys rotate`).
-    key_refresh_seconds: float = Field(default=5.0, gt=0, le=300)
+    key_refresh_seconds: float = Field(default=2.0, gt=0, le=300)
     # A rotated-in key is published this long before it signs (verifiers refetch on unknown kid
     # at most once a second, so they always know a key before they see it).
-    key_publish_ahead_seconds: float = Field(default=5.0, ge=0, le=300)
+    key_publish_ahead_seconds: float = Field(default=5.0, ge=0, le=600)
 
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -68,6 +68,14 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_publish_ahead(self) -> ServiceSettings:
+        # Every replica serves a JWKS at most key_refresh_seconds old, verifiers refetch at most
+        # once a second, and key ages are whole seconds: a new key must wait longer than that.
+        if self.key_publish_ahead_seconds and self.key_publish_ahead_seconds < self.key_refresh_seconds + 2:
+            raise ValueError("key_publish_ahead_seconds must be 0 or ≥ key_refresh_seconds + 2")
+        return self
 
     @model_validator(mode="after")
     def _check_production(self) -> ServiceSettings:

@@ -30,7 +30,7 @@ def create_app(settings: EhrSettings | None = None, *, clock: Clock = system_clo
             app.state.runtime = runtime
             yield
 
-    app = FastAPI(title="mockehr EHR", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="mockehr EHR", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
 

@@ -35,7 +35,7 @@ def create_app(settings: FhirSettings | None = None, *, clock: Clock = system_cl
             app.state.jwks = JwksCache(runtime.http, settings.authserver_jwks_url, clock=clock)
             yield
 
-    app = FastAPI(title="mockehr FHIR server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="mockehr FHIR server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
 

@@ -229,12 +229,9 @@ async def process_transaction(
 
 async def _apply(session: AsyncSession, entry: _Entry, now: dt.datetime) -> None:
     if entry.method == "DELETE":
-        deleted = await storage.delete(session, entry.rtype, entry.rid, now=now)
-        entry.response = {"status": "204 No Content" if deleted else "404 Not Found"}
-        if not deleted:
-            raise NotFoundError(
-                [Issue(f"{entry.rtype}/{entry.rid} not found", code="not-found", expression=(_where(entry.index),))]
-            )
+        # FHIR R4 §3.1.0.7.1: deleting what is absent or already deleted has no effect and succeeds.
+        await storage.delete(session, entry.rtype, entry.rid, now=now)
+        entry.response = {"status": "204 No Content"}
         return
     if entry.existing:
         row = await storage.read_current(session, entry.rtype, entry.rid)

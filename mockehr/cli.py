@@ -39,17 +39,17 @@ out = Console()
 err = Console(stderr=True)
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory [env MOCKEHR_DATA_DIR; default ./.mockehr]")
+    Path | None, typer.Option("--data-dir", help="Data directory (env MOCKEHR_DATA_DIR; default ./.mockehr)")
 ]
 Db = Annotated[
-    str | None, typer.Option("--db", help="Database URL [env MOCKEHR_DATABASE_URL; default SQLite in the data dir]")
+    str | None, typer.Option("--db", help="Database URL (env MOCKEHR_DATABASE_URL; default SQLite in the data dir)")
 ]
-Redis = Annotated[str | None, typer.Option("--redis", help="Redis URL [env MOCKEHR_REDIS_URL]")]
+Redis = Annotated[str | None, typer.Option("--redis", help="Redis URL (env MOCKEHR_REDIS_URL)")]
 BasePort = Annotated[
-    int | None, typer.Option("--base-port", help="First of four ports [env MOCKEHR_BASE_PORT; default 9000]")
+    int | None, typer.Option("--base-port", help="First of four ports (env MOCKEHR_BASE_PORT; default 9000)")
 ]
 Host = Annotated[
-    str | None, typer.Option("--host", help="Interface to listen on [env MOCKEHR_HOST; default 127.0.0.1]")
+    str | None, typer.Option("--host", help="Interface to listen on (env MOCKEHR_HOST; default 127.0.0.1)")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 Patients = Annotated[int, typer.Option("--patients", min=1, max=100000, help="Synthetic patients to seed")]
@@ -74,6 +74,7 @@ def _stack(
         base_port=base_port or cfg.base_port,
         database_url=db or cfg.database_url,
         redis_url=redis or cfg.redis_url,
+        kek_value=cfg.key_encryption_key.get_secret_value() if cfg.key_encryption_key else None,
     )
 
 
@@ -276,9 +277,7 @@ def keys_rotate(
     their key_publish_ahead_seconds (default 5 s). The old key stays published for --overlap seconds."""
 
     def body() -> None:
-        from common.crypto import decode_kek
         from common.keys import ALGORITHMS, rotate
-        from common.secrets_file import read_or_create_secret
 
         if service not in SIGNING_SERVICES:
             raise ConfigError(f"unknown service {service!r}: one of {', '.join(SIGNING_SERVICES)}")
@@ -287,7 +286,7 @@ def keys_rotate(
         if overlap < 0:
             raise ConfigError("--overlap must be ≥ 0")
         stack = _stack(data_dir, db)
-        kek = decode_kek(read_or_create_secret(stack.data_dir / "kek"))
+        kek = stack.kek()
         new, old = asyncio.run(_with_sessions(stack, lambda s: rotate(s, service, alg, kek, int(time.time()), overlap)))
         out.print(f"{service}: new key {new} active" + (f"; {old} published for {overlap} s more" if old else ""))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,3 +16,6 @@ class CliSettings(BaseSettings):
     redis_url: str | None = None
     host: str = "127.0.0.1"
     base_port: int = Field(default=9000, ge=1, le=65532)
+    # The key-encryption key the services use (their MOCKEHR_<SVC>_KEY_ENCRYPTION_KEY). Unset:
+    # `<data_dir>/kek`, as in development mode. Keys made by `keys rotate` / `init` use it.
+    key_encryption_key: SecretStr | None = None

@@ -9,13 +9,23 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from authserver.settings import AuthSettings
 from common.db import make_engine, make_sessionmaker
-from common.keys import ensure_active_key
+from common.keys import Alg, ensure_active_key
 from common.secrets_file import read_or_create_secret
+from common.settings import load_settings
 from common.tls import STACK_HOSTS, ensure_ca, ensure_server_certificate
+from ehr.settings import EhrSettings
 from mockehr import migrate, preflight
 from mockehr.demo import DemoUser, demo_users, is_seeded, seed
 from mockehr.stack import SERVICES, SIGNING_SERVICES, Stack
+
+
+def signing_alg(service: str) -> Alg:
+    """The algorithm the service's own settings ask for (MOCKEHR_<SVC>_SIGNING_ALG)."""
+    settings = load_settings(AuthSettings) if service == "authserver" else load_settings(EhrSettings)
+    alg: Alg = settings.signing_alg
+    return alg
 
 
 @dataclass(frozen=True)
@@ -41,16 +51,10 @@ def prepare(stack: Stack, *, patients: int = 30, seed_value: int = 1, do_seed: b
     hosts = tuple(dict.fromkeys((*STACK_HOSTS, stack.public_host)))
     ensure_server_certificate(stack.data_dir, hosts)
     read_or_create_secret(stack.data_dir / "admin-token")
-    kek = _kek(stack)
+    kek = stack.kek()
     migrate.upgrade(stack.db_url)
     seeded_now = asyncio.run(_keys_and_seed(stack, kek, patients, seed_value, do_seed))
     return SetupReport(seeded_now=seeded_now, users=demo_users(stack.data_dir))
-
-
-def _kek(stack: Stack) -> bytes:
-    from common.crypto import decode_kek
-
-    return decode_kek(read_or_create_secret(stack.data_dir / "kek"))
 
 
 async def _keys_and_seed(stack: Stack, kek: bytes, patients: int, seed_value: int, do_seed: bool) -> bool:
@@ -58,7 +62,7 @@ async def _keys_and_seed(stack: Stack, kek: bytes, patients: int, seed_value: in
     sessions = make_sessionmaker(engine)
     try:
         for name in SIGNING_SERVICES:
-            await ensure_active_key(sessions, name, "ES384", kek, int(time.time()))
+            await ensure_active_key(sessions, name, signing_alg(name), kek, int(time.time()))
         if do_seed and not await is_seeded(sessions):
             await seed(sessions, stack.data_dir, patients=patients, seed_value=seed_value)
             return True

@@ -46,6 +46,14 @@ class Stack:
     database_url: str | None = None
     redis_url: str | None = None
     public_host: str = "localhost"
+    kek_value: str | None = None  # from MOCKEHR_KEY_ENCRYPTION_KEY; else <data_dir>/kek
+
+    def kek(self) -> bytes:
+        """The key-encryption key: the configured one, or the data directory's (created once)."""
+        from common.crypto import decode_kek
+        from common.secrets_file import read_or_create_secret
+
+        return decode_kek(self.kek_value or read_or_create_secret(self.data_dir / "kek"))
 
     @property
     def db_url(self) -> str:
@@ -78,6 +86,8 @@ class Stack:
         }
         if self.redis_url:
             values["REDIS_URL"] = self.redis_url
+        if self.kek_value:
+            values["KEY_ENCRYPTION_KEY"] = self.kek_value
         if name == "authserver":
             values["FHIR_BASE_URL"] = self.url("fhirserver")
         elif name == "fhirserver":

@@ -54,7 +54,9 @@ def create_app(settings: CdsSettings | None = None, *, clock: Clock = system_clo
                 if redis is not None:
                     await redis.aclose()
 
-    app = FastAPI(title="mockehr example CDS Service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="mockehr example CDS Service", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.settings = settings
     app.state.clock = clock
     app.state.feedback = []

@@ -65,7 +65,7 @@ class UpProcess:
 def start_up(data_dir: Path, base_port: int, *extra: str, env: dict[str, str] | None = None) -> UpProcess:
     full_env = dict(os.environ)
     full_env.update(
-        {"COLUMNS": "200", "MOCKEHR_EHR_KEY_REFRESH_SECONDS": "0.2", "MOCKEHR_EHR_KEY_PUBLISH_AHEAD_SECONDS": "1"}
+        {"COLUMNS": "200", "MOCKEHR_EHR_KEY_REFRESH_SECONDS": "0.2", "MOCKEHR_EHR_KEY_PUBLISH_AHEAD_SECONDS": "2.5"}
     )
     full_env.update(env or {})
     process = subprocess.Popen(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -13,6 +15,8 @@ from typer.testing import CliRunner
 from authserver.models import UserRow
 from authserver.passwords import verify_password
 from common.db import make_engine, make_sessionmaker
+from common.errors import KeyDecryptionError
+from common.keys import KeyStore
 from fhirserver import storage
 from fhirserver.models import ResourceRow
 from mockehr.cli import app
@@ -129,3 +133,25 @@ def test_ca_issue_writes_a_certificate_for_the_users_own_service(tmp_path: Path)
     assert (out_dir / "my-cds.local-key.pem").stat().st_mode & 0o777 == 0o600
     code, out, _ = _invoke("ca", "path", "--data-dir", str(data))
     assert out.strip() == str((data / "ca.pem").resolve())
+
+
+def test_keys_rotate_uses_the_configured_key_encryption_key_not_a_new_file(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kek = base64.urlsafe_b64encode(b"\x07" * 32).decode()
+    monkeypatch.setenv("MOCKEHR_KEY_ENCRYPTION_KEY", kek)
+    code, _, err = _invoke("keys", "rotate", "ehr", "--data-dir", str(tmp_path), "--db", database_url)
+    assert code == 0, err
+    assert not (tmp_path / "kek").exists()
+
+    async def signer_kid(key: bytes) -> str:
+        engine = make_engine(database_url)
+        try:
+            store = KeyStore(make_sessionmaker(engine), "ehr", key, refresh_seconds=1)
+            return (await store.signer()).kid
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(signer_kid(b"\x07" * 32))
+    with pytest.raises(KeyDecryptionError):
+        asyncio.run(signer_kid(b"\x08" * 32))

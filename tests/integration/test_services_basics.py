@@ -42,6 +42,9 @@ async def test_authserver_is_live_ready_and_publishes_public_keys_only(tmp_path:
         assert jwks.headers["x-content-type-options"] == "nosniff"
         assert jwks.headers["strict-transport-security"].startswith("max-age=")
         assert jwks.headers["referrer-policy"] == "no-referrer"
+        # No interactive docs or schema dump in a service that holds keys.
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert (await client.get(path)).status_code == 404
 
 
 async def test_ehr_publishes_its_own_public_key_distinct_from_the_authservers(

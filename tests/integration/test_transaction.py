@@ -221,3 +221,9 @@ async def test_loading_a_malformed_file_reports_it_and_stores_nothing(sessions: 
     assert "Observation.status" in results[0].message and "nothing was stored" in results[0].message
     assert results[1].message == "not valid JSON"
     assert await _count(sessions) == 0
+
+
+async def test_deleting_an_absent_resource_succeeds_without_effect(sessions: Sessions) -> None:
+    response = await _apply(sessions, _bundle({"request": {"method": "DELETE", "url": "Patient/never-was"}}))
+    assert response["entry"][0]["response"] == {"status": "204 No Content"}
+    assert await _count(sessions) == 0
