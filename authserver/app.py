@@ -5,8 +5,6 @@ Run alone with `uvicorn --factory authserver.app:create_app` (settings from MOCK
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,10 +12,8 @@ from fastapi.responses import JSONResponse
 
 from authserver.deps import RuntimeDep
 from authserver.settings import AuthSettings
+from common.app import service_app
 from common.clock import Clock, system_clock
-from common.health import Check, health_router
-from common.middleware import SecurityHeadersMiddleware
-from common.runtime import open_runtime
 from common.settings import load_settings
 from common.web import jwks_response
 
@@ -37,24 +33,7 @@ def metadata(settings: AuthSettings) -> dict[str, Any]:
 
 def create_app(settings: AuthSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or load_settings(AuthSettings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings, signing=True, clock=clock) as runtime:
-            app.state.runtime = runtime
-            yield
-
-    app = FastAPI(
-        title="mockehr authorization server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )
-    app.state.settings = settings
-    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
-
-    def checks() -> Mapping[str, Check]:
-        runtime = app.state.runtime
-        return {"database": runtime.check_db, "keys": runtime.check_keys}
-
-    app.include_router(health_router(checks))
+    app = service_app(settings, title="mockehr authorization server", signing=True, clock=clock)
 
     @app.get("/jwks")
     @app.get("/.well-known/jwks.json")

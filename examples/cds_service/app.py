@@ -30,6 +30,14 @@ def _bad_request(message: str) -> JSONResponse:
     return JSONResponse({"error": "invalid_request", "message": message}, status_code=400)
 
 
+async def _json_object(request: Request) -> dict[str, Any] | None:
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def create_app(settings: CdsSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or load_settings(CdsSettings)
 
@@ -88,11 +96,10 @@ def create_app(settings: CdsSettings | None = None, *, clock: Clock = system_clo
         await auth(request)
         if service_id not in SERVICES:
             return JSONResponse({"error": "not_found"}, status_code=404)
-        try:
-            body: Any = await request.json()
-        except ValueError:
-            return _bad_request("body is not JSON")
-        if not isinstance(body, dict) or body.get("hook") != SERVICES[service_id]["hook"]:
+        body = await _json_object(request)
+        if body is None:
+            return _bad_request("body is not a JSON object")
+        if body.get("hook") != SERVICES[service_id]["hook"]:
             return _bad_request("hook does not match this service")
         if not isinstance(body.get("hookInstance"), str) or not isinstance(body.get("context"), dict):
             return _bad_request("hookInstance and context are required")
@@ -108,11 +115,8 @@ def create_app(settings: CdsSettings | None = None, *, clock: Clock = system_clo
         await auth(request)
         if service_id not in SERVICES:
             return JSONResponse({"error": "not_found"}, status_code=404)
-        try:
-            body: Any = await request.json()
-        except ValueError:
-            return _bad_request("body is not JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("feedback"), list):
+        body = await _json_object(request)
+        if body is None or not isinstance(body.get("feedback"), list):
             return _bad_request("feedback must be a list")
         app.state.feedback.extend(body["feedback"][:100])
         del app.state.feedback[:-1000]

@@ -1,0 +1,54 @@
+"""The skeleton every service's `create_app` starts from: lifespan runtime, headers, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from common.clock import Clock
+from common.health import Check, health_router
+from common.middleware import SecurityHeadersMiddleware
+from common.runtime import Runtime, open_runtime
+from common.settings import ServiceSettings
+
+
+def service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    signing: bool,
+    clock: Clock,
+    on_start: Callable[[FastAPI, Runtime], None] | None = None,
+    extra_checks: Callable[[FastAPI], Mapping[str, Check]] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose lifespan opens the service's Runtime (DB, HTTP client, keys).
+
+    /healthz and /readyz come with it; readiness checks the database, the keys of a signing
+    service, and whatever `extra_checks` adds. No OpenAPI schema or docs pages are served.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings, signing=signing, clock=clock) as runtime:
+            app.state.runtime = runtime
+            if on_start is not None:
+                on_start(app, runtime)
+            yield
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
+
+    def checks() -> Mapping[str, Check]:
+        runtime: Runtime = app.state.runtime
+        found: dict[str, Check] = {"database": runtime.check_db}
+        if signing:
+            found["keys"] = runtime.check_keys
+        if extra_checks is not None:
+            found.update(extra_checks(app))
+        return found
+
+    app.include_router(health_router(checks))
+    return app
