@@ -37,14 +37,17 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         # Preceded by a separator, a quote or a bracket (reprs of QueryParams and FormData),
         # followed by =, : or , (a ('name', 'value') pair).
-        re.compile(rf"(?i)([?&;#\s,{{(\['\"](?:{_CREDENTIAL_NAMES})['\"]?\s*[=:,]\s*b?['\"]?)[^&\s'\",}})\]]+"),
+        re.compile(
+            rf"(?i)([?&;#\s,{{(\['\"](?:{_CREDENTIAL_NAMES})['\"]?\s*[=:,]\s*b?['\"]?)(?!\[REDACTED\])[^&\s'\",}})\]]+"
+        ),
         r"\1" + REDACTED,
     ),
-    (re.compile(rf"(?i)^((?:{_CREDENTIAL_NAMES})=)[^&\s]+"), r"\1" + REDACTED),
+    (re.compile(rf"(?i)^((?:{_CREDENTIAL_NAMES})=)(?!\[REDACTED\])[^&\s]+"), r"\1" + REDACTED),
 )
 
 
 def redact(text: str) -> str:
+    """Replace credentials in `text`. Idempotent: redacting twice changes nothing more."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -69,9 +72,9 @@ _installed = False
 def install_redaction() -> None:
     """Wrap the LogRecord factory once per process so every record is redacted at birth."""
     global _installed
-    if _installed:
-        return
     previous: Callable[..., logging.LogRecord] = logging.getLogRecordFactory()
+    if _installed or getattr(previous, "_mockehr_redacting", False):
+        return  # never wrap our own factory: records would be redacted twice
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
@@ -94,6 +97,7 @@ def install_redaction() -> None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record
 
+    factory._mockehr_redacting = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
     _installed = True
 

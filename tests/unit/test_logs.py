@@ -396,3 +396,19 @@ def test_records_made_after_install_are_redacted_whatever_the_handler(redaction:
     record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "got %s", (f"Bearer {JWS}",), None)
 
     assert record.getMessage() == f"got Bearer {REDACTED}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /cb?code=abc&state=xyz HTTP/1.1",
+        "Authorization: Bearer eyJhbGciOiJFUzM4NCJ9.eyJzdWIiOiJ4In0.c2ln",
+        '{"access_token": "tok", "refresh_token": "r"}',
+        "QueryParams('code=abc')",
+        "token=zzz",
+        "(b'authorization', b'Token abc')",
+    ],
+)
+def test_redaction_is_idempotent(text: str) -> None:
+    once = redact(text)
+    assert redact(once) == once
