@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Integer, String
+from sqlalchemy import Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.db import Base
@@ -20,3 +20,74 @@ class UserRow(Base):
     display: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[int] = mapped_column(Integer)
+
+
+class ClientRow(Base):
+    """A registered OAuth client: the EHR, a CDS Service, a SMART app or a backend client."""
+
+    __tablename__ = "oauth_clients"
+
+    client_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ehr | cds-service | smart-app | backend
+    name: Mapped[str] = mapped_column(String(255))
+    # private_key_jwt | client_secret_basic | none (public SMART apps)
+    auth_method: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    jwks: Mapped[str | None] = mapped_column(Text, nullable=True)  # inline JWK Set (public keys)
+    jwks_uri: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    redirect_uris: Mapped[str] = mapped_column(Text, default="[]")  # JSON list, exact match
+    launch_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    scope: Mapped[str] = mapped_column(Text, default="")  # approved / pre-authorised scopes
+    # May obtain tokens on behalf of registered CDS Services (token exchange, user assertions).
+    first_party: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class IssuedTokenRow(Base):
+    """Every access or refresh token issued (introspection, revocation, code-replay cascades)."""
+
+    __tablename__ = "oauth_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # access | refresh
+    client_id: Mapped[str] = mapped_column(String(128))
+    # The client that asked for it when that differs (the EHR exchanging for a CDS Service).
+    actor_client_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    sub: Mapped[str] = mapped_column(String(255))
+    scope: Mapped[str] = mapped_column(Text)
+    patient: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fhir_user: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    grant: Mapped[str] = mapped_column(String(64))  # the grant (or code/refresh family) it came from
+    iat: Mapped[int] = mapped_column(Integer)
+    exp: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        Index("ix_oauth_tokens_grant", "grant"),
+        Index("ix_oauth_tokens_exp", "exp"),
+    )
+
+
+class RevocationRow(Base):
+    """The revocation feed: an append-only, ordered list the FHIR server replicas poll."""
+
+    __tablename__ = "oauth_revocations"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    jti: Mapped[str] = mapped_column(String(64))
+    exp: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_oauth_revocations_exp", "exp"),)
+
+
+class UsedJtiRow(Base):
+    """jti values of client assertions already used (RFC 7523 §3 item 7): across replicas and restarts."""
+
+    __tablename__ = "oauth_used_jtis"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)  # client_id + "|" + jti
+    expires_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_oauth_used_jtis_expires_at", "expires_at"),)

@@ -15,3 +15,7 @@ class AuthSettings(ServiceSettings):
     port: int = Field(default=9001, ge=0, le=65535)
     # The FHIR server's base URL: the only resource (RFC 8707 audience) tokens are issued for.
     fhir_base_url: str = "https://localhost:9002/fhir"
+    # Lifetime of every access token; CDS Hooks asks for very short-lived tokens (≤ 300 s).
+    access_token_lifetime_seconds: int = Field(default=300, ge=10, le=300)
+    # Algorithms accepted in client assertions (SMART 2.2: RS384 and ES384; add ES256/RS256 here).
+    client_assertion_algorithms: list[str] = Field(default_factory=lambda: ["RS384", "ES384"])

@@ -15,14 +15,16 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet as KeySet  # re-exported: services type keys without importing joserfc
 from joserfc.jwt import JWTClaimsRegistry
 
 from common.clock import Clock, system_clock
 from common.errors import TokenInvalidError
 from common.keys import ALGORITHMS, SigningKey
 
-ASYMMETRIC_ALGORITHMS: tuple[str, ...] = ALGORITHMS
+# What verify_jwt can ever accept: our signing algorithms plus RS256, which some clients use for
+# their assertions (accepted only where a service is configured to allow it).
+ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "RS256")
 # Header members that would let a token choose its own verification key (RFC 8725 §3.10).
 _KEY_CHOOSING_HEADERS = frozenset({"jwk", "x5u", "x5c"})
 
@@ -65,6 +67,20 @@ def unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload, unverified: only to find out which client's keys to verify it with."""
+    import base64
+
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
+        raise TokenInvalidError("malformed JWT payload") from None
+    if not isinstance(claims, dict):
+        raise TokenInvalidError("malformed JWT payload")
+    return claims
+
+
 def _typ_matches(actual: object, expected: str) -> bool:
     # RFC 7515 §4.1.9: media type compared case-insensitively, "application/" prefix optional.
     if not isinstance(actual, str):
@@ -100,7 +116,7 @@ def verify_jwt(
     """
     algs = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
     if not algs or len(algs) != len(list(algorithms)):
-        raise ValueError("verify_jwt takes only asymmetric algorithms (ES384, RS384, ES256)")
+        raise ValueError("verify_jwt takes only asymmetric algorithms (ES384, RS384, ES256, RS256)")
     issuers = [issuer] if isinstance(issuer, str) else list(issuer)
     # Programming errors that would silently turn a check off: refuse them outright.
     if not issuers or not all(isinstance(i, str) and i for i in issuers):

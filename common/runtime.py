@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from common.clock import Clock, system_clock
 from common.db import make_engine, make_sessionmaker, ping
+from common.errors import KeyNotFoundError
 from common.http import make_http_client
 from common.keys import KeyStore, ensure_active_key
 from common.logs import configure_logging
@@ -29,6 +30,13 @@ class Runtime:
     http: httpx.AsyncClient
     keys: KeyStore | None
     clock: Clock
+
+    @property
+    def signing_keys(self) -> KeyStore:
+        """The key store of a signing service (a programming error to ask a non-signing one)."""
+        if self.keys is None:
+            raise KeyNotFoundError(f"{self.settings.service_name} has no signing keys")
+        return self.keys
 
     async def check_db(self) -> None:
         await ping(self.engine)

@@ -1,0 +1,88 @@
+"""The admin API (admin token): the client registry.
+
+`Authorization: Bearer <admin token>` (the value in `<data_dir>/admin-token` in development, or
+MOCKEHR_AUTH_ADMIN_TOKEN). Anything else gets a bare 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from authserver import clients
+from authserver.clients import Client, ClientError
+from authserver.deps import RuntimeDep
+from authserver.errors import InvalidRequestError
+from authserver.settings import AuthSettings
+from common.errors import TokenInvalidError
+from common.scopes import InvalidScopeError
+
+
+class ClientIn(BaseModel):
+    client_id: str
+    kind: str
+    name: str = ""
+    auth_method: str = "private_key_jwt"
+    scope: str = ""
+    first_party: bool = False
+    active: bool = True
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = None
+    redirect_uris: list[str] = Field(default_factory=list)
+    launch_url: str | None = None
+    client_secret: str | None = None
+
+
+def admin_router(settings: AuthSettings) -> APIRouter:
+    router = APIRouter(prefix="/admin")
+    expected = settings.admin_secret()
+
+    def require_admin(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
+            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @router.get("/clients")
+    async def list_clients(request: Request, runtime: RuntimeDep) -> JSONResponse:
+        require_admin(request)
+        async with runtime.sessions() as session:
+            return JSONResponse([c.public_json() for c in await clients.list_all(session)])
+
+    @router.put("/clients/{client_id}")
+    async def put_client(client_id: str, body: ClientIn, request: Request, runtime: RuntimeDep) -> JSONResponse:
+        require_admin(request)
+        if body.client_id != client_id:
+            raise InvalidRequestError("client_id in the path and the body differ")
+        client = Client(
+            client_id=body.client_id,
+            kind=body.kind,  # type: ignore[arg-type]
+            name=body.name or body.client_id,
+            auth_method=body.auth_method,  # type: ignore[arg-type]
+            scope=body.scope,
+            first_party=body.first_party,
+            active=body.active,
+            jwks=body.jwks,
+            jwks_uri=body.jwks_uri,
+            redirect_uris=tuple(body.redirect_uris),
+            launch_url=body.launch_url,
+        )
+        try:
+            async with runtime.sessions() as session, session.begin():
+                saved = await clients.register(session, client, body.client_secret)
+        except (ClientError, InvalidScopeError, TokenInvalidError) as exc:
+            raise InvalidRequestError(str(exc)) from None
+        return JSONResponse(saved.public_json())
+
+    @router.post("/clients/{client_id}/disable")
+    async def disable(client_id: str, request: Request, runtime: RuntimeDep) -> Response:
+        require_admin(request)
+        async with runtime.sessions() as session, session.begin():
+            found = await clients.set_active(session, client_id, False)
+        return Response(status_code=204 if found else 404)
+
+    return router

@@ -1,0 +1,190 @@
+"""The OAuth endpoints: /token, /introspect, /revoke, and the revocation feed.
+
+Responses that carry tokens send `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749
+§5.1); errors are RFC 6749 §5.2 JSON through the one OAuthError handler (app.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from authserver import clients, tokens
+from authserver.client_auth import ClientAuthenticator
+from authserver.client_credentials import client_credentials_grant
+from authserver.deps import RuntimeDep
+from authserver.errors import (
+    InvalidRequestError,
+    InvalidTargetError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+from authserver.reach import FhirReach, ReachUnavailableError
+from authserver.settings import AuthSettings
+from authserver.subject import subject_user
+from authserver.token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
+from authserver.token_exchange import ExchangeRequest, check_actor, check_service, exchange_grant
+from authserver.tokens import TOKEN_TYPE_ACCESS, Grant
+from authserver.users import User
+from common.errors import TokenInvalidError
+from common.runtime import Runtime
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _one(form: Any, name: str) -> str:
+    values = form.getlist(name)
+    if len(values) > 1:  # RFC 6749 §3.2: parameters must not be repeated
+        raise InvalidRequestError(f"{name} is repeated")
+    return str(values[0]) if values else ""
+
+
+def _audience(settings: AuthSettings, resource: str) -> str:
+    # RFC 8707 §2: tokens are issued only for the resource servers this server knows.
+    if resource and resource.rstrip("/") != settings.fhir_base_url.rstrip("/"):
+        raise InvalidTargetError("resource is not a resource server of this authorization server")
+    return settings.fhir_base_url
+
+
+def oauth_router(settings: AuthSettings) -> APIRouter:
+    router = APIRouter()
+
+    def auth_of(request: Request) -> ClientAuthenticator:
+        authenticator: ClientAuthenticator = request.app.state.client_auth
+        return authenticator
+
+    async def issue(runtime: Runtime, grant: Grant, extra: dict[str, Any]) -> JSONResponse:
+        now = int(runtime.clock())
+        async with runtime.sessions() as session, session.begin():
+            issued = await tokens.issue(session, runtime.signing_keys, settings.base_url, grant, now)
+        body = {
+            "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": grant.lifetime,
+            "scope": grant.scope,
+        }
+        if grant.patient:
+            body["patient"] = grant.patient
+        body.update(extra)
+        return JSONResponse(body, headers=NO_STORE)
+
+    @router.post("/token")
+    async def token(request: Request, runtime: RuntimeDep) -> JSONResponse:
+        form = await request.form()
+        grant_type = _one(form, "grant_type")
+        if grant_type not in ("client_credentials", TOKEN_EXCHANGE):
+            raise UnsupportedGrantTypeError(f"grant_type {grant_type or '(missing)'} is not supported")
+        client = await auth_of(request).authenticate(form, request.headers)
+        audience = _audience(settings, _one(form, "resource"))
+        lifetime = settings.access_token_lifetime_seconds
+        if grant_type == "client_credentials":
+            return await issue(runtime, client_credentials_grant(client, _one(form, "scope"), audience, lifetime), {})
+        return await issue(
+            runtime, await _exchange(request, runtime, form, client, audience), {"issued_token_type": TOKEN_TYPE_ACCESS}
+        )
+
+    async def _exchange(request: Request, runtime: Runtime, form: Any, actor: clients.Client, audience: str) -> Grant:
+        check_actor(actor)
+        patient = _one(form, "patient")
+        if not patient:
+            raise InvalidRequestError("patient is required")
+        async with runtime.sessions() as session:
+            service = check_service(await clients.get(session, _one(form, "cds_service")))
+            user = await subject_user(
+                session,
+                _one(form, "subject_token"),
+                _one(form, "subject_token_type"),
+                actor,
+                auth_of(request),
+                runtime.signing_keys,
+                settings.base_url,
+                [settings.fhir_base_url],
+                int(runtime.clock()),
+            )
+        reach: FhirReach = request.app.state.reach
+
+        async def can_see(u: User, patient_id: str) -> bool:
+            try:
+                return await reach.can_see(u, patient_id)
+            except ReachUnavailableError as exc:
+                raise InvalidRequestError("the patient could not be checked right now; try again") from exc
+
+        exchange = ExchangeRequest(
+            actor=actor, service=service, user=user, patient=patient, scope=_one(form, "scope"), audience=audience
+        )
+        return await exchange_grant(exchange, can_see, settings.access_token_lifetime_seconds)
+
+    @router.post("/introspect")
+    async def introspect(request: Request, runtime: RuntimeDep) -> JSONResponse:
+        """RFC 7662 §2: callers authenticate; anything but a live token is only {"active": false}."""
+        form = await request.form()
+        caller = await auth_of(request).authenticate(form, request.headers)
+        if caller.auth_method == "none":
+            raise UnauthorizedClientError("public clients may not introspect")
+        inactive = JSONResponse({"active": False}, headers=NO_STORE)
+        now = int(runtime.clock())
+        try:
+            claims = await tokens.verify_own(
+                _one(form, "token"), runtime.signing_keys, settings.base_url, [settings.fhir_base_url], now, 0
+            )
+        except TokenInvalidError:
+            return inactive
+        async with runtime.sessions() as session:
+            row = await tokens.record(session, str(claims["jti"]))
+        if row is None or row.revoked_at is not None or row.exp <= now:
+            return inactive
+        body = {"active": True, "token_type": "Bearer"}
+        body.update(
+            {
+                k: claims[k]
+                for k in ("scope", "client_id", "sub", "exp", "iat", "iss", "aud", "patient", "fhirUser")
+                if k in claims
+            }
+        )
+        return JSONResponse(body, headers=NO_STORE)
+
+    @router.post("/revoke")
+    async def revoke(request: Request, runtime: RuntimeDep) -> JSONResponse:
+        """RFC 7009 §2: 200 for unknown tokens; a client may revoke only its own tokens (the EHR
+        also those it obtained for CDS Services)."""
+        form = await request.form()
+        caller = await auth_of(request).authenticate(form, request.headers, allow_public=True)
+        now = int(runtime.clock())
+        try:
+            claims = await tokens.verify_own(
+                _one(form, "token"), runtime.signing_keys, settings.base_url, [settings.fhir_base_url], now, 10**9
+            )
+        except TokenInvalidError:
+            return JSONResponse({}, headers=NO_STORE)
+        async with runtime.sessions() as session, session.begin():
+            row = await tokens.record(session, str(claims["jti"]))
+            if row is None:
+                return JSONResponse({}, headers=NO_STORE)
+            if caller.client_id not in (row.client_id, row.actor_client_id):
+                raise UnauthorizedClientError("a client may revoke only its own tokens")
+            await tokens.revoke(session, [row], now)
+        return JSONResponse({}, headers=NO_STORE)
+
+    @router.get("/revocations")
+    async def revocations(
+        runtime: RuntimeDep, after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=5000)
+    ) -> JSONResponse:
+        """The feed FHIR server replicas poll (every ≤ 0.5 s) to honour revocations within 1 s.
+
+        It lists only jti values of revoked, unexpired tokens — identifiers of dead tokens, not
+        credentials — so it needs no authentication.
+        """
+        now = int(runtime.clock())
+        async with runtime.sessions() as session:
+            rows = await tokens.feed(session, after, now, limit)
+        # Sequence values can commit out of order under concurrency: pollers ask again from a
+        # little before `last` and deduplicate by jti, so a late commit is never skipped.
+        last = rows[-1].seq if rows else after
+        return JSONResponse(
+            {"revocations": [{"jti": r.jti, "exp": r.exp} for r in rows], "last": last},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return router

@@ -1,0 +1,147 @@
+"""Access tokens: issuing (RFC 9068 JWT profile), revoking (RFC 7009) and introspecting (RFC 7662).
+
+Every token is a JWT signed with the authserver's current key, header `typ: at+jwt` (RFC 9068
+§2.1, so an id_token or a CDS Hooks JWT can never pass for one), and is recorded in
+`oauth_tokens` so that it can be revoked and introspected. Revocations are appended to
+`oauth_revocations`, the feed that every FHIR server replica polls (see /revocations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authserver.models import IssuedTokenRow, RevocationRow
+from common.errors import TokenInvalidError
+from common.jose import new_jti, sign_jwt, verify_jwt
+from common.keys import KeyStore
+
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
+TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a grant decided; `issue` turns it into a signed, recorded token."""
+
+    client_id: str
+    sub: str
+    scope: str
+    audience: str
+    lifetime: int
+    grant: str
+    patient: str | None = None
+    fhir_user: str | None = None
+    actor_client_id: str | None = None
+    encounter: str | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    token: str
+    jti: str
+    exp: int
+    claims: dict[str, Any]
+
+
+async def issue(session: AsyncSession, keys: KeyStore, issuer: str, grant: Grant, now: int) -> Issued:
+    """Sign an RFC 9068 access token for `grant` and record it (same transaction as the caller)."""
+    jti = new_jti()
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": grant.sub,
+        "aud": grant.audience,
+        "client_id": grant.client_id,
+        "scope": grant.scope,
+        "iat": now,
+        "exp": now + grant.lifetime,
+        "jti": jti,
+    }
+    if grant.patient:
+        claims["patient"] = grant.patient
+    if grant.encounter:
+        claims["encounter"] = grant.encounter
+    if grant.fhir_user:
+        claims["fhirUser"] = grant.fhir_user
+    if grant.actor_client_id:
+        claims["act"] = {"sub": grant.actor_client_id}  # RFC 8693 §4.1
+    token = sign_jwt(claims, await keys.signer(), typ=ACCESS_TOKEN_TYP)
+    session.add(
+        IssuedTokenRow(
+            jti=jti,
+            kind="access",
+            client_id=grant.client_id,
+            actor_client_id=grant.actor_client_id,
+            sub=grant.sub,
+            scope=grant.scope,
+            patient=grant.patient,
+            fhir_user=grant.fhir_user,
+            grant=grant.grant,
+            iat=now,
+            exp=now + grant.lifetime,
+        )
+    )
+    return Issued(token=token, jti=jti, exp=now + grant.lifetime, claims=claims)
+
+
+async def verify_own(
+    token: str, keys: KeyStore, issuer: str, audiences: list[str], now: int, leeway: int
+) -> dict[str, Any]:
+    """Verify an access token this server issued (signature, typ, iss, one of our audiences)."""
+    key_set = await keys.public_key_set()
+    last: TokenInvalidError | None = None
+    for audience in audiences:
+        try:
+            return verify_jwt(
+                token,
+                key_set,
+                algorithms=["ES384", "RS384", "ES256"],
+                typ=ACCESS_TOKEN_TYP,
+                issuer=issuer,
+                audience=audience,
+                clock=lambda: now,
+                leeway=leeway,
+            ).claims
+        except TokenInvalidError as exc:
+            last = exc
+    raise last or TokenInvalidError("no audience")
+
+
+async def record(session: AsyncSession, jti: str) -> IssuedTokenRow | None:
+    return await session.get(IssuedTokenRow, jti)
+
+
+async def revoke(session: AsyncSession, rows: list[IssuedTokenRow], now: int) -> int:
+    """Revoke tokens (idempotent) and append them to the revocation feed."""
+    count = 0
+    for row in rows:
+        if row.revoked_at is None:
+            row.revoked_at = now
+            session.add(RevocationRow(jti=row.jti, exp=row.exp, revoked_at=now))
+            count += 1
+    return count
+
+
+async def revoke_grant(session: AsyncSession, grant: str, now: int) -> int:
+    """Revoke every token a grant (an authorization code, a refresh family) produced."""
+    rows = list((await session.execute(select(IssuedTokenRow).where(IssuedTokenRow.grant == grant))).scalars())
+    return await revoke(session, rows, now)
+
+
+async def feed(session: AsyncSession, after: int, now: int, limit: int) -> list[RevocationRow]:
+    """Revocations after sequence `after` whose tokens have not expired yet, oldest first."""
+    query = (
+        select(RevocationRow)
+        .where(RevocationRow.seq > after, RevocationRow.exp > now)
+        .order_by(RevocationRow.seq)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def purge_expired(session: AsyncSession, now: int) -> None:
+    """Tokens past their expiry are dead anyway; keep the tables small."""
+    await session.execute(delete(IssuedTokenRow).where(IssuedTokenRow.exp < now - 3600))
