@@ -15,7 +15,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet as KeySet  # re-exported: services type keys without importing joserfc
+from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from common.clock import Clock, system_clock
@@ -24,6 +24,19 @@ from common.keys import ALGORITHMS, SigningKey
 
 # What verify_jwt can ever accept: our signing algorithms plus RS256, which some clients use for
 # their assertions (accepted only where a service is configured to allow it).
+# KeySet is re-exported so services can type key sets without importing joserfc.
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "KeySet",
+    "VerifiedToken",
+    "import_public_jwks",
+    "new_jti",
+    "sign_jwt",
+    "unverified_claims",
+    "unverified_header",
+    "verify_jwt",
+]
+
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "RS256")
 # Header members that would let a token choose its own verification key (RFC 8725 §3.10).
 _KEY_CHOOSING_HEADERS = frozenset({"jwk", "x5u", "x5c"})
