@@ -144,7 +144,7 @@ def claims_of(token: str) -> dict[str, Any]:
 
 
 def header_of(token: str) -> dict[str, Any]:
-    return json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))  # type: ignore[no-any-return]
+    return json.loads(base64.urlsafe_b64decode(token.split(".", maxsplit=1)[0] + "=="))  # type: ignore[no-any-return]
 
 
 def hs256(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
