@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,6 +21,7 @@ def service_app(
     signing: bool,
     clock: Clock,
     on_start: Callable[[FastAPI, Runtime], None] | None = None,
+    on_stop: Callable[[FastAPI], Awaitable[None]] | None = None,
     extra_checks: Callable[[FastAPI], Mapping[str, Check]] | None = None,
 ) -> FastAPI:
     """A FastAPI app whose lifespan opens the service's Runtime (DB, HTTP client, keys).
@@ -35,7 +36,11 @@ def service_app(
             app.state.runtime = runtime
             if on_start is not None:
                 on_start(app, runtime)
-            yield
+            try:
+                yield
+            finally:
+                if on_stop is not None:
+                    await on_stop(app)
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -41,8 +42,15 @@ class _Entry:
     response: dict[str, Any] = field(default_factory=dict)
 
 
+Resolver = Callable[[str, str], Awaitable[set[str]]]
+
+
 async def resolve_criteria(session: AsyncSession, rtype: str, query: str) -> set[str]:
-    """Ids of `rtype` resources matching a conditional query (identifier and _id only)."""
+    """Ids of `rtype` resources matching a conditional query (identifier and _id only).
+
+    The unrestricted resolver, for trusted loading (`mockehr load`); the REST layer passes one
+    that searches only what the caller's token may see.
+    """
     params = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
     if not params:
         raise FhirError([Issue(f"empty conditional criteria for {rtype}", code="invalid")])
@@ -85,7 +93,7 @@ def _parse_entries(bundle: Any, max_entries: int) -> list[tuple[int, dict[str, A
     return list(enumerate(entries))
 
 
-async def _plan(session: AsyncSession, index: int, raw: Any) -> _Entry:
+async def _plan(session: AsyncSession, index: int, raw: Any, resolve: Resolver) -> _Entry:
     where = _where(index)
     if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
         raise InvalidResourceError([Issue("entry.request is required", expression=(f"{where}.request",))])
@@ -123,7 +131,7 @@ async def _plan(session: AsyncSession, index: int, raw: Any) -> _Entry:
                 [Issue("POST url must be a resource type", expression=(f"{where}.request.url",))]
             )
         criteria = request.get("ifNoneExist")
-        found = await resolve_criteria(session, rtype, str(criteria)) if criteria else set()
+        found = await resolve(rtype, str(criteria)) if criteria else set()
         if len(found) > 1:
             raise PreconditionFailedError(
                 [
@@ -137,7 +145,7 @@ async def _plan(session: AsyncSession, index: int, raw: Any) -> _Entry:
         entry.existing = bool(found)
         entry.rid = found.pop() if found else storage.new_id()
     elif method == "PUT" and query:
-        found = await resolve_criteria(session, rtype, query)
+        found = await resolve(rtype, query)
         if len(found) > 1:
             raise PreconditionFailedError(
                 [
@@ -163,21 +171,21 @@ async def _plan(session: AsyncSession, index: int, raw: Any) -> _Entry:
 
 
 async def _rewrite_references(
-    session: AsyncSession, node: Any, full_urls: dict[str, str], where: str, cache: dict[str, str]
+    resolve: Resolver, node: Any, full_urls: dict[str, str], where: str, cache: dict[str, str]
 ) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                node[key] = await _resolve_reference(session, value, full_urls, where, cache)
+                node[key] = await _resolve_reference(resolve, value, full_urls, where, cache)
             else:
-                await _rewrite_references(session, value, full_urls, where, cache)
+                await _rewrite_references(resolve, value, full_urls, where, cache)
     elif isinstance(node, list):
         for item in node:
-            await _rewrite_references(session, item, full_urls, where, cache)
+            await _rewrite_references(resolve, item, full_urls, where, cache)
 
 
 async def _resolve_reference(
-    session: AsyncSession, value: str, full_urls: dict[str, str], where: str, cache: dict[str, str]
+    resolve: Resolver, value: str, full_urls: dict[str, str], where: str, cache: dict[str, str]
 ) -> str:
     if value in full_urls:
         return full_urls[value]
@@ -186,7 +194,7 @@ async def _resolve_reference(
     rtype, sep, query = value.partition("?")
     if sep and "/" not in rtype:
         if value not in cache:
-            found = await resolve_criteria(session, rtype, query)
+            found = await resolve(rtype, query)
             if len(found) != 1:
                 raise PreconditionFailedError(
                     [
@@ -203,11 +211,21 @@ async def _resolve_reference(
 
 
 async def process_transaction(
-    session: AsyncSession, bundle: Any, *, now: dt.datetime, max_entries: int = 5000
+    session: AsyncSession,
+    bundle: Any,
+    *,
+    now: dt.datetime,
+    max_entries: int = 5000,
+    resolve: Resolver | None = None,
 ) -> dict[str, Any]:
     """Apply a transaction Bundle inside the caller's DB transaction; return the response Bundle."""
+
+    async def unrestricted(rtype: str, query: str) -> set[str]:
+        return await resolve_criteria(session, rtype, query)
+
+    resolver = resolve or unrestricted
     entries = _parse_entries(bundle, max_entries)
-    planned = [await _plan(session, i, raw) for i, raw in entries]
+    planned = [await _plan(session, i, raw, resolver) for i, raw in entries]
     full_urls: dict[str, str] = {}
     for (_, raw), entry in zip(entries, planned, strict=True):
         full_url = raw.get("fullUrl")
@@ -216,7 +234,7 @@ async def process_transaction(
     cache: dict[str, str] = {}
     for entry in planned:
         if entry.resource is not None:
-            await _rewrite_references(session, entry.resource, full_urls, f"{_where(entry.index)}.resource", cache)
+            await _rewrite_references(resolver, entry.resource, full_urls, f"{_where(entry.index)}.resource", cache)
             validate_resource(entry.resource, where=f"{_where(entry.index)}: ")
     for entry in sorted(planned, key=lambda e: _ORDER[e.method]):
         await _apply(session, entry, now)
