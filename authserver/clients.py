@@ -114,8 +114,10 @@ def validate(client: Client, secret: str | None) -> None:
             raise ClientError(f"jwks_uri: {exc}") from None
     if client.auth_method == "client_secret_basic" and not secret:
         raise ClientError("client_secret_basic needs a secret")
-    if client.auth_method == "none" and client.kind != "smart-app":
-        raise ClientError("only SMART apps may be public clients")
+    # A CDS Service that never calls the token endpoint itself (the EHR obtains its tokens) has
+    # no credentials; it needs keys only for the backend-services path.
+    if client.auth_method == "none" and client.kind not in ("smart-app", "cds-service"):
+        raise ClientError("only SMART apps and key-less CDS Services may be public clients")
     if client.first_party and client.kind != "ehr":
         raise ClientError("only the EHR may be a first-party client")
     if client.kind == "backend" and any(r.context != "system" for r in parse_scopes(client.scope).resources):

@@ -31,9 +31,11 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
 ca_app = typer.Typer(no_args_is_help=True, help="The development certificate authority.")
+clients_app = typer.Typer(no_args_is_help=True, help="OAuth clients registered at the authorization server.")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ca_app, name="ca")
+app.add_typer(clients_app, name="clients")
 
 out = Console()
 err = Console(stderr=True)
@@ -107,13 +109,19 @@ def init(
     redis: Redis = None,
     patients: Patients = 30,
     seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1,
+    compose_names: Annotated[
+        bool,
+        typer.Option("--compose-names", help="Services reach each other by their compose names (https://ehr:9000, …)"),
+    ] = False,
 ) -> None:
-    """Create the CA, certificates, secrets, schema, keys and demo data (what compose's init runs)."""
+    """Create the CA, certificates, secrets, schema, keys, clients and demo data (what compose's init runs)."""
 
     def body() -> None:
+        import dataclasses
+
         from mockehr import setup
 
-        stack = _stack(data_dir, db, redis)
+        stack = dataclasses.replace(_stack(data_dir, db, redis), compose_names=compose_names)
         setup.check(stack, ports=False)
         report = setup.prepare(stack, patients=patients, seed_value=seed)
         out.print(f"initialised {stack.data_dir} ({'seeded' if report.seeded_now else 'data kept'})")
@@ -291,6 +299,115 @@ def keys_rotate(
         out.print(f"{service}: new key {new} active" + (f"; {old} published for {overlap} s more" if old else ""))
 
     _run(body)
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+
+@clients_app.command("add")
+def clients_add(
+    client_id: Annotated[str, typer.Argument(help="The client_id (for a CDS Service: fhirAuthorization.subject)")],
+    kind: Annotated[str, typer.Option(help="ehr, cds-service, smart-app or backend")],
+    data_dir: DataDir = None,
+    db: Db = None,
+    name: Annotated[str, typer.Option(help="A display name")] = "",
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="An approved scope (repeat)")] = None,
+    jwks_uri: Annotated[str | None, typer.Option(help="The client's JWKS URL (https)")] = None,
+    jwks_file: Annotated[Path | None, typer.Option(help="A file with the client's public JWK Set")] = None,
+    redirect_uri: Annotated[
+        list[str] | None, typer.Option("--redirect-uri", help="An exact redirect URI (repeat)")
+    ] = None,
+    launch_url: Annotated[str | None, typer.Option(help="A SMART app's launch URL")] = None,
+    auth_method: Annotated[str | None, typer.Option(help="private_key_jwt, client_secret_basic or none")] = None,
+    first_party: Annotated[
+        bool, typer.Option("--first-party", help="May obtain tokens for CDS Services (the EHR)")
+    ] = False,
+    secret_env: Annotated[
+        str | None,
+        typer.Option(help="Name of an environment variable holding the client secret (never on the command line)"),
+    ] = None,
+    json_out: Json = False,
+) -> None:
+    """Register (or replace) a client."""
+
+    def body() -> dict[str, Any]:
+        import os
+
+        from authserver import clients
+        from authserver.clients import Client, ClientError
+        from common.scopes import InvalidScopeError
+
+        jwks = json.loads(jwks_file.read_text()) if jwks_file else None
+        method = auth_method or ("private_key_jwt" if (jwks or jwks_uri) else "none")
+        secret = os.environ.get(secret_env) if secret_env else None
+        if secret_env and not secret:
+            raise ConfigError(f"environment variable {secret_env} is empty or unset")
+        client = Client(
+            client_id=client_id,
+            kind=kind,  # type: ignore[arg-type]
+            name=name or client_id,
+            auth_method=method,  # type: ignore[arg-type]
+            scope=" ".join(scope or []),
+            first_party=first_party,
+            active=True,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            redirect_uris=tuple(redirect_uri or []),
+            launch_url=launch_url,
+        )
+
+        async def save(sessions: Any) -> dict[str, Any]:
+            async with sessions() as session, session.begin():
+                return (await clients.register(session, client, secret)).public_json()
+
+        try:
+            return dict(asyncio.run(_with_sessions(_stack(data_dir, db), save)))
+        except (ClientError, InvalidScopeError) as exc:
+            raise ConfigError(str(exc)) from None
+
+    saved = _run(body)
+    if json_out:
+        out.print_json(json.dumps(saved))
+    else:
+        out.print(
+            f"registered {saved['client_id']} ({saved['kind']}, {saved['auth_method']}) scope: {saved['scope'] or '-'}"
+        )
+
+
+@clients_app.command("list")
+def clients_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False) -> None:
+    """List registered clients (never their secrets)."""
+    from authserver import clients
+
+    async def load(sessions: Any) -> list[dict[str, Any]]:
+        async with sessions() as session:
+            return [c.public_json() for c in await clients.list_all(session)]
+
+    stack = _run(lambda: _stack(data_dir, db))
+    items = _run(lambda: asyncio.run(_with_sessions(stack, load)))
+    if json_out:
+        out.print_json(json.dumps(items))
+        return
+    table = Table("client_id", "kind", "auth", "active", "scope")
+    for c in items:
+        table.add_row(c["client_id"], c["kind"], c["auth_method"], "yes" if c["active"] else "no", c["scope"])
+    out.print(table)
+
+
+@clients_app.command("disable")
+def clients_disable(client_id: str, data_dir: DataDir = None, db: Db = None) -> None:
+    """Disable a client: it can no longer authenticate or be named in a token exchange."""
+    from authserver import clients
+
+    async def disable(sessions: Any) -> bool:
+        async with sessions() as session, session.begin():
+            return await clients.set_active(session, client_id, False)
+
+    stack = _run(lambda: _stack(data_dir, db))
+    if not _run(lambda: asyncio.run(_with_sessions(stack, disable))):
+        err.print(f"[red]error:[/red] no client {client_id!r}", highlight=False)
+        raise typer.Exit(2)
+    out.print(f"disabled {client_id}")
 
 
 # --- ca ----------------------------------------------------------------------------------------

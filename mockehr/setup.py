@@ -18,6 +18,7 @@ from common.tls import STACK_HOSTS, ensure_ca, ensure_server_certificate
 from ehr.settings import EhrSettings
 from mockehr import migrate, preflight
 from mockehr.demo import DemoUser, demo_users, is_seeded, seed
+from mockehr.registry import register_stack_clients
 from mockehr.stack import SERVICES, SIGNING_SERVICES, Stack
 
 
@@ -63,6 +64,7 @@ async def _keys_and_seed(stack: Stack, kek: bytes, patients: int, seed_value: in
     try:
         for name in SIGNING_SERVICES:
             await ensure_active_key(sessions, name, signing_alg(name), kek, int(time.time()))
+        await register_stack_clients(sessions, stack)
         if do_seed and not await is_seeded(sessions):
             await seed(sessions, stack.data_dir, patients=patients, seed_value=seed_value)
             return True

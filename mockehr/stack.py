@@ -46,6 +46,8 @@ class Stack:
     database_url: str | None = None
     redis_url: str | None = None
     public_host: str = "localhost"
+    # docker-compose: each service is reached by its own name on its default port.
+    compose_names: bool = False
     kek_value: str | None = None  # from MOCKEHR_KEY_ENCRYPTION_KEY; else <data_dir>/kek
 
     def kek(self) -> bytes:
@@ -64,6 +66,8 @@ class Stack:
         return self.base_port + spec(name).port_offset
 
     def base_url(self, name: str) -> str:
+        if self.compose_names:
+            return f"https://{name}:{9000 + spec(name).port_offset}"
         return f"https://{self.public_host}:{self.port(name)}"
 
     def url(self, name: str) -> str:

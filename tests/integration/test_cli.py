@@ -155,3 +155,62 @@ def test_keys_rotate_uses_the_configured_key_encryption_key_not_a_new_file(
     assert asyncio.run(signer_kid(b"\x07" * 32))
     with pytest.raises(KeyDecryptionError):
         asyncio.run(signer_kid(b"\x08" * 32))
+
+
+def test_clients_add_list_and_disable_a_cds_service(tmp_path: Path, database_url: str) -> None:
+    base = ["--data-dir", str(tmp_path), "--db", database_url]
+    code, out, err = _invoke(
+        "clients",
+        "add",
+        "my-cds",
+        "--kind",
+        "cds-service",
+        "--scope",
+        "patient/Observation.rs",
+        "--scope",
+        "patient/Patient.r",
+        *base,
+    )
+    assert code == 0, err
+    listed = {c["client_id"]: c for c in json.loads(_invoke("clients", "list", "--json", *base)[1])}
+    assert listed["my-cds"]["scope"] == "patient/Observation.rs patient/Patient.r"
+    assert listed["my-cds"]["auth_method"] == "none" and listed["my-cds"]["active"] is True
+    assert _invoke("clients", "disable", "my-cds", *base)[0] == 0
+    listed = {c["client_id"]: c for c in json.loads(_invoke("clients", "list", "--json", *base)[1])}
+    assert listed["my-cds"]["active"] is False
+    code, _, err = _invoke("clients", "disable", "nobody", *base)
+    assert code == 2 and "no client 'nobody'" in err
+
+
+def test_clients_add_refuses_an_unsafe_registration_in_one_line(tmp_path: Path, database_url: str) -> None:
+    base = ["--data-dir", str(tmp_path), "--db", database_url]
+    code, _, err = _invoke(
+        "clients",
+        "add",
+        "b",
+        "--kind",
+        "backend",
+        "--scope",
+        "patient/*.rs",
+        "--jwks-uri",
+        "https://b.test/jwks",
+        *base,
+    )
+    assert code == 2
+    assert err.strip().splitlines() == ["error: backend clients are pre-authorised for system/ scopes only"]
+    code, _, err = _invoke("clients", "add", "x", "--kind", "backend", "--jwks-uri", "http://b.test/jwks", *base)
+    assert code == 2 and "refusing non-https URL" in err
+
+
+def test_init_registers_the_ehr_and_the_example_service_with_compose_names(tmp_path: Path, database_url: str) -> None:
+    code, _, err = _invoke(
+        "init", "--data-dir", str(tmp_path), "--db", database_url, "--patients", "2", "--compose-names"
+    )
+    assert code == 0, err
+    listed = {
+        c["client_id"]: c
+        for c in json.loads(_invoke("clients", "list", "--json", "--data-dir", str(tmp_path), "--db", database_url)[1])
+    }
+    assert listed["ehr"]["first_party"] is True and listed["ehr"]["kind"] == "ehr"
+    assert listed["ehr"]["jwks_uri"] == "https://ehr:9000/.well-known/jwks.json"
+    assert listed["cds-example"]["kind"] == "cds-service" and "patient/Observation.rs" in listed["cds-example"]["scope"]
