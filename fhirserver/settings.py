@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
@@ -17,6 +17,23 @@ class FhirSettings(ServiceSettings):
     authserver_url: str = "https://localhost:9001"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_bundle_entries: int = Field(default=5000, ge=1)
+    # Revocations are polled from the authorization server this often; a view older than the
+    # staleness limit makes the guard answer 503 (fail closed).
+    revocation_poll_seconds: float = Field(default=0.5, gt=0, le=5)
+    revocation_max_staleness_seconds: float = Field(default=2.0, gt=0, le=60)
+    # HMAC key of paging cursors, shared by replicas (dev: generated into <data_dir>/cursor-key).
+    cursor_key: SecretStr | None = None
+
+    def cursor_secret(self) -> bytes:
+        from common.secrets_file import read_or_create_secret
+
+        if self.cursor_key is not None:
+            return self.cursor_key.get_secret_value().encode()
+        if self.production:
+            from common.errors import ConfigError
+
+            raise ConfigError("production mode: cursor_key is required")
+        return read_or_create_secret(self.data_dir / "cursor-key").encode()
 
     @property
     def fhir_base_url(self) -> str:

@@ -2,6 +2,11 @@
 
 All functions take an open AsyncSession and run inside the caller's transaction, so a whole
 transaction Bundle commits or rolls back as one.
+
+Search-index rows (fhirserver.indexing) are queued on the session and inserted with one
+multi-row INSERT per table before the session's next statement, flush or commit: a Synthea
+bundle writes ~15 index rows per resource, and one statement per resource and table would
+cost more than the extraction itself.
 """
 
 from __future__ import annotations
@@ -11,12 +16,40 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select
+from sqlalchemy import and_, event, insert, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from fhirserver.indexing import identifier_tokens, literal_references
-from fhirserver.models import ReferenceIndexRow, ResourceRow, ResourceVersionRow, TokenIndexRow
+from common.db import Base
+from fhirserver import searchparams
+from fhirserver.indexing import IndexRows, extract, identifier_tokens, literal_references
+from fhirserver.models import (
+    DateIndexRow,
+    NumberIndexRow,
+    QuantityIndexRow,
+    ReferenceIndexRow,
+    ResourceRow,
+    ResourceVersionRow,
+    SearchReferenceRow,
+    StringIndexRow,
+    TokenIndexRow,
+    UriIndexRow,
+)
+
+INDEX_TABLES = (
+    TokenIndexRow,
+    StringIndexRow,
+    SearchReferenceRow,
+    DateIndexRow,
+    QuantityIndexRow,
+    NumberIndexRow,
+    UriIndexRow,
+    ReferenceIndexRow,
+)
+_PENDING = "fhirserver.pending_index_rows"
+Rows = list[dict[str, Any]]
+Model = type[Base]
 
 
 def new_id() -> str:
@@ -78,23 +111,113 @@ async def _reindex(session: AsyncSession, resource: dict[str, Any], *, drop_old:
     rtype, rid = resource["resourceType"], resource["id"]
     if drop_old:
         await _drop_index(session, rtype, rid)
-    session.add_all(
-        TokenIndexRow(resource_type=rtype, resource_id=rid, param="identifier", system=system, code=code[:255])
-        for system, code in identifier_tokens(resource)
-    )
-    session.add_all(
-        ReferenceIndexRow(resource_type=rtype, resource_id=rid, path=path[:255], target_type=ttype, target_id=tid)
-        for path, ttype, tid in literal_references(resource)
-    )
+    pending: dict[Model, Rows] = session.info.setdefault(_PENDING, {})
+    for table, rows in index_rows(resource).items():
+        pending.setdefault(table, []).extend(rows)
+
+
+def index_rows(resource: dict[str, Any]) -> dict[Model, Rows]:
+    """Every index row of one resource, per table."""
+    rtype, rid = resource["resourceType"], resource["id"]
+    owner = {"resource_type": rtype, "resource_id": rid}
+    found = extract(resource)
+    out: dict[Model, Rows] = {
+        TokenIndexRow: [{**owner, "param": p, "system": s, "code": c, "text": t} for p, s, c, t in found.token],
+        ReferenceIndexRow: [
+            {**owner, "path": path[:255], "target_type": ttype, "target_id": tid}
+            for path, ttype, tid in literal_references(resource)
+        ],
+    }
+    if searchparams.get(rtype, "identifier") is None:
+        # Conditional create/update (find_by_identifier) works on every type, searchable or not.
+        out[TokenIndexRow] += [
+            {**owner, "param": "identifier", "system": s, "code": c[:255], "text": None}
+            for s, c in identifier_tokens(resource)
+        ]
+    out.update(_typed_rows(owner, found))
+    return {table: rows for table, rows in out.items() if rows}
+
+
+def _typed_rows(owner: dict[str, str], found: IndexRows) -> dict[Model, Rows]:
+    return {
+        StringIndexRow: [{**owner, "param": p, "value": v, "exact": e} for p, v, e in found.string],
+        SearchReferenceRow: [
+            {**owner, "param": p, "target_type": t, "target_id": i, "url": u} for p, t, i, u in found.reference
+        ],
+        DateIndexRow: [{**owner, "param": p, "low": lo, "high": hi} for p, lo, hi in found.date],
+        QuantityIndexRow: [
+            {**owner, "param": p, "low": lo, "high": hi, "system": s, "code": c, "unit": u}
+            for p, lo, hi, s, c, u in found.quantity
+        ],
+        NumberIndexRow: [{**owner, "param": p, "low": lo, "high": hi} for p, lo, hi in found.number],
+        UriIndexRow: [{**owner, "param": p, "value": v} for p, v in found.uri],
+    }
+
+
+def _insert_pending(session: Session) -> None:
+    """Insert the index rows queued on this session, in its transaction."""
+    pending: dict[Model, Rows] | None = session.info.pop(_PENDING, None)
+    if pending:
+        connection = session.connection()
+        for model, rows in pending.items():
+            connection.execute(insert(model), rows)
+
+
+# Queued rows are inserted before any statement of the session runs, before a flush and before
+# commit, so whoever reads through the session (search, find_by_identifier, referencing, the
+# REST layer) sees them, and a commit never leaves them behind.
+@event.listens_for(Session, "do_orm_execute")
+def _before_statement(state: ORMExecuteState) -> None:
+    _insert_pending(state.session)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+    _insert_pending(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    _insert_pending(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_pending_rows(session: Session, _previous: object) -> None:
+    session.info.pop(_PENDING, None)
+
+
+async def flush_index(session: AsyncSession) -> None:
+    """Insert queued index rows now (a query through the session does it anyway)."""
+    if session.info.get(_PENDING):
+        await session.run_sync(_insert_pending)
 
 
 async def _drop_index(session: AsyncSession, rtype: str, rid: str) -> None:
-    for table in (TokenIndexRow, ReferenceIndexRow):
-        await session.execute(sql_delete(table).where(and_(table.resource_type == rtype, table.resource_id == rid)))
+    await flush_index(session)
+    for model in INDEX_TABLES:
+        await session.execute(sql_delete(model).where(and_(model.resource_type == rtype, model.resource_id == rid)))
+
+
+async def reindex_all(session: AsyncSession, *, batch: int = 500) -> int:
+    """Rebuild every index row from the stored resources (after a change of the extraction)."""
+    for model in INDEX_TABLES:
+        await session.execute(sql_delete(model))
+    done = 0
+    stream = await session.stream(select(ResourceRow.content).where(ResourceRow.deleted.is_(False)))
+    async for chunk in stream.scalars().partitions(batch):
+        rows: dict[Model, Rows] = {}
+        for content in chunk:
+            for table, found in index_rows(orjson.loads(content or "{}")).items():
+                rows.setdefault(table, []).extend(found)
+        for table, found in rows.items():
+            await session.execute(insert(table), found)
+        done += len(chunk)
+    return done
 
 
 async def find_by_identifier(session: AsyncSession, rtype: str, system: str | None, code: str) -> list[str]:
     """Ids of current resources with identifier `system|code` (`system` None: any system)."""
+    await flush_index(session)
     query = select(TokenIndexRow.resource_id).where(
         TokenIndexRow.resource_type == rtype,
         TokenIndexRow.param == "identifier",
@@ -114,7 +237,11 @@ async def exists(session: AsyncSession, rtype: str, rid: str) -> bool:
 async def referencing(
     session: AsyncSession, target_type: str, target_id: str, rtype: str, paths: tuple[str, ...]
 ) -> list[str]:
-    """Ids of `rtype` resources whose reference at one of `paths` names target_type/target_id."""
+    """Ids of `rtype` resources whose reference at one of `paths` names target_type/target_id.
+
+    `paths` are element paths ("generalPractitioner", "participant.member"), not search parameters.
+    """
+    await flush_index(session)
     result = await session.execute(
         select(ReferenceIndexRow.resource_id)
         .where(

@@ -16,8 +16,8 @@ Conditional criteria support `identifier` and `_id`; anything else is refused, n
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 

@@ -243,3 +243,68 @@ def test_an_unwritable_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     _assert_one_line_error(_up_once("--data-dir", str(blocker / "data")), "is not writable")
+
+
+def _token_exchange(up: UpProcess, signer: SigningKey, user: str, patient: str) -> httpx.Response:
+    now = int(time.time())
+    token_url = _url(up, 1, "/token")
+    assertion = sign_jwt(
+        {"iss": "ehr", "sub": "ehr", "aud": token_url, "iat": now, "exp": now + 60, "jti": new_jti()}, signer, typ="JWT"
+    )
+    user_assertion = sign_jwt(
+        {"iss": "ehr", "sub": user, "aud": token_url, "iat": now, "exp": now + 30, "jti": new_jti()},
+        signer,
+        typ="user+jwt",
+    )
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+        "subject_token": user_assertion,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "cds_service": "cds-example",
+        "patient": patient,
+        "resource": _url(up, 2, "/fhir"),
+        "scope": "patient/Patient.rs patient/Observation.rs",
+    }
+    return httpx.post(token_url, data=form, verify=_ca_only(up))
+
+
+def test_the_ehr_obtains_a_per_call_token_that_the_fhir_server_honours_and_forgets_on_revocation(
+    stack: UpProcess,
+) -> None:
+    users = json.loads((stack.data_dir / "demo-users.json").read_text())
+    doctor, other = list(users.values())[:2]
+    mine, theirs = doctor["patients"][0], other["patients"][0]
+    signer = _ehr_signer(stack)
+    response = _token_exchange(stack, signer, doctor["fhirUser"], mine)
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    fhir = _url(stack, 2, "/fhir")
+    assert httpx.get(f"{fhir}/Patient/{mine}", headers=headers, verify=_ca_only(stack)).status_code == 200
+    assert httpx.get(f"{fhir}/Patient/{theirs}", headers=headers, verify=_ca_only(stack)).status_code == 404
+    refused = _token_exchange(stack, signer, doctor["fhirUser"], theirs)
+    assert refused.json()["error"] == "invalid_grant"
+    # The EHR revokes the token when the exchange is over; the FHIR server honours it within a second.
+    now = int(time.time())
+    assertion = sign_jwt(
+        {"iss": "ehr", "sub": "ehr", "aud": _url(stack, 1, "/token"), "iat": now, "exp": now + 60, "jti": new_jti()},
+        signer,
+        typ="JWT",
+    )
+    revoked = httpx.post(
+        _url(stack, 1, "/revoke"),
+        data={
+            "token": token,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        },
+        verify=_ca_only(stack),
+    )
+    assert revoked.status_code == 200
+    deadline = time.monotonic() + 1.0
+    status = 200
+    while time.monotonic() < deadline and status == 200:
+        status = httpx.get(f"{fhir}/Patient/{mine}", headers=headers, verify=_ca_only(stack)).status_code
+    assert status == 401

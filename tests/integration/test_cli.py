@@ -159,7 +159,7 @@ def test_keys_rotate_uses_the_configured_key_encryption_key_not_a_new_file(
 
 def test_clients_add_list_and_disable_a_cds_service(tmp_path: Path, database_url: str) -> None:
     base = ["--data-dir", str(tmp_path), "--db", database_url]
-    code, out, err = _invoke(
+    code, _out, err = _invoke(
         "clients",
         "add",
         "my-cds",

@@ -1,0 +1,146 @@
+"""AuditEvents for every request made with a CDS Service's token (issue 4; Argonaut R15, R17).
+
+Who (the CDS Service's client_id and the user it acts for), on whom (the patient), what (the
+interaction and its outcome). Events are queued and written in batches by one background task,
+so a read never waits for an audit write; the queue is flushed on shutdown, so nothing queued is
+lost on a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from common.clock import Clock
+from fhirserver import storage
+
+log = logging.getLogger(__name__)
+
+# http://hl7.org/fhir/R4/valueset-audit-event-action.html
+_ACTION = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "update": "U",
+    "delete": "D",
+    "search-type": "E",
+    "history-instance": "R",
+    "history-type": "E",
+    "operation": "E",
+    "transaction": "E",
+    "batch": "E",
+}
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    interaction: str  # http://hl7.org/fhir/restful-interaction code
+    client_id: str
+    user: str | None  # relative reference, e.g. Practitioner/123
+    patient: str | None
+    target: str  # what was asked for, e.g. "Observation?code=..." or "Patient/1"
+    status: int
+    when: float
+
+
+def audit_event(record: AuditRecord) -> dict[str, Any]:
+    outcome = "0" if record.status < 400 else ("4" if record.status < 500 else "8")
+    agents: list[dict[str, Any]] = [
+        {
+            "type": {
+                "coding": [
+                    {
+                        "system": "http://dicom.nema.org/resources/ontology/DCM",
+                        "code": "110150",
+                        "display": "Application",
+                    }
+                ]
+            },
+            "who": {"identifier": {"system": "urn:mockehr:oauth-client", "value": record.client_id}},
+            "requestor": False,
+        }
+    ]
+    if record.user:
+        agents.append({"who": {"reference": record.user}, "requestor": True})
+    entities: list[dict[str, Any]] = [{"what": {"display": record.target[:1000]}}]
+    if record.patient:
+        entities.insert(0, {"what": {"reference": f"Patient/{record.patient}"}})
+    return {
+        "resourceType": "AuditEvent",
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "RESTful Operation",
+        },
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": record.interaction}],
+        "action": _ACTION.get(record.interaction, "E"),
+        "recorded": dt.datetime.fromtimestamp(record.when, dt.UTC).isoformat(timespec="milliseconds"),
+        "outcome": outcome,
+        "agent": agents,
+        "source": {"observer": {"display": "mockehr fhirserver"}},
+        "entity": entities,
+    }
+
+
+class AuditWriter:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], clock: Clock, *, batch: int = 500, interval: float = 0.5
+    ) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._batch = batch
+        self._interval = interval
+        self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=100_000)
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, record: AuditRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            log.error("audit queue full: an AuditEvent was dropped")
+
+    async def flush(self) -> int:
+        records: list[AuditRecord] = []
+        while not self._queue.empty() and len(records) < self._batch * 10:
+            records.append(self._queue.get_nowait())
+        if not records:
+            return 0
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        try:
+            async with self._sessions() as session, session.begin():
+                for rec in records:
+                    event = audit_event(rec)
+                    event["id"] = storage.new_id()
+                    await storage.write(session, event, method="POST", now=now, is_new=True)
+        except Exception:
+            for rec in records:  # not lost: tried again at the next flush
+                self.record(rec)
+            raise
+        return len(records)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.flush()
+            except Exception:  # keep auditing alive; the error is logged, the batch requeued
+                log.exception("audit flush failed")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while await self.flush():
+            pass

@@ -1,0 +1,220 @@
+"""The FHIR server's guard (DESIGN.md "The FHIR server's guard").
+
+Every request but /metadata and /.well-known: a bearer token → signature against the
+authorization server's JWKS (cached, refetched on an unknown kid, rate-limited) → `typ` at+jwt
+(RFC 9068 §4: an id_token or a CDS Hooks JWT is never an access token) → `iss` the authorization
+server → `aud` this server's base URL exactly (RFC 8707: a token for another resource server is
+refused) → not expired → not revoked (revocations.py) → scopes (SMART v1 and v2, granular
+`?param=` filters) → compartment: `patient/` scopes see only the token's patient's compartment,
+`user/` scopes only the user's patients, `system/` scopes only tokens of backend clients.
+
+Authentication failures are a bare 401 with `WWW-Authenticate: Bearer error="invalid_token"`
+(RFC 6750 §3.1) and no detail.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from common.clock import Clock
+from common.errors import TokenInvalidError
+from common.jose import unverified_header, verify_jwt
+from common.jwks import JwksCache
+from common.scopes import InvalidScopeError, ResourceScope, ScopeSet, parse_scopes
+from fhirserver.revocations import RevocationWatcher
+
+log = logging.getLogger(__name__)
+Permission = Literal["c", "r", "u", "d", "s"]
+ACCESS_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
+# A practitioner's panel is re-read at most this often: care-team changes apply within 2 s.
+PANEL_CACHE_SECONDS = 2.0
+
+
+class UnauthorizedError(Exception):
+    """Answered as a bare 401 (invalid_token)."""
+
+
+class UnavailableError(Exception):
+    """The guard cannot decide safely (revocation view stale): 503."""
+
+
+class ForbiddenError(Exception):
+    """The token has no scope at all for this type and interaction: 403 OperationOutcome."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    claims: dict[str, Any]
+    client_id: str
+    subject: str
+    scopes: ScopeSet
+    patient: str | None
+    fhir_user: tuple[str, str] | None  # ("Practitioner", "123")
+
+    @property
+    def acting_for_cds_service(self) -> bool:
+        """A token the EHR obtained for a CDS Service by token exchange (RFC 8693 `act`)."""
+        return isinstance(self.claims.get("act"), dict)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a principal may see of one type for one interaction.
+
+    `patient_ids` None means unrestricted (system scopes); `filters` are granular scope filters
+    (OR of AND-groups); empty means none.
+    """
+
+    patient_ids: frozenset[str] | None
+    filters: tuple[tuple[tuple[str, str], ...], ...]
+
+
+@dataclass(frozen=True)
+class View:
+    """Readable types, their granular filters, and the patients any of them may come from."""
+
+    types: frozenset[str]
+    type_filters: dict[str, tuple[tuple[tuple[str, str], ...], ...]]
+    patient_ids: frozenset[str] | None
+
+
+def _fhir_user(claims: dict[str, Any], fhir_base: str) -> tuple[str, str] | None:
+    value = claims.get("fhirUser")
+    if not isinstance(value, str):
+        return None
+    relative = value.removeprefix(fhir_base.rstrip("/") + "/")
+    parts = relative.split("/")
+    if len(parts) != 2 or parts[0] not in ("Practitioner", "Patient", "RelatedPerson", "PractitionerRole"):
+        return None
+    return parts[0], parts[1]
+
+
+class Guard:
+    def __init__(
+        self,
+        *,
+        jwks: JwksCache,
+        revocations: RevocationWatcher,
+        issuer: str,
+        fhir_base: str,
+        clock: Clock,
+        leeway: int,
+        patients_of: Callable[[str], Awaitable[frozenset[str]]],
+    ) -> None:
+        self._jwks = jwks
+        self._revocations = revocations
+        self._issuer = issuer.rstrip("/")
+        self._fhir_base = fhir_base
+        self._clock = clock
+        self._leeway = leeway
+        self._patients_of = patients_of
+        self._panel_cache: dict[str, tuple[frozenset[str], float]] = {}
+
+    async def principal(self, authorization: str | None) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthorizedError
+        try:
+            kid = unverified_header(token).get("kid")
+            keys = await self._jwks.key_set(kid if isinstance(kid, str) else None)
+            claims = verify_jwt(
+                token,
+                keys,
+                algorithms=ACCESS_TOKEN_ALGORITHMS,
+                typ="at+jwt",
+                issuer=self._issuer,
+                audience=self._fhir_base,
+                clock=self._clock,
+                leeway=self._leeway,
+                max_lifetime=3600,
+                require=("exp", "iat", "jti"),
+            ).claims
+            scopes = parse_scopes(str(claims.get("scope", "")))
+        except (TokenInvalidError, InvalidScopeError) as exc:
+            log.info("refused access token: %s", getattr(exc, "reason", exc))
+            raise UnauthorizedError from None
+        if not self._revocations.fresh():
+            raise UnavailableError
+        if self._revocations.is_revoked(str(claims["jti"])):
+            log.info("refused access token: revoked")
+            raise UnauthorizedError
+        patient = claims.get("patient")
+        return Principal(
+            claims=claims,
+            client_id=str(claims.get("client_id", "")),
+            subject=str(claims.get("sub", "")),
+            scopes=scopes,
+            patient=patient if isinstance(patient, str) and patient else None,
+            fhir_user=_fhir_user(claims, self._fhir_base),
+        )
+
+    async def access(self, principal: Principal, resource_type: str, permission: Permission) -> Access:
+        """The restriction for `resource_type`; ForbiddenError if no scope grants the interaction."""
+        patient_ids: set[str] = set()
+        unrestricted = False
+        matched: list[ResourceScope] = []
+        for context in ("patient", "user", "system"):
+            scopes = principal.scopes.permits(context, resource_type, permission)
+            if not scopes:
+                continue
+            if context == "patient":
+                if principal.patient is None:
+                    continue  # a patient/ scope without a patient in context grants nothing
+                patient_ids.add(principal.patient)
+            elif context == "user":
+                patient_ids |= await self._user_patients(principal)
+            elif principal.fhir_user is None and principal.patient is None:
+                unrestricted = True  # system/ scopes: backend clients only, never user-bound tokens
+            else:
+                continue
+            matched.extend(scopes)
+        if not matched:
+            raise ForbiddenError
+        filters: tuple[tuple[tuple[str, str], ...], ...] = ()
+        if all(s.params for s in matched):
+            filters = tuple(s.params for s in matched)
+        return Access(patient_ids=None if unrestricted else frozenset(patient_ids), filters=filters)
+
+    async def view(self, principal: Principal, types: list[str]) -> View:
+        """What the principal may read across types: for includes, chains and _has.
+
+        The patient set is the intersection of every readable type's set, so an included
+        resource can never come from a patient the searched type's scopes would not cover.
+        """
+        readable: set[str] = set()
+        type_filters: dict[str, tuple[tuple[tuple[str, str], ...], ...]] = {}
+        patient_sets: list[frozenset[str]] = []
+        for rtype in types:
+            try:
+                access = await self.access(principal, rtype, "r")
+            except ForbiddenError:
+                continue
+            readable.add(rtype)
+            if access.filters:
+                type_filters[rtype] = access.filters
+            if access.patient_ids is not None:
+                patient_sets.append(access.patient_ids)
+        patients = frozenset.intersection(*patient_sets) if patient_sets else None
+        return View(types=frozenset(readable), type_filters=type_filters, patient_ids=patients)
+
+    async def _user_patients(self, principal: Principal) -> frozenset[str]:
+        if principal.fhir_user is None:
+            return frozenset()
+        kind, rid = principal.fhir_user
+        if kind == "Patient":
+            return frozenset({rid})
+        if kind == "Practitioner":
+            now = self._clock()
+            cached = self._panel_cache.get(rid)
+            if cached is not None and now - cached[1] < PANEL_CACHE_SECONDS:
+                return cached[0]
+            patients = await self._patients_of(rid)
+            if len(self._panel_cache) > 10_000:
+                self._panel_cache.clear()
+            self._panel_cache[rid] = (patients, now)
+            return patients
+        return frozenset()

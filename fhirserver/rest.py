@@ -1,0 +1,550 @@
+"""The FHIR R4 RESTful API (http://hl7.org/fhir/R4/http.html), every interaction behind the guard.
+
+Reads, vreads, history and write pre-checks go through the same restricted search as searches
+(`_id=`), so compartment, granular scope filters and "a forbidden resource looks exactly like a
+missing one" share one code path. Writes are checked against the compartment inside their
+database transaction and rolled back if the result would lie outside it (nothing is created in,
+or moved out of, a compartment the token does not cover).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fhirserver import cursor, storage
+from fhirserver.audit import AuditRecord, AuditWriter
+from fhirserver.errors import FhirError, GoneError, Issue, NotFoundError, PreconditionFailedError
+from fhirserver.guard import Access, ForbiddenError, Guard, Permission, Principal, View
+from fhirserver.models import ResourceVersionRow
+from fhirserver.negotiation import FHIR_JSON, check_content_type, prefer_return, strict_handling
+from fhirserver.search import SUPPORTED_TYPES, Restriction, SearchResult, in_compartment, search
+from fhirserver.settings import FhirSettings
+from fhirserver.transaction import process_transaction
+from fhirserver.validation import validate_resource
+
+MAX_EVERYTHING = 1000
+
+
+def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def _etag(version: int | str) -> str:
+    return f'W/"{version}"'
+
+
+def _not_found(rtype: str, rid: str) -> NotFoundError:
+    return NotFoundError([Issue(f"{rtype}/{rid} is not known", code="not-found")])
+
+
+@dataclass
+class Context:
+    """One request: who asks, through which guard, against which database."""
+
+    request: Request
+    principal: Principal
+    guard: Guard
+    settings: FhirSettings
+    audit: AuditWriter
+    now: float
+
+    _view: View | None = None
+
+    async def access(self, rtype: str, permission: Permission) -> Access:
+        if rtype not in SUPPORTED_TYPES:
+            raise FhirError([Issue(f"resource type {rtype!r} is not supported", code="not-supported")], status=404)
+        access = await self.guard.access(self.principal, rtype, permission)
+        if self._view is None:
+            self._view = await self.guard.view(self.principal, sorted(SUPPORTED_TYPES))
+        return access
+
+    def restriction(self, access: Access) -> Restriction:
+        """The searched type's own restriction, plus what included/chained types may show."""
+        view = self._view
+        if view is None:  # access() always runs first; refuse rather than widen
+            raise ForbiddenError
+        patients = access.patient_ids
+        if view.patient_ids is not None:
+            patients = view.patient_ids if patients is None else patients & view.patient_ids
+        return Restriction(
+            allowed_patient_ids=patients,
+            extra_filters=[list(group) for group in access.filters],
+            types=view.types,
+            type_filters={t: [list(g) for g in f] for t, f in view.type_filters.items()},
+        )
+
+    def record(self, interaction: str, target: str, status: int) -> None:
+        if not self.principal.acting_for_cds_service:
+            return
+        user = "/".join(self.principal.fhir_user) if self.principal.fhir_user else None
+        self.audit.record(
+            AuditRecord(interaction, self.principal.client_id, user, self.principal.patient, target, status, self.now)
+        )
+
+
+async def visible(session: AsyncSession, ctx: Context, rtype: str, rid: str, access: Access) -> bool:
+    found = await search(
+        session,
+        rtype,
+        [("_id", rid)],
+        restriction=ctx.restriction(access),
+        base_url=ctx.settings.fhir_base_url,
+        page_size_default=1,
+    )
+    return bool(found.resources)
+
+
+async def read(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:
+    access = await ctx.access(rtype, "r")
+    if await visible(session, ctx, rtype, rid, access):
+        row = await storage.read_current(session, rtype, rid)
+        if row is not None and row.content is not None:
+            return fhir_response(
+                json.loads(row.content),
+                headers={"ETag": _etag(row.version_id), "Last-Modified": _http_date(row.last_updated)},
+            )
+    row = await storage.read_current(session, rtype, rid)
+    if row is not None and row.deleted and access.patient_ids is None and not access.filters:
+        raise GoneError([Issue(f"{rtype}/{rid} was deleted", code="deleted")])
+    raise _not_found(rtype, rid)
+
+
+async def vread(session: AsyncSession, ctx: Context, rtype: str, rid: str, vid: str) -> Response:
+    access = await ctx.access(rtype, "r")
+    if not await visible(session, ctx, rtype, rid, access) or not vid.isdigit():
+        raise _not_found(rtype, rid)
+    row = await session.get(ResourceVersionRow, (rtype, rid, int(vid)))
+    if row is None:
+        raise _not_found(rtype, f"{rid}/_history/{vid}")
+    if row.content is None:
+        raise GoneError([Issue(f"version {vid} of {rtype}/{rid} is a deletion", code="deleted")])
+    return fhir_response(json.loads(row.content), headers={"ETag": _etag(row.version_id)})
+
+
+async def instance_history(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:
+    access = await ctx.access(rtype, "r")
+    if not await visible(session, ctx, rtype, rid, access):
+        raise _not_found(rtype, rid)
+    rows = (
+        await session.execute(
+            select(ResourceVersionRow)
+            .where(ResourceVersionRow.resource_type == rtype, ResourceVersionRow.id == rid)
+            .order_by(ResourceVersionRow.version_id.desc())
+            .limit(200)
+        )
+    ).scalars()
+    return fhir_response(_history_bundle(ctx, list(rows)))
+
+
+async def type_history(session: AsyncSession, ctx: Context, rtype: str) -> Response:
+    access = await ctx.access(rtype, "s")
+    if access.patient_ids is not None or access.filters:
+        # A type's history includes deleted resources whose compartment can no longer be
+        # checked: only unrestricted (system) tokens may page through it.
+        raise ForbiddenError
+    rows = (
+        await session.execute(
+            select(ResourceVersionRow)
+            .where(ResourceVersionRow.resource_type == rtype)
+            .order_by(ResourceVersionRow.last_updated.desc())
+            .limit(200)
+        )
+    ).scalars()
+    return fhir_response(_history_bundle(ctx, list(rows)))
+
+
+def _history_bundle(ctx: Context, rows: list[ResourceVersionRow]) -> dict[str, Any]:
+    entries = []
+    for row in rows:
+        entry: dict[str, Any] = {
+            "fullUrl": f"{ctx.settings.fhir_base_url}/{row.resource_type}/{row.id}",
+            "request": {
+                "method": row.method,
+                "url": f"{row.resource_type}/{row.id}" if row.method != "POST" else row.resource_type,
+            },
+            "response": {
+                "status": "204" if row.content is None else ("201" if row.version_id == 1 else "200"),
+                "etag": _etag(row.version_id),
+            },
+        }
+        if row.content is not None:
+            entry["resource"] = json.loads(row.content)
+        entries.append(entry)
+    return {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+
+
+def _http_date(when: dt.datetime) -> str:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+# --- search ------------------------------------------------------------------------------------
+
+
+def _token_binding(ctx: Context) -> dict[str, str]:
+    """What a paging link is bound to: everything that decides what the token may see."""
+    claims = ctx.principal.claims
+    context = f"{claims.get('scope', '')}\x00{claims.get('patient', '')}\x00{claims.get('fhirUser', '')}"
+    return {"subject": ctx.principal.subject, "client_id": ctx.principal.client_id, "scope": context}
+
+
+async def search_type(
+    session: AsyncSession, ctx: Context, rtype: str, params: list[tuple[str, str]], key: bytes
+) -> Response:
+    offset = 0
+    if any(name == "_cursor" for name, _ in params):
+        value = next(v for n, v in params if n == "_cursor")
+        try:
+            page = cursor.decode(key, value, now=int(ctx.now), **_token_binding(ctx))
+        except (cursor.CursorError, ValueError, KeyError, TypeError):
+            raise FhirError([Issue("the paging link is not valid for this token", code="invalid")]) from None
+        if page.resource_type != rtype:
+            raise FhirError([Issue("the paging link is for another resource type", code="invalid")])
+        params, offset = page.params, page.offset
+    access = await ctx.access(rtype, "s")
+    result = await search(
+        session, rtype, params, restriction=ctx.restriction(access), base_url=ctx.settings.fhir_base_url, offset=offset
+    )
+    if result.unknown and strict_handling(ctx.request):
+        raise FhirError(
+            [
+                Issue(f"unknown search parameter {name!r}", code="not-supported", expression=(name,))
+                for name in result.unknown
+            ]
+        )
+    return fhir_response(_searchset(ctx, rtype, params, result, key))
+
+
+def _has_next(result: SearchResult) -> bool:
+    if result.total is not None:
+        return result.offset + len(result.resources) < result.total
+    return len(result.resources) >= result.count > 0
+
+
+def _link(ctx: Context, rtype: str, params: list[tuple[str, str]], offset: int, key: bytes) -> str:
+    token = cursor.encode(key, cursor.Cursor(rtype, params, offset), now=int(ctx.now), **_token_binding(ctx))
+    return f"{ctx.settings.fhir_base_url}/{rtype}?{urlencode({'_cursor': token})}"
+
+
+def _searchset(
+    ctx: Context, rtype: str, params: list[tuple[str, str]], result: SearchResult, key: bytes
+) -> dict[str, Any]:
+    base = ctx.settings.fhir_base_url
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if result.total is not None:
+        bundle["total"] = result.total
+    links = [{"relation": "self", "url": f"{base}/{rtype}?{urlencode(params)}" if params else f"{base}/{rtype}"}]
+    if _has_next(result):
+        links.append({"relation": "next", "url": _link(ctx, rtype, params, result.offset + result.count, key)})
+    if result.offset > 0:
+        links.append(
+            {"relation": "previous", "url": _link(ctx, rtype, params, max(0, result.offset - result.count), key)}
+        )
+    bundle["link"] = links
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+        for r in result.resources
+    ]
+    entries += [
+        {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "include"}}
+        for r in result.included
+    ]
+    if result.unknown:
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "warning",
+                            "code": "not-supported",
+                            "diagnostics": f"unknown search parameter {n!r} was ignored",
+                        }
+                        for n in result.unknown
+                    ],
+                },
+                "search": {"mode": "outcome"},
+            }
+        )
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+# --- writes ------------------------------------------------------------------------------------
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    check_content_type(request)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise FhirError([Issue(f"the body is larger than {limit} bytes", code="too-costly")], status=413)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise FhirError([Issue(f"the body is larger than {limit} bytes", code="too-costly")], status=413)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise FhirError([Issue("the body is not valid JSON", code="structure")]) from None
+
+
+async def _must_stay_in_compartment(session: AsyncSession, ctx: Context, access: Access, rtype: str, rid: str) -> None:
+    if access.patient_ids is None:
+        return
+    await session.flush()
+    if rtype == "Patient" and rid in access.patient_ids:
+        return
+    if not await in_compartment(session, rtype, rid, access.patient_ids):
+        raise ForbiddenError
+
+
+def _written(ctx: Context, stored: dict[str, Any], status: int) -> Response:
+    version = stored["meta"]["versionId"]
+    headers = {
+        "Location": f"{ctx.settings.fhir_base_url}/{stored['resourceType']}/{stored['id']}/_history/{version}",
+        "ETag": _etag(version),
+        "Last-Modified": stored["meta"]["lastUpdated"],
+    }
+    preference = prefer_return(ctx.request)
+    if preference == "minimal":
+        return Response(status_code=status, headers=headers)
+    if preference == "OperationOutcome":
+        return fhir_response(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "information", "code": "informational", "diagnostics": "ok"}],
+            },
+            status,
+            headers,
+        )
+    return fhir_response(stored, status, headers)
+
+
+async def create(session: AsyncSession, ctx: Context, rtype: str, body: Any) -> Response:
+    access = await ctx.access(rtype, "c")
+    if not isinstance(body, dict) or body.get("resourceType") != rtype:
+        raise FhirError([Issue(f"the body must be a {rtype}", code="invalid", expression=("resourceType",))])
+    criteria = ctx.request.headers.get("if-none-exist")
+    if criteria:
+        # Conditional create matches only within what this token may see: it never reveals
+        # (by answering 200) a resource in another patient's compartment.
+        found = await search(
+            session,
+            rtype,
+            parse_qsl(criteria),
+            restriction=ctx.restriction(await ctx.access(rtype, "s")),
+            base_url=ctx.settings.fhir_base_url,
+            page_size_default=2,
+        )
+        if len(found.resources) > 1:
+            raise PreconditionFailedError(
+                [Issue("If-None-Exist matched more than one resource", code="multiple-matches")]
+            )
+        if found.resources:
+            existing = found.resources[0]
+            return fhir_response(
+                existing,
+                200,
+                {
+                    "ETag": _etag(existing["meta"]["versionId"]),
+                    "Location": f"{ctx.settings.fhir_base_url}/{rtype}/{existing['id']}",
+                },
+            )
+    resource = dict(body)
+    resource["id"] = storage.new_id()
+    validate_resource(resource)
+    stored, _ = await storage.write(session, resource, method="POST", now=_now(ctx), is_new=True)
+    await _must_stay_in_compartment(session, ctx, access, rtype, resource["id"])
+    return _written(ctx, stored, 201)
+
+
+async def update(session: AsyncSession, ctx: Context, rtype: str, rid: str, body: Any) -> Response:
+    if not isinstance(body, dict) or body.get("resourceType") != rtype:
+        raise FhirError([Issue(f"the body must be a {rtype}", code="invalid", expression=("resourceType",))])
+    if body.get("id") != rid:
+        raise FhirError(
+            [Issue("resource.id must equal the id in the URL", code="invalid", expression=(f"{rtype}.id",))]
+        )
+    current = await storage.read_current(session, rtype, rid)
+    exists = current is not None and not current.deleted
+    access = await ctx.access(rtype, "u" if exists else "c")
+    if exists and not await visible(session, ctx, rtype, rid, access):
+        raise _not_found(rtype, rid)
+    if_match = ctx.request.headers.get("if-match")
+    if if_match is not None and (not exists or current is None or if_match.strip() != _etag(current.version_id)):
+        raise PreconditionFailedError([Issue("If-Match does not name the current version", code="conflict")])
+    validate_resource(body)
+    stored, created = await storage.write(session, dict(body), method="PUT", now=_now(ctx))
+    await _must_stay_in_compartment(session, ctx, access, rtype, rid)
+    return _written(ctx, stored, 201 if created else 200)
+
+
+async def delete(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:
+    access = await ctx.access(rtype, "d")
+    if await visible(session, ctx, rtype, rid, access):
+        await storage.delete(session, rtype, rid, now=_now(ctx))
+    # FHIR R4 §3.1.0.7.1: deleting what is absent (or invisible) answers like success.
+    return Response(status_code=204)
+
+
+def _now(ctx: Context) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ctx.now, dt.UTC)
+
+
+# --- Bundles and $everything -------------------------------------------------------------------
+
+
+_METHOD_PERMISSION: dict[str, Permission] = {"POST": "c", "PUT": "u", "DELETE": "d"}
+
+
+async def transaction(session: AsyncSession, ctx: Context, bundle: Any) -> Response:
+    """A transaction Bundle with the guard applied to every entry (one DB transaction)."""
+    entries = bundle.get("entry") or [] if isinstance(bundle, dict) else []
+    accesses: dict[tuple[str, str], Access] = {}
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        method = request.get("method") if isinstance(request, dict) else None
+        url = str(request.get("url", "")) if isinstance(request, dict) else ""
+        rtype = url.split("?")[0].split("/")[0]
+        if method not in _METHOD_PERMISSION:
+            raise FhirError(
+                [Issue(f"entry {index}: method {method!r} is not supported in a transaction", code="not-supported")]
+            )
+        access = await ctx.access(rtype, _METHOD_PERMISSION[method])
+        accesses[(rtype, method)] = access
+        parts = url.split("?")[0].split("/")
+        existing = method in ("PUT", "DELETE") and len(parts) == 2 and await storage.exists(session, rtype, parts[1])
+        if existing and not await visible(session, ctx, rtype, parts[1], access):
+            raise _not_found(rtype, parts[1])
+
+    async def resolve(rtype: str, query: str) -> set[str]:
+        access = await ctx.access(rtype, "s")
+        found = await search(
+            session,
+            rtype,
+            parse_qsl(query),
+            restriction=ctx.restriction(access),
+            base_url=ctx.settings.fhir_base_url,
+            page_size_default=3,
+        )
+        return {r["id"] for r in found.resources}
+
+    response = await process_transaction(
+        session, bundle, now=_now(ctx), max_entries=ctx.settings.max_bundle_entries, resolve=resolve
+    )
+    for entry in response["entry"]:
+        location = entry["response"].get("location")
+        if location and entry["response"]["status"].startswith(("200", "201")):
+            rtype, rid = location.split("/")[:2]
+            written = accesses.get((rtype, "POST")) or accesses.get((rtype, "PUT"))
+            if written is not None:
+                await _must_stay_in_compartment(session, ctx, written, rtype, rid)
+    return fhir_response(response)
+
+
+async def everything(session: AsyncSession, ctx: Context, patient_id: str, compartment_types: list[str]) -> Response:
+    """Patient/$everything: the patient and their compartment, as far as this token may read."""
+    access = await ctx.access("Patient", "r")
+    if not await visible(session, ctx, "Patient", patient_id, access):
+        raise _not_found("Patient", patient_id)
+    base = ctx.settings.fhir_base_url
+    entries: list[dict[str, Any]] = []
+    for rtype in ["Patient", *compartment_types]:
+        try:
+            type_access = await ctx.access(rtype, "s")
+        except (ForbiddenError, FhirError):
+            continue
+        allowed = frozenset({patient_id}) if type_access.patient_ids is None else type_access.patient_ids & {patient_id}
+        if not allowed:
+            continue
+        restriction = Restriction(
+            allowed_patient_ids=allowed, extra_filters=[list(g) for g in type_access.filters], types=None
+        )
+        params = [("_id", patient_id)] if rtype == "Patient" else []
+        found = await search(
+            session,
+            rtype,
+            params,
+            restriction=restriction,
+            base_url=base,
+            page_size_default=MAX_EVERYTHING,
+            page_size_max=MAX_EVERYTHING,
+        )
+        entries += [
+            {"fullUrl": f"{base}/{rtype}/{r['id']}", "resource": r, "search": {"mode": "match"}}
+            for r in found.resources
+        ]
+        if len(entries) >= MAX_EVERYTHING:
+            break
+    return fhir_response(
+        {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries[:MAX_EVERYTHING]}
+    )
+
+
+async def batch(sessions: Any, ctx: Context, bundle: dict[str, Any], key: bytes) -> Response:
+    """A batch Bundle: every entry on its own (its own DB transaction), each through the guard."""
+    out: list[dict[str, Any]] = []
+    for index, entry in enumerate(bundle.get("entry") or []):
+        try:
+            out.append(await _batch_entry(sessions, ctx, entry, key))
+        except FhirError as exc:
+            out.append({"response": {"status": str(exc.status), "outcome": exc.outcome()}})
+        except ForbiddenError:
+            out.append({"response": {"status": "403", "outcome": _forbidden_outcome()}})
+        except (TypeError, AttributeError, KeyError):
+            out.append({"response": {"status": "400", "outcome": FhirError(f"entry {index} is malformed").outcome()}})
+    return fhir_response({"resourceType": "Bundle", "type": "batch-response", "entry": out})
+
+
+def _forbidden_outcome() -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "forbidden",
+                "diagnostics": "the token's scopes do not allow this interaction",
+            }
+        ],
+    }
+
+
+async def _batch_entry(sessions: Any, ctx: Context, entry: dict[str, Any], key: bytes) -> dict[str, Any]:
+    request = entry["request"]
+    method, url = request["method"], str(request["url"])
+    path, _, query = url.partition("?")
+    parts = path.strip("/").split("/")
+    async with sessions() as session, session.begin():
+        if method == "GET" and len(parts) == 1:
+            response = await search_type(session, ctx, parts[0], parse_qsl(query), key)
+        elif method == "GET" and len(parts) == 2:
+            response = await read(session, ctx, parts[0], parts[1])
+        elif method == "POST" and len(parts) == 1:
+            response = await create(session, ctx, parts[0], entry.get("resource"))
+        elif method == "PUT" and len(parts) == 2:
+            response = await update(session, ctx, parts[0], parts[1], entry.get("resource"))
+        elif method == "DELETE" and len(parts) == 2:
+            response = await delete(session, ctx, parts[0], parts[1])
+        else:
+            raise FhirError([Issue(f"{method} {url} is not supported in a batch", code="not-supported")])
+    out: dict[str, Any] = {"response": {"status": str(response.status_code)}}
+    if response.headers.get("location"):
+        out["response"]["location"] = response.headers["location"]
+    if response.headers.get("etag"):
+        out["response"]["etag"] = response.headers["etag"]
+    if response.body:
+        out["resource"] = orjson.loads(response.body)
+    return out
