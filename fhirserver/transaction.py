@@ -10,7 +10,7 @@ back on any FhirError. Implemented:
 - conditional references `Type?criteria` (§3.1.0.11.2, "conditional references"): must match
   exactly one existing resource;
 - every resource validated before anything is written.
-Conditional criteria support `identifier` and `_id`; anything else is refused, not ignored.
+Conditional criteria are searches (fhirserver.search); unknown parameters are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from fhirserver.errors import FhirError, InvalidResourceError, Issue, NotFoundEr
 from fhirserver.validation import validate_resource
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2}
-SUPPORTED_CRITERIA = ("identifier", "_id")
 
 
 @dataclass
@@ -46,34 +45,26 @@ Resolver = Callable[[str, str], Awaitable[set[str]]]
 
 
 async def resolve_criteria(session: AsyncSession, rtype: str, query: str) -> set[str]:
-    """Ids of `rtype` resources matching a conditional query (identifier and _id only).
+    """Ids of `rtype` resources matching a conditional query (any supported search parameter).
 
     The unrestricted resolver, for trusted loading (`mockehr load`); the REST layer passes one
-    that searches only what the caller's token may see.
+    that searches only what the caller's token may see. Unknown parameters are refused, never
+    ignored: ignoring one would widen the match.
     """
-    params = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
+    from fhirserver.search import search
+
+    params = parse_qsl(query, keep_blank_values=True)
     if not params:
         raise FhirError([Issue(f"empty conditional criteria for {rtype}", code="invalid")])
-    matches: set[str] | None = None
-    for name, value in params:
-        if name not in SUPPORTED_CRITERIA:
-            raise FhirError(
-                [
-                    Issue(
-                        f"conditional criteria parameter {name!r} is not supported (use identifier or _id)",
-                        code="not-supported",
-                    )
-                ]
-            )
-        if name == "_id":
-            found = {value} if await storage.exists(session, rtype, value) else set()
-        elif "|" in value:
-            system, _, code = value.partition("|")
-            found = set(await storage.find_by_identifier(session, rtype, system, code))
-        else:
-            found = set(await storage.find_by_identifier(session, rtype, None, value))
-        matches = found if matches is None else matches & found
-    return matches or set()
+    result = await search(session, rtype, params, base_url="", page_size_default=3, page_size_max=3)
+    if result.unknown:
+        raise FhirError(
+            [
+                Issue(f"conditional criteria parameter {name!r} is not supported", code="not-supported")
+                for name in result.unknown
+            ]
+        )
+    return {r["id"] for r in result.resources}
 
 
 def _where(index: int) -> str:

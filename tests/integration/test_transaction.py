@@ -160,8 +160,19 @@ async def test_a_dangling_urn_uuid_reference_is_refused(sessions: Sessions) -> N
 
 async def test_unsupported_conditional_criteria_are_refused_not_ignored(sessions: Sessions) -> None:
     with pytest.raises(FhirError) as caught:
-        await _apply(sessions, _bundle(_post(_practitioner("1"), if_none_exist="name=Who")))
+        await _apply(sessions, _bundle(_post(_practitioner("1"), if_none_exist="frobnicate=Who")))
     assert caught.value.issues[0].code == "not-supported"
+
+
+async def test_conditional_criteria_can_use_any_supported_search_parameter(sessions: Sessions) -> None:
+    first = await _apply(
+        sessions, _bundle(_post(_practitioner("5"), if_none_exist="family=Who&identifier=" + NPI + "|5"))
+    )
+    again = await _apply(
+        sessions, _bundle(_post(_practitioner("5"), if_none_exist="family=Who&identifier=" + NPI + "|5"))
+    )
+    assert first["entry"][0]["response"]["status"] == "201 Created"
+    assert again["entry"][0]["response"]["location"] == first["entry"][0]["response"]["location"]
 
 
 async def test_put_updates_with_a_new_version_and_delete_leaves_a_tombstone(sessions: Sessions) -> None:
