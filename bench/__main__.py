@@ -171,6 +171,24 @@ def bench_http(seconds: float) -> dict[str, dict[str, float]]:
         supervisor.stop(running)
 
 
+def bench_stack(pg_admin_url: str, seconds: int, patients: int) -> dict[str, Any]:
+    """Token issuance and FHIR throughput on PostgreSQL (a fresh database) or SQLite if it is down."""
+    from bench.stack_bench import run
+
+    name = f"mockehr_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_pg_admin(pg_admin_url, f'CREATE DATABASE "{name}"'))
+    except Exception:  # noqa: BLE001 - fall back to SQLite
+        return {f"sqlite {k}": v for k, v in run(None, seconds, patients).items()}
+    try:
+        return {
+            f"postgresql {k}": v
+            for k, v in run(pg_admin_url.rpartition("/")[0] + f"/{name}", seconds, patients).items()
+        }
+    finally:
+        asyncio.run(_pg_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per HTTP figure")
@@ -185,9 +203,11 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "config": vars(args),
     }
-    report["jose"] = bench_jose()
-    report["load"] = bench_load(args.pg, args.files)
-    report["http"] = bench_http(args.seconds)
+    if args.only == "all":
+        report["jose"] = bench_jose()
+        report["load"] = bench_load(args.pg, args.files)
+        report["http"] = bench_http(args.seconds)
+    report["stack"] = bench_stack(args.pg, int(args.seconds), args.patients)
 
     table = Table("benchmark", "figure", title="mockehr benchmarks", title_justify="left")
     for name, value in {**report["jose"], **report["load"]}.items():

@@ -8,7 +8,6 @@ import httpx
 
 from authserver.app import create_app as create_authserver
 from authserver.settings import AuthSettings
-from common.jwks import JwksCache
 from common.keys import PRIVATE_MEMBERS
 from ehr.app import create_app as create_ehr
 from ehr.settings import EhrSettings
@@ -71,23 +70,25 @@ async def test_fhirserver_serves_an_r4_capability_statement(tmp_path: Path, data
     assert body["rest"][0]["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
 
 
-async def test_fhirserver_is_not_ready_until_it_can_fetch_the_authservers_keys(
-    tmp_path: Path, database_url: str
-) -> None:
+async def test_fhirserver_is_not_ready_until_it_can_reach_the_authserver(tmp_path: Path, database_url: str) -> None:
     settings = FhirSettings(data_dir=tmp_path, database_url=database_url, public_url=FHIR, authserver_url=AUTH)
-    fhir_app = create_fhirserver(settings)
-    async with serving(fhir_app, FHIR) as client:
-        # The real client cannot reach https://auth.test: not ready, and the body says only which check failed.
+    # The real client cannot reach https://auth.test: not ready, and the body names only the checks.
+    async with serving(create_fhirserver(settings), FHIR) as client:
         unready = await client.get("/readyz")
-        assert unready.status_code == 503
-        assert unready.json() == {"status": "unavailable", "checks": {"database": "ok", "authserver_jwks": "failed"}}
-        auth_app = create_authserver(_auth(tmp_path, database_url))
-        async with serving(auth_app, AUTH):
-            transport = httpx.ASGITransport(app=auth_app)
-            async with httpx.AsyncClient(transport=transport) as to_auth:
-                fhir_app.state.jwks = JwksCache(to_auth, f"{AUTH}/jwks")
+    assert unready.status_code == 503
+    assert unready.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "authserver_jwks": "failed", "revocation_feed": "failed"},
+    }
+    auth_app = create_authserver(_auth(tmp_path, database_url))
+    async with serving(auth_app, AUTH):
+        transport = httpx.ASGITransport(app=auth_app)
+        async with httpx.AsyncClient(transport=transport, base_url=AUTH) as to_auth:
+            fhir_app = create_fhirserver(settings, authserver_client=to_auth)
+            async with serving(fhir_app, FHIR) as client:
                 ready = await client.get("/readyz")
     assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "authserver_jwks": "ok", "revocation_feed": "ok"}
 
 
 async def test_readiness_fails_without_detail_when_the_database_is_down(tmp_path: Path) -> None:
