@@ -31,6 +31,7 @@ Permission = Literal["c", "r", "u", "d", "s"]
 ACCESS_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 # A practitioner's panel is re-read at most this often: care-team changes apply within 2 s.
 PANEL_CACHE_SECONDS = 2.0
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class UnauthorizedError(Exception):
@@ -112,12 +113,24 @@ class Guard:
         self._leeway = leeway
         self._patients_of = patients_of
         self._panel_cache: dict[str, tuple[frozenset[str], float]] = {}
+        # Tokens whose signature and claims were verified, with their parsed scopes: a P-384
+        # verification costs ~1 ms, a dict lookup nothing. Expiry and revocation are still
+        # checked on every request.
+        self._verified: dict[str, tuple[dict[str, Any], ScopeSet]] = {}
 
     async def principal(self, authorization: str | None) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise UnauthorizedError
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, scopes = cached
+            # Verified before: only expiry (and revocation, below) can have changed since.
+            if claims["exp"] + self._leeway <= self._clock():
+                del self._verified[token]
+                raise UnauthorizedError
+            return self._principal(claims, scopes)
         try:
             kid = unverified_header(token).get("kid")
             keys = await self._jwks.key_set(kid if isinstance(kid, str) else None)
@@ -137,6 +150,12 @@ class Guard:
         except (TokenInvalidError, InvalidScopeError) as exc:
             log.info("refused access token: %s", getattr(exc, "reason", exc))
             raise UnauthorizedError from None
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (claims, scopes)
+        return self._principal(claims, scopes)
+
+    def _principal(self, claims: dict[str, Any], scopes: ScopeSet) -> Principal:
         if not self._revocations.fresh():
             raise UnavailableError
         if self._revocations.is_revoked(str(claims["jti"])):

@@ -85,6 +85,14 @@ async def test_a_token_that_is_not_a_live_access_token_for_this_server_is_refuse
     _assert_bare_401(await fhir.get("Patient", token))
 
 
+async def test_a_token_accepted_before_is_refused_once_it_expires(fhir: FhirHarness) -> None:
+    token = await fhir.token(SYSTEM, lifetime=60)
+    assert (await fhir.get("Patient", token)).status_code == 200
+    assert (await fhir.get("Patient", token)).status_code == 200  # now answered from the verified-token cache
+    fhir.clock.advance(60 + 31)  # past exp and the 30 s leeway
+    _assert_bare_401(await fhir.get("Patient", token))
+
+
 async def test_a_revoked_token_is_refused_as_soon_as_the_feed_is_polled(fhir: FhirHarness) -> None:
     token = await fhir.token(SYSTEM, record=True)
     assert (await fhir.get("Patient", token)).status_code == 200
