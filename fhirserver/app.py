@@ -151,7 +151,9 @@ def create_app(
         if kind == "batch":
             principal = await app.state.guard.principal(request.headers.get("authorization"))
             ctx = rest.Context(request, principal, app.state.guard, settings, app.state.audit, clock())
-            return await rest.batch(app.state.runtime.sessions, ctx, body, cursor_key)
+            response = await rest.batch(app.state.runtime.sessions, ctx, body, cursor_key)
+            ctx.record("batch", f"Bundle ({len(body.get('entry') or [])} entries)", response.status_code)
+            return response
         return await guarded(
             request, lambda s, c: rest.transaction(s, c, body), interaction="transaction", target="Bundle"
         )

@@ -30,8 +30,8 @@ class RevocationWatcher:
         feed_url: str,
         *,
         clock: Clock,
-        poll_seconds: float = 0.5,
-        max_staleness: float = 2.0,
+        poll_seconds: float = 0.25,
+        max_staleness: float = 1.0,
         overlap: int = 500,
     ) -> None:
         self._client = client

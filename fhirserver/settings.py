@@ -19,8 +19,9 @@ class FhirSettings(ServiceSettings):
     max_bundle_entries: int = Field(default=5000, ge=1)
     # Revocations are polled from the authorization server this often; a view older than the
     # staleness limit makes the guard answer 503 (fail closed).
-    revocation_poll_seconds: float = Field(default=0.5, gt=0, le=5)
-    revocation_max_staleness_seconds: float = Field(default=2.0, gt=0, le=60)
+    revocation_poll_seconds: float = Field(default=0.25, gt=0, le=5)
+    # ≤ 1 s by default: a revocation is honoured within a second even when the feed is down.
+    revocation_max_staleness_seconds: float = Field(default=1.0, gt=0, le=60)
     # HMAC key of paging cursors, shared by replicas (dev: generated into <data_dir>/cursor-key).
     cursor_key: SecretStr | None = None
 

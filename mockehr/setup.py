@@ -52,6 +52,8 @@ def prepare(stack: Stack, *, patients: int = 30, seed_value: int = 1, do_seed: b
     hosts = tuple(dict.fromkeys((*STACK_HOSTS, stack.public_host)))
     ensure_server_certificate(stack.data_dir, hosts)
     read_or_create_secret(stack.data_dir / "admin-token")
+    # The FHIR server's paging-cursor key: made here so services can mount the data read-only.
+    read_or_create_secret(stack.data_dir / "cursor-key")
     kek = stack.kek()
     migrate.upgrade(stack.db_url)
     seeded_now = asyncio.run(_keys_and_seed(stack, kek, patients, seed_value, do_seed))
