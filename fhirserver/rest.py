@@ -93,6 +93,13 @@ class Context:
 
 
 async def visible(session: AsyncSession, ctx: Context, rtype: str, rid: str, access: Access) -> bool:
+    return await visible_resource(session, ctx, rtype, rid, access) is not None
+
+
+async def visible_resource(
+    session: AsyncSession, ctx: Context, rtype: str, rid: str, access: Access
+) -> dict[str, Any] | None:
+    """The current resource if this token may see it, else None (missing and forbidden alike)."""
     found = await search(
         session,
         rtype,
@@ -101,18 +108,21 @@ async def visible(session: AsyncSession, ctx: Context, rtype: str, rid: str, acc
         base_url=ctx.settings.fhir_base_url,
         page_size_default=1,
     )
-    return bool(found.resources)
+    return found.resources[0] if found.resources else None
 
 
 async def read(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:
     access = await ctx.access(rtype, "r")
-    if await visible(session, ctx, rtype, rid, access):
-        row = await storage.read_current(session, rtype, rid)
-        if row is not None and row.content is not None:
-            return fhir_response(
-                json.loads(row.content),
-                headers={"ETag": _etag(row.version_id), "Last-Modified": _http_date(row.last_updated)},
-            )
+    resource = await visible_resource(session, ctx, rtype, rid, access)
+    if resource is not None:
+        meta = resource.get("meta", {})
+        return fhir_response(
+            resource,
+            headers={
+                "ETag": _etag(meta.get("versionId", "")),
+                "Last-Modified": _http_date_text(meta.get("lastUpdated")),
+            },
+        )
     row = await storage.read_current(session, rtype, rid)
     if row is not None and row.deleted and access.patient_ids is None and not access.filters:
         raise GoneError([Issue(f"{rtype}/{rid} was deleted", code="deleted")])
@@ -181,6 +191,15 @@ def _history_bundle(ctx: Context, rows: list[ResourceVersionRow]) -> dict[str, A
             entry["resource"] = json.loads(row.content)
         entries.append(entry)
     return {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
+
+
+def _http_date_text(instant: object) -> str:
+    if not isinstance(instant, str):
+        return ""
+    try:
+        return _http_date(dt.datetime.fromisoformat(instant.replace("Z", "+00:00")))
+    except ValueError:
+        return ""
 
 
 def _http_date(when: dt.datetime) -> str:
