@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -37,25 +37,29 @@ class ClientIn(BaseModel):
     client_secret: str | None = None
 
 
+class AdminUnauthorizedError(Exception):
+    """Answered as a bare 401 (app.py)."""
+
+
 def admin_router(settings: AuthSettings) -> APIRouter:
-    router = APIRouter(prefix="/admin")
     expected = settings.admin_secret()
 
     def require_admin(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected.encode()):
-            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            raise AdminUnauthorizedError
+
+    # A router-level dependency runs before the body is validated: no field list for strangers.
+    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
     @router.get("/clients")
-    async def list_clients(request: Request, runtime: RuntimeDep) -> JSONResponse:
-        require_admin(request)
+    async def list_clients(runtime: RuntimeDep) -> JSONResponse:
         async with runtime.sessions() as session:
             return JSONResponse([c.public_json() for c in await clients.list_all(session)])
 
     @router.put("/clients/{client_id}")
-    async def put_client(client_id: str, body: ClientIn, request: Request, runtime: RuntimeDep) -> JSONResponse:
-        require_admin(request)
+    async def put_client(client_id: str, body: ClientIn, runtime: RuntimeDep) -> JSONResponse:
         if body.client_id != client_id:
             raise InvalidRequestError("client_id in the path and the body differ")
         client = Client(
@@ -79,8 +83,7 @@ def admin_router(settings: AuthSettings) -> APIRouter:
         return JSONResponse(saved.public_json())
 
     @router.post("/clients/{client_id}/disable")
-    async def disable(client_id: str, request: Request, runtime: RuntimeDep) -> Response:
-        require_admin(request)
+    async def disable(client_id: str, runtime: RuntimeDep) -> Response:
         async with runtime.sessions() as session, session.begin():
             found = await clients.set_active(session, client_id, False)
         return Response(status_code=204 if found else 404)

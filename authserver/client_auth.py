@@ -32,14 +32,15 @@ from authserver import clients
 from authserver.clients import Client
 from authserver.errors import InvalidClientError
 from authserver.models import UsedJtiRow
-from authserver.passwords import verify_password
+from authserver.passwords import hash_password, verify_password
 from common.clock import Clock
 from common.errors import TokenInvalidError
 from common.jose import KeySet, import_public_jwks, unverified_claims, unverified_header, verify_jwt
 from common.jwks import JwksCache
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-MAX_ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the future
+MAX_ASSERTION_LIFETIME = 300
+_DUMMY_HASH = hash_password("mockehr-no-such-client")  # SMART: exp no more than five minutes in the future
 _KTY_FOR_ALG = {"ES": "EC", "RS": "RSA"}
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,14 @@ class ClientAuthenticator:
         if not sep:
             raise _fail("malformed Basic credentials")
         # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-        client = await self._client(unquote(client_id))
+        try:
+            client = await self._client(unquote(client_id))
+        except InvalidClientError:
+            # Spend the same argon2 work as for a real client: timing must not tell which ids exist.
+            verify_password(_DUMMY_HASH, unquote(secret))
+            raise
         if client.auth_method != "client_secret_basic" or not client.secret_hash:
+            verify_password(_DUMMY_HASH, unquote(secret))
             raise _fail("client is not registered for client_secret_basic")
         if not verify_password(client.secret_hash, unquote(secret)):
             raise _fail("wrong client secret")

@@ -58,7 +58,7 @@ class IssuedTokenRow(Base):
     scope: Mapped[str] = mapped_column(Text)
     patient: Mapped[str | None] = mapped_column(String(64), nullable=True)
     fhir_user: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    grant: Mapped[str] = mapped_column(String(64))  # the grant (or code/refresh family) it came from
+    grant: Mapped[str] = mapped_column(String(255))  # the grant (or code/refresh family) it came from
     iat: Mapped[int] = mapped_column(Integer)
     exp: Mapped[int] = mapped_column(Integer)
     revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -91,3 +91,108 @@ class UsedJtiRow(Base):
     expires_at: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_oauth_used_jtis_expires_at", "expires_at"),)
+
+
+# --- SMART App Launch 2.2 (migration 0004) ----------------------------------------------------
+
+
+class LoginSessionRow(Base):
+    """A login session at the authorization server. The cookie holds a random value; only its
+    SHA-256 is stored, so a database reader cannot ride a session."""
+
+    __tablename__ = "auth_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128))
+    auth_time: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_auth_sessions_expires_at", "expires_at"),)
+
+
+class LoginThrottleRow(Base):
+    """Failed-login counters (fixed window) per username and per client IP, shared by replicas."""
+
+    __tablename__ = "auth_login_throttle"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # "u:"/"ip:" + sha256 hex
+    window_start: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+
+
+class LaunchRow(Base):
+    """An EHR launch context registered by the first-party EHR (POST /launch), single use."""
+
+    __tablename__ = "smart_launches"
+
+    launch_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the value
+    client_id: Mapped[str] = mapped_column(String(128))  # the SMART app it was registered for
+    registered_by: Mapped[str] = mapped_column(String(128))  # the EHR client
+    username: Mapped[str] = mapped_column(String(128))
+    patient: Mapped[str] = mapped_column(String(64))
+    encounter: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array
+    app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer)
+    used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (Index("ix_smart_launches_expires_at", "expires_at"),)
+
+
+class AuthorizationCodeRow(Base):
+    """An authorization code (RFC 6749 §4.1.2), stored as its SHA-256, bound to everything the
+    token request must repeat or prove (client, redirect_uri, PKCE challenge)."""
+
+    __tablename__ = "oauth_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64))  # oauth_tokens.grant of what it issues
+    client_id: Mapped[str] = mapped_column(String(128))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    username: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(Text)
+    patient: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    encounter: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
+    nonce: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    session_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    auth_time: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer)
+    used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (Index("ix_oauth_codes_expires_at", "expires_at"),)
+
+
+class RefreshTokenRow(Base):
+    """A refresh token (opaque, stored as its SHA-256). One row per rotation; a family shares the
+    grant it came from, the scope granted at authorization and the launch context."""
+
+    __tablename__ = "oauth_refresh_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[str] = mapped_column(String(128))
+    username: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(Text)  # the family's scope: a refresh may only narrow it
+    access: Mapped[str] = mapped_column(String(16))  # offline | online
+    session_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)  # online only
+    patient: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    encounter: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(Integer)
+    used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rotated
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        Index("ix_oauth_refresh_tokens_family", "family"),
+        Index("ix_oauth_refresh_tokens_expires_at", "expires_at"),
+    )

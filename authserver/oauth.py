@@ -1,5 +1,9 @@
 """The OAuth endpoints: /token, /introspect, /revoke, and the revocation feed.
 
+/token grants: client_credentials (client_credentials.py), RFC 8693 token exchange
+(token_exchange.py), and for SMART apps authorization_code (codes.py) and refresh_token
+(refresh.py), where public clients identify with client_id and confidential ones authenticate.
+
 Responses that carry tokens send `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749
 §5.1); errors are RFC 6749 §5.2 JSON through the one OAuthError handler (app.py).
 """
@@ -11,9 +15,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from authserver import clients, tokens
+from authserver import clients, refresh, tokens
 from authserver.client_auth import ClientAuthenticator
 from authserver.client_credentials import client_credentials_grant
+from authserver.codes import authorization_code_grant
 from authserver.deps import RuntimeDep
 from authserver.errors import (
     InvalidRequestError,
@@ -32,6 +37,8 @@ from common.errors import TokenInvalidError
 from common.runtime import Runtime
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+AUTHORIZATION_CODE = "authorization_code"
+REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name, not a secret
 
 
 def _one(form: Any, name: str) -> str:
@@ -74,6 +81,14 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
     async def token(request: Request, runtime: RuntimeDep) -> JSONResponse:
         form = await request.form()
         grant_type = _one(form, "grant_type")
+        if grant_type in (AUTHORIZATION_CODE, REFRESH_TOKEN):
+            app = await auth_of(request).authenticate(form, request.headers, allow_public=True)
+            _audience(settings, _one(form, "resource"))
+            if grant_type == AUTHORIZATION_CODE:
+                body = await authorization_code_grant(runtime, settings, app, form)
+            else:
+                body = await refresh.refresh_token_grant(runtime, settings, app, form)
+            return JSONResponse(body, headers=NO_STORE)
         if grant_type not in ("client_credentials", TOKEN_EXCHANGE):
             raise UnsupportedGrantTypeError(f"grant_type {grant_type or '(missing)'} is not supported")
         client = await auth_of(request).authenticate(form, request.headers)
@@ -153,10 +168,18 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         caller = await auth_of(request).authenticate(form, request.headers, allow_public=True)
         now = int(runtime.clock())
         try:
-            claims = await tokens.verify_own(
+            claims: dict[str, Any] | None = await tokens.verify_own(
                 _one(form, "token"), runtime.signing_keys, settings.base_url, [settings.fhir_base_url], now, 10**9
             )
         except TokenInvalidError:
+            claims = None
+        if claims is None:
+            # Not one of our access tokens: perhaps a refresh token (RFC 7009 §2.1: revoking it
+            # also revokes the access tokens of the same grant).
+            async with runtime.sessions() as session, session.begin():
+                revoked = await refresh.revoke_presented(session, _one(form, "token"), caller, now)
+            if revoked is False:
+                raise UnauthorizedClientError("a client may revoke only its own tokens")
             return JSONResponse({}, headers=NO_STORE)
         async with runtime.sessions() as session, session.begin():
             row = await tokens.record(session, str(claims["jti"]))

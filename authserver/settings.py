@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings
@@ -19,3 +21,54 @@ class AuthSettings(ServiceSettings):
     access_token_lifetime_seconds: int = Field(default=300, ge=10, le=300)
     # Algorithms accepted in client assertions (SMART 2.2: RS384 and ES384; add ES256/RS256 here).
     client_assertion_algorithms: list[str] = Field(default_factory=lambda: ["RS384", "ES384"])
+
+    @field_validator("client_assertion_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        allowed = {"RS384", "ES384", "ES256", "RS256"}
+        if not value or not set(value) <= allowed:
+            raise ValueError(f"client_assertion_algorithms must be a non-empty subset of {sorted(allowed)}")
+        return value
+
+    # --- SMART App Launch 2.2 (authorize, login, codes, refresh tokens) --------------------------
+    # Browser origins (scheme://host[:port]) allowed to call /token, /jwks, /.well-known/* and
+    # /smart-style.json with CORS. Empty: no CORS header is ever sent. Never applies to /authorize
+    # or /login.
+    cors_origins: list[str] = Field(default_factory=list)
+    # RFC 6749 §4.1.2 says at most 10 minutes; we keep authorization codes far shorter.
+    authorization_code_lifetime_seconds: int = Field(default=60, ge=5, le=60)
+    # How long a launch value registered by the EHR (POST /launch) may wait for /authorize.
+    launch_lifetime_seconds: int = Field(default=300, ge=10, le=300)
+    # Login session at the authorization server (cookie and server-side row); short on purpose.
+    session_lifetime_seconds: int = Field(default=1800, ge=60, le=43200)
+    # Absolute lifetime of a refresh-token family granted with offline_access (rotation does not
+    # extend it). online_access tokens also die with the login session.
+    refresh_token_lifetime_seconds: int = Field(default=86400, ge=300, le=90 * 86400)
+    # Failed logins tolerated per username and per client IP within the window, then 429.
+    login_max_failures_per_user: int = Field(default=5, ge=1, le=1000)
+    login_max_failures_per_ip: int = Field(default=20, ge=1, le=100000)
+    login_failure_window_seconds: int = Field(default=900, ge=10, le=86400)
+    # SMART `smart_style_url`; empty means this server's own /smart-style.json.
+    smart_style_url: str = ""
+
+    @property
+    def style_url(self) -> str:
+        return self.smart_style_url or f"{self.base_url}/smart-style.json"
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        # An origin is exactly scheme://host[:port] (RFC 6454): no wildcard, path, query or userinfo.
+        for origin in origins:
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("https", "http")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or "@" in parts.netloc
+                or origin != f"{parts.scheme}://{parts.netloc}"
+            ):
+                raise ValueError(f"cors_origins: {origin!r} is not an origin (scheme://host[:port])")
+        return origins

@@ -52,8 +52,10 @@ class ExchangeRequest:
 
 
 def check_actor(actor: Client) -> None:
-    if actor.kind != "ehr" or not actor.first_party:
-        raise UnauthorizedClientError("only a first-party EHR client may exchange tokens for CDS Services")
+    if actor.kind != "ehr" or not actor.first_party or actor.auth_method != "private_key_jwt":
+        raise UnauthorizedClientError(
+            "only a first-party EHR client authenticating with private_key_jwt may exchange tokens for CDS Services"
+        )
 
 
 def check_service(service: Client | None) -> Client:

@@ -79,6 +79,7 @@ def capability_statement(settings: FhirSettings, started: str) -> dict[str, Any]
                         {
                             "url": OAUTH_URIS,
                             "extension": [
+                                {"url": "authorize", "valueUri": f"{auth}/authorize"},
                                 {"url": "token", "valueUri": f"{auth}/token"},
                                 {"url": "revoke", "valueUri": f"{auth}/revoke"},
                                 {"url": "introspect", "valueUri": f"{auth}/introspect"},
@@ -95,29 +96,66 @@ def capability_statement(settings: FhirSettings, started: str) -> dict[str, Any]
 
 
 def smart_configuration(settings: FhirSettings) -> dict[str, Any]:
-    """{fhir}/.well-known/smart-configuration (SMART App Launch 2.2 §Discovery).
+    """{fhir}/.well-known/smart-configuration (SMART App Launch 2.2 §Discovery / Conformance).
 
-    Lists only what the authorization server offers today: backend services (client_credentials
-    with asymmetric client authentication) and token exchange; no authorize endpoint yet.
+    What the authorization server really offers: the authorization code flow with PKCE S256 (EHR
+    and standalone launch, GET and POST to /authorize, public, symmetric and asymmetric clients),
+    OpenID Connect id_tokens with fhirUser, the EHR launch context (patient, encounter,
+    fhirContext, appContext) and the standalone patient picker, need_patient_banner and
+    smart_style_url, refresh tokens for offline_access and online_access, SMART v1 and v2 scopes;
+    plus backend services (client_credentials) and token exchange for CDS Services. Not offered:
+    standalone encounter selection (context-standalone-encounter), a userinfo endpoint.
     """
     auth = settings.authserver_url.rstrip("/")
     return {
         "issuer": auth,
         "jwks_uri": f"{auth}/jwks",
+        "authorization_endpoint": f"{auth}/authorize",
         "token_endpoint": f"{auth}/token",
         "introspection_endpoint": f"{auth}/introspect",
         "revocation_endpoint": f"{auth}/revoke",
-        "grant_types_supported": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "scopes_supported": ["system/*.rs", "patient/*.rs", "user/*.rs"],
-        "response_types_supported": [],
+        "scopes_supported": [
+            "openid",
+            "fhirUser",
+            "profile",
+            "launch",
+            "launch/patient",
+            "offline_access",
+            "online_access",
+            "patient/*.rs",
+            "patient/*.cruds",
+            "user/*.rs",
+            "user/*.cruds",
+            "system/*.rs",
+        ],
+        "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
+            "launch-ehr",
+            "launch-standalone",
+            "authorize-post",
+            "client-public",
+            "client-confidential-symmetric",
             "client-confidential-asymmetric",
-            "permission-v1",
-            "permission-v2",
+            "sso-openid-connect",
+            "context-banner",
+            "context-style",
+            "context-ehr-patient",
+            "context-ehr-encounter",
+            "context-standalone-patient",
+            "permission-offline",
+            "permission-online",
             "permission-patient",
             "permission-user",
+            "permission-v1",
+            "permission-v2",
         ],
     }

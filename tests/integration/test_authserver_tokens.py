@@ -264,3 +264,52 @@ async def test_the_admin_api_registers_a_cds_service_and_refuses_a_private_key(a
     listed = (await auth.client.get("/admin/clients", headers=headers)).json()
     assert "cds-new" in {c["client_id"] for c in listed} and "cds-bad" not in {c["client_id"] for c in listed}
     assert all("secret_hash" not in c for c in listed)
+
+
+async def test_housekeeping_forgets_only_what_can_no_longer_matter(auth: Harness) -> None:
+    from authserver.maintenance import purge
+    from authserver.models import RevocationRow, UsedJtiRow
+
+    live = (await auth.exchange()).json()["access_token"]
+    dead = (await auth.exchange()).json()["access_token"]
+    await auth.client.post("/revoke", data={"token": dead, **auth.client_auth("ehr")})
+    runtime = auth.app.state.runtime
+    await purge(runtime.sessions, int(auth.clock()))
+    async with runtime.sessions() as session:
+        assert len((await session.execute(select(IssuedTokenRow))).scalars().all()) == 2
+        assert len((await session.execute(select(RevocationRow))).scalars().all()) == 1
+    # Past every expiry (and the one-hour grace of token records), everything goes.
+    await purge(runtime.sessions, int(auth.clock()) + 301 + 3600)
+    async with runtime.sessions() as session:
+        assert (await session.execute(select(IssuedTokenRow))).scalars().all() == []
+        assert (await session.execute(select(RevocationRow))).scalars().all() == []
+        assert (await session.execute(select(UsedJtiRow))).scalars().all() == []
+    assert live
+
+
+async def test_the_admin_api_refuses_a_stranger_before_reading_the_body(auth: Harness) -> None:
+    response = await auth.client.put("/admin/clients/x", json={"not": "a client"})
+    assert (response.status_code, response.content) == (401, b"")
+
+
+async def test_a_first_party_ehr_must_use_private_key_jwt_to_exchange(auth: Harness) -> None:
+    from authserver import clients as registry
+    from authserver.clients import Client
+
+    async with auth.app.state.runtime.sessions() as session, session.begin():
+        await registry.register(
+            session, Client("ehr-secret", "ehr", "EHR", "client_secret_basic", "", True, True), "s3cret-value"
+        )
+    import base64
+
+    basic = base64.b64encode(b"ehr-secret:s3cret-value").decode()
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": auth.user_assertion("Practitioner/dr-a"),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "cds_service": "cds-a",
+        "patient": "p-a1",
+        "resource": FHIR,
+    }
+    response = await auth.token(form, headers={"Authorization": f"Basic {basic}"})
+    assert (response.status_code, response.json()["error"]) == (400, "unauthorized_client")

@@ -43,3 +43,25 @@ def test_upgrade_is_idempotent(backend: str, tmp_path) -> None:  # type: ignore[
     with sqlite3.connect(tmp_path / "x.db") as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert version == migrate.head_revision()
+
+
+async def test_a_grant_family_with_a_128_character_client_id_fits(sessions) -> None:  # type: ignore[no-untyped-def]
+    from authserver.models import IssuedTokenRow
+
+    long_id = "c" * 128
+    async with sessions() as session, session.begin():
+        session.add(
+            IssuedTokenRow(
+                jti="j1",
+                kind="access",
+                client_id=long_id,
+                sub=long_id,
+                scope="system/*.rs",
+                grant=f"client_credentials:{long_id}",
+                iat=0,
+                exp=1,
+            )
+        )
+    async with sessions() as session:
+        row = await session.get(IssuedTokenRow, "j1")
+    assert row is not None and row.grant.endswith(long_id)
