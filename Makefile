@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# Two workers: the machine has two cores; every test is isolated (own database, own ports).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install up test test-fast lint bench clean
 
@@ -21,7 +23,7 @@ up: install
 
 ## test: the whole suite (unit, integration, e2e) on SQLite and PostgreSQL
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
