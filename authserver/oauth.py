@@ -87,7 +87,7 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
             if grant_type == AUTHORIZATION_CODE:
                 body = await authorization_code_grant(runtime, settings, app, form)
             else:
-                body = await refresh.refresh_token_grant(runtime, settings, app, form)
+                body = await refresh.refresh_token_grant(runtime, settings, app, form, request.app.state.reach.can_see)
             return JSONResponse(body, headers=NO_STORE)
         if grant_type not in ("client_credentials", TOKEN_EXCHANGE):
             raise UnsupportedGrantTypeError(f"grant_type {grant_type or '(missing)'} is not supported")

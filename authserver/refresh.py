@@ -20,6 +20,7 @@ family and must send the user through /authorize again: the price of reuse detec
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -159,7 +160,20 @@ def _narrower(requested: ScopeSet, allowed: ScopeSet) -> bool:
     )
 
 
-async def refresh_token_grant(runtime: Runtime, settings: AuthSettings, client: Client, form: Any) -> dict[str, Any]:
+async def refresh_token_grant(
+    runtime: Runtime,
+    settings: AuthSettings,
+    client: Client,
+    form: Any,
+    can_see: Callable[[User, str], Awaitable[bool]],
+) -> dict[str, Any]:
+    """Rotate a refresh token and issue a new access token.
+
+    The grant is checked again at every refresh: the scope is narrowed to what the client is
+    registered for now and to the user's role, and a patient in context must still be in the
+    user's reach — so removing an app's scope or a patient from a panel takes effect at the next
+    refresh, not when the family expires.
+    """
     presented = _one(form, "refresh_token")
     if not presented:
         raise InvalidRequestError("refresh_token is required")
@@ -210,11 +224,16 @@ async def refresh_token_grant(runtime: Runtime, settings: AuthSettings, client: 
                     raise InvalidScopeError("a refresh may only narrow the scope granted at authorization")
                 scope = str(requested)
             user = await users.by_username(session, row.username)
+            context = LaunchContext.of(row)
+            if user is not None:
+                scope = str(narrow(narrow(parse_scopes(scope), parse_scopes(client.scope)), user.ceiling()))
             if user is None:
                 await revoke_family(session, row.family, now)
                 failure = "the user is no longer active"
+            elif context.patient and not await can_see(user, context.patient):
+                await revoke_family(session, row.family, now)
+                failure = "the patient is no longer available to this user"
             else:
-                context = LaunchContext.of(row)
                 issued = await issue_user_token(
                     session,
                     runtime,

@@ -48,6 +48,8 @@ def _command(stack: Stack, name: str) -> list[str]:
         "--ssl-keyfile",
         str(data / "tls" / "server-key.pem"),
         "--no-server-header",
+        # The login rate limit counts per client IP: never let a local client claim another one.
+        "--no-proxy-headers",
         "--timeout-graceful-shutdown",
         "5",
     ]

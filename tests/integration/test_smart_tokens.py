@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -349,3 +350,33 @@ async def test_no_id_token_without_openid_and_no_fhir_user_claim_without_fhir_us
     openid_only = await smart.tokens_for(scope="launch/patient patient/Observation.rs openid")
     claims = claims_of(openid_only["id_token"])
     assert "fhirUser" not in claims and "nonce" not in claims and "name" not in claims
+
+
+async def test_a_refresh_is_refused_once_the_patient_left_the_users_reach(smart: Smart) -> None:
+    body = await smart.tokens_for()
+    assert body["patient"] == "p-a1"
+    # The care relationship ends: the FHIR server no longer counts p-a1 in dr.a's reach.
+    smart.auth.reach.reachable["Practitioner/dr-a"].discard("p-a1")
+    refused = await smart.refresh(body["refresh_token"])
+    _invalid_grant(refused)
+    assert "no longer available" in refused.json()["error_description"]
+    assert await smart.introspect(body["access_token"]) == {"active": False}  # the family is revoked
+
+
+async def test_a_refresh_drops_scopes_the_app_is_no_longer_registered_for(smart: Smart) -> None:
+    from authserver import clients
+
+    body = await smart.tokens_for()
+    runtime = smart.auth.app.state.runtime
+    async with runtime.sessions() as session, session.begin():
+        app = await clients.get(session, APP)
+        assert app is not None
+        kept = [s for s in app.scope.split() if not s.startswith("patient/")]
+        narrowed = dataclasses.replace(app, scope=" ".join([*kept, "patient/Patient.r"]))
+        await clients.register(session, narrowed)
+    refreshed = await smart.refresh(body["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    before = {s for s in body["scope"].split() if s.startswith("patient/")}
+    after = {s for s in refreshed.json()["scope"].split() if s.startswith("patient/")}
+    assert before and not before <= {"patient/Patient.r"}  # the grant had scopes now unregistered…
+    assert after <= {"patient/Patient.r"}  # …and none of them survives the refresh
