@@ -15,6 +15,7 @@ Every failure is the same `invalid_client` (401): the reason goes to the log, ne
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -98,12 +99,13 @@ class ClientAuthenticator:
             client = await self._client(unquote(client_id))
         except InvalidClientError:
             # Spend the same argon2 work as for a real client: timing must not tell which ids exist.
-            verify_password(_DUMMY_HASH, unquote(secret))
+            await asyncio.to_thread(verify_password, _DUMMY_HASH, unquote(secret))
             raise
         if client.auth_method != "client_secret_basic" or not client.secret_hash:
-            verify_password(_DUMMY_HASH, unquote(secret))
+            await asyncio.to_thread(verify_password, _DUMMY_HASH, unquote(secret))
             raise _fail("client is not registered for client_secret_basic")
-        if not verify_password(client.secret_hash, unquote(secret)):
+        # argon2 takes tens of milliseconds: keep it off the event loop.
+        if not await asyncio.to_thread(verify_password, client.secret_hash, unquote(secret)):
             raise _fail("wrong client secret")
         return client
 
