@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.app import service_app
 from common.clock import Clock, system_clock
+from common.cors import CorsMiddleware
 from common.health import Check
 from common.jwks import JwksCache
 from common.runtime import Runtime
@@ -105,6 +106,14 @@ def create_app(
         extra_checks=extra_checks,
     )
     _handlers(app)
+    # Outermost, so a preflight from a configured origin is answered before any route or guard.
+    app.add_middleware(
+        CorsMiddleware,
+        origins=settings.cors_origins,
+        methods_for=_cors_methods,
+        allow_headers=("Authorization", "Content-Type", "Accept", "If-Match", "If-None-Exist", "Prefer"),
+        expose_headers=("Location", "ETag", "Content-Location", "Last-Modified"),
+    )
 
     @app.get("/fhir/metadata")
     async def metadata() -> Response:
@@ -238,6 +247,11 @@ def create_app(
         )
 
     return app
+
+
+def _cors_methods(path: str) -> str | None:
+    """Every /fhir path takes part in CORS (metadata and smart-configuration included)."""
+    return "GET, POST, PUT, DELETE, OPTIONS" if path == "/fhir" or path.startswith("/fhir/") else None
 
 
 def _handlers(app: FastAPI) -> None:

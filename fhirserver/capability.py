@@ -63,7 +63,7 @@ def capability_statement(settings: FhirSettings, started: str) -> dict[str, Any]
             {
                 "mode": "server",
                 "security": {
-                    "cors": False,
+                    "cors": bool(settings.cors_origins),
                     "service": [
                         {
                             "coding": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from common.cors import CorsOrigins
 from common.settings import ServiceSettings
 
 
@@ -24,6 +25,9 @@ class FhirSettings(ServiceSettings):
     revocation_max_staleness_seconds: float = Field(default=1.0, gt=0, le=60)
     # HMAC key of paging cursors, shared by replicas (dev: generated into <data_dir>/cursor-key).
     cursor_key: SecretStr | None = None
+    # Browser origins (scheme://host[:port]) of SMART apps allowed to call /fhir/* with CORS.
+    # Empty: no CORS header is ever sent.
+    cors_origins: CorsOrigins = Field(default_factory=list)
 
     def cursor_secret(self) -> bytes:
         from common.secrets_file import read_or_create_secret
