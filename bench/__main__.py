@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument(
         "--pg", default=os.environ.get("MOCKEHR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
-    parser.add_argument("--only", choices=["all", "stack"], default="all", help="run only the stack benchmarks")
+    parser.add_argument("--only", choices=["all", "stack", "scale"], default="all", help="run one group only")
     parser.add_argument("--patients", type=int, default=30, help="synthetic patients in the benchmarked stack")
     args = parser.parse_args()
 
@@ -209,13 +209,22 @@ def main() -> None:
         report["jose"] = bench_jose()
         report["load"] = bench_load(args.pg, args.files)
         report["http"] = bench_http(args.seconds)
-    report["stack"] = bench_stack(args.pg, int(args.seconds), args.patients)
+    if args.only in ("all", "stack"):
+        report["stack"] = bench_stack(args.pg, int(args.seconds), args.patients)
+    if args.only in ("all", "scale"):
+        from bench.scale import run as run_scale
+
+        report["scale"] = run_scale()
 
     table = Table("benchmark", "figure", title="mockehr benchmarks", title_justify="left")
     for name, value in {**report.get("jose", {}), **report.get("load", {})}.items():
         table.add_row(name, f"{value:,.0f}")
-    for name, figures in {**report.get("http", {}), **report["stack"]}.items():
+    for name, figures in {**report.get("http", {}), **report.get("stack", {})}.items():
         table.add_row(name, "  ".join(f"{k} {v:,.2f}" for k, v in figures.items()))
+    for row in report.get("scale", []):
+        table.add_row(
+            f"scale {row['patients']} patients", "  ".join(f"{k} {v}" for k, v in row.items() if k != "patients")
+        )
     console.print(table)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

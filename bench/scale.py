@@ -1,0 +1,77 @@
+"""How search cost grows with data: compartment search (`_count=10`) p50/p95 and database size at
+30, 300 and 3,000 synthetic patients, on SQLite, through the real transaction and search code.
+
+In-process (no HTTP), so it isolates the database and the search engine from the web stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common.db import make_engine, make_sessionmaker
+from fhirserver.search import Restriction, search
+from fhirserver.transaction import process_transaction
+from mockehr import migrate
+from mockehr.seed import generate
+
+QUERIES = 300
+
+
+async def _measure(url: str, patients: int) -> dict[str, Any]:
+    data = generate(patients, seed=7)
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    try:
+        start = time.perf_counter()
+        async with sessions() as session, session.begin():
+            await process_transaction(
+                session, data.bundle, now=dt.datetime.now(dt.UTC), max_entries=len(data.bundle["entry"]) + 1
+            )
+        load_seconds = time.perf_counter() - start
+        rng = random.Random(3)  # noqa: S311 - sampling, not security
+        latencies: list[float] = []
+        async with sessions() as session:
+            for i in range(QUERIES + 30):
+                patient = rng.choice(data.patient_ids)
+                restriction = Restriction(allowed_patient_ids=frozenset({patient}))
+                t = time.perf_counter()
+                result = await search(
+                    session,
+                    "Observation",
+                    [("patient", patient), ("_count", "10")],
+                    restriction=restriction,
+                    base_url="https://fhir.test/fhir",
+                )
+                if i >= 30:  # warm-up excluded
+                    latencies.append(time.perf_counter() - t)
+                assert result.resources, "every synthetic patient has observations"
+        latencies.sort()
+        return {
+            "patients": patients,
+            "resources": len(data.bundle["entry"]),
+            "load_s": round(load_seconds, 1),
+            "search_p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "search_p95_ms": round(latencies[int(len(latencies) * 0.95)] * 1000, 2),
+        }
+    finally:
+        await engine.dispose()
+
+
+def run(sizes: tuple[int, ...] = (30, 300, 3000)) -> list[dict[str, Any]]:
+    rows = []
+    for patients in sizes:
+        folder = Path(tempfile.mkdtemp(prefix="mockehr-scale-"))
+        url = f"sqlite:///{folder / 'scale.db'}"
+        migrate.upgrade(url)
+        row = asyncio.run(_measure(url, patients))
+        size = sum(p.stat().st_size for p in folder.glob("scale.db*"))
+        row["database_mb"] = round(size / 1e6, 1)
+        rows.append(row)
+    return rows
