@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from common.cors import CorsOrigins
 from common.settings import ServiceSettings
 
 
@@ -34,7 +33,7 @@ class AuthSettings(ServiceSettings):
     # Browser origins (scheme://host[:port]) allowed to call /token, /jwks, /.well-known/* and
     # /smart-style.json with CORS. Empty: no CORS header is ever sent. Never applies to /authorize
     # or /login.
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: CorsOrigins = Field(default_factory=list)
     # RFC 6749 §4.1.2 says at most 10 minutes; we keep authorization codes far shorter.
     authorization_code_lifetime_seconds: int = Field(default=60, ge=5, le=60)
     # How long a launch value registered by the EHR (POST /launch) may wait for /authorize.
@@ -54,21 +53,3 @@ class AuthSettings(ServiceSettings):
     @property
     def style_url(self) -> str:
         return self.smart_style_url or f"{self.base_url}/smart-style.json"
-
-    @field_validator("cors_origins")
-    @classmethod
-    def _check_origins(cls, origins: list[str]) -> list[str]:
-        # An origin is exactly scheme://host[:port] (RFC 6454): no wildcard, path, query or userinfo.
-        for origin in origins:
-            parts = urlsplit(origin)
-            if (
-                parts.scheme not in ("https", "http")
-                or not parts.hostname
-                or parts.path
-                or parts.query
-                or parts.fragment
-                or "@" in parts.netloc
-                or origin != f"{parts.scheme}://{parts.netloc}"
-            ):
-                raise ValueError(f"cors_origins: {origin!r} is not an origin (scheme://host[:port])")
-        return origins

@@ -9,7 +9,6 @@ lost on a clean stop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.clock import Clock
+from common.periodic import Periodic
 from fhirserver import storage
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,9 @@ class AuditWriter:
         self._sessions = sessions
         self._clock = clock
         self._batch = batch
-        self._interval = interval
         self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=100_000)
-        self._task: asyncio.Task[None] | None = None
+        # A failed flush requeues its batch (flush) and is logged by the loop.
+        self._loop = Periodic("audit-writer", self.flush, interval)
 
     def record(self, record: AuditRecord) -> None:
         try:
@@ -124,23 +124,10 @@ class AuditWriter:
             raise
         return len(records)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.flush()
-            except Exception:  # keep auditing alive; the error is logged, the batch requeued
-                log.exception("audit flush failed")
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         while await self.flush():
             pass

@@ -12,13 +12,12 @@ the guard answers 503 rather than serve a token that may have been revoked.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 import httpx
 
 from common.clock import Clock
+from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,12 @@ class RevocationWatcher:
         self._client = client
         self._url = feed_url
         self._clock = clock
-        self._poll = poll_seconds
         self.max_staleness = max_staleness
         self._overlap = overlap
         self._revoked: dict[str, int] = {}
         self._last = 0
         self._synced_at = float("-inf")
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("revocation-watcher", self._poll_quietly, poll_seconds, run_first=True)
 
     def is_revoked(self, jti: str) -> bool:
         return jti in self._revoked
@@ -69,21 +67,15 @@ class RevocationWatcher:
             self._revoked = {j: e for j, e in self._revoked.items() if e > now}
         self._synced_at = self._clock()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-                log.warning("revocation feed unavailable: %s", type(exc).__name__)
-            await asyncio.sleep(self._poll)
+    async def _poll_quietly(self) -> None:
+        try:
+            await self.poll_once()
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            # Expected while the authorization server is away: the staleness limit fails closed.
+            log.warning("revocation feed unavailable: %s", type(exc).__name__)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="revocation-watcher")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
