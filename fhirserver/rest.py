@@ -33,6 +33,7 @@ from fhirserver.transaction import process_transaction
 from fhirserver.validation import validate_resource
 
 MAX_EVERYTHING = 1000
+SERVER_WRITTEN = frozenset({"AuditEvent"})
 
 
 def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -63,6 +64,9 @@ class Context:
     async def access(self, rtype: str, permission: Permission) -> Access:
         if rtype not in SUPPORTED_TYPES:
             raise FhirError([Issue(f"resource type {rtype!r} is not supported", code="not-supported")], status=404)
+        if rtype in SERVER_WRITTEN and permission in ("c", "u", "d"):
+            # The audit trail is written by this server only; no scope lets a client change it.
+            raise ForbiddenError
         access = await self.guard.access(self.principal, rtype, permission)
         if self._view is None:
             self._view = await self.guard.view(self.principal, sorted(SUPPORTED_TYPES))

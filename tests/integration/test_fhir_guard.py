@@ -345,3 +345,25 @@ async def test_every_request_with_a_cds_service_token_is_audited(fhir: FhirHarne
     assert sorted(e["outcome"] for e in records) == ["0", "4"]
     # A request without the EHR acting for a service is not audited here.
     assert json.dumps(records).count("search-type") == 2
+
+
+async def test_no_token_can_write_change_or_delete_audit_events(fhir: FhirHarness) -> None:
+    patient = fhir.patient_of(0)
+    cds = await fhir.token(
+        "patient/Observation.rs", patient=patient, user=fhir.practitioner(0), client_id="cds-example", act="ehr"
+    )
+    await fhir.get("Observation", cds, patient=patient)
+    await fhir.fhir_app.state.audit.flush()
+    system = await fhir.token(SYSTEM)
+    event = (await fhir.get("AuditEvent", system)).json()["entry"][0]["resource"]
+    for token in (await fhir.token("patient/*.cruds", patient=patient), system):
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        assert (await fhir.client.delete(f"/fhir/AuditEvent/{event['id']}", headers=headers)).status_code == 403
+        assert (
+            await fhir.client.put(f"/fhir/AuditEvent/{event['id']}", json=dict(event, outcome="0"), headers=headers)
+        ).status_code == 403
+        created = await fhir.client.post("/fhir/AuditEvent", json=dict(event, id=None), headers=headers)
+        assert created.status_code == 403
+    assert (await fhir.get(f"AuditEvent/{event['id']}", system)).json()["meta"]["versionId"] == event["meta"][
+        "versionId"
+    ]
