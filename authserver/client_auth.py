@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import httpx
-from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import FormData, Headers
@@ -60,7 +59,6 @@ class ClientAuthenticator:
     leeway: int
     http: httpx.AsyncClient
     jwks_caches: dict[str, JwksCache] = field(default_factory=dict)
-    _last_purge: float = 0.0
 
     async def authenticate(self, form: FormData, headers: Headers, *, allow_public: bool = False) -> Client:
         assertion_type = form.get("client_assertion_type")
@@ -163,19 +161,9 @@ class ClientAuthenticator:
 
     async def first_use(self, key: str, expires_at: int) -> bool:
         """Record a jti; False if it was used before (a row, so replicas and restarts agree)."""
-        now = int(self.clock())
         try:
             async with self.sessions() as session, session.begin():
                 session.add(UsedJtiRow(key=key[:300], expires_at=expires_at))
         except IntegrityError:
             return False
-        if now - self._last_purge > 60:
-            self._last_purge = now
-            await purge_used_jtis(self.sessions, now)
-        return True
-
-
-async def purge_used_jtis(sessions: async_sessionmaker[AsyncSession], now: int) -> None:
-    """Forget jti values whose assertions have expired: they can no longer be replayed anyway."""
-    async with sessions() as session, session.begin():
-        await session.execute(delete(UsedJtiRow).where(UsedJtiRow.expires_at < now))
+        return True  # expired rows are deleted by maintenance.Housekeeper

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authserver.models import IssuedTokenRow, RevocationRow
@@ -140,8 +140,3 @@ async def feed(session: AsyncSession, after: int, now: int, limit: int) -> list[
         .limit(limit)
     )
     return list((await session.execute(query)).scalars())
-
-
-async def purge_expired(session: AsyncSession, now: int) -> None:
-    """Tokens past their expiry are dead anyway; keep the tables small."""
-    await session.execute(delete(IssuedTokenRow).where(IssuedTokenRow.exp < now - 3600))
