@@ -12,6 +12,7 @@ import os
 from sqlalchemy.engine import Connection
 
 import authserver.models  # noqa: F401  (registers tables on the shared metadata)
+import ehr.models  # noqa: F401
 import fhirserver.models  # noqa: F401
 from alembic import context
 from common.db import Base, make_engine, normalize_database_url

@@ -1,0 +1,104 @@
+"""EHR tables: the CDS Service registry (allow-list and approvals), the exchange log and the
+outcome recorded per card (feedback).
+
+Timestamps are integer epoch seconds (as elsewhere in the stack); JSON documents are stored as
+text so SQLite and PostgreSQL hold them alike.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from common.db import Base
+
+
+class CdsServiceRow(Base):
+    """One CDS Service endpoint for one hook, as discovered and as an administrator approved it.
+
+    CDS Hooks 2.0 §Discovery: a discovery endpoint lists services by (hook, id); the same id may
+    appear under several hooks, so the registry keeps one row per (discovery URL, id, hook) under
+    an EHR-wide key `id`. Only `enabled` rows are ever called (the allow-list).
+    """
+
+    __tablename__ = "ehr_cds_services"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    discovery_url: Mapped[str] = mapped_column(String(512))
+    cds_id: Mapped[str] = mapped_column(String(128))
+    hook: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(700))  # {discovery URL}/{id}
+    title: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    announced_prefetch: Mapped[str] = mapped_column(Text, default="{}")  # JSON: what discovery offered
+    approved_prefetch: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the approved subset (R13)
+    scope: Mapped[str] = mapped_column(Text, default="")  # approved scopes, space separated
+    client_id: Mapped[str] = mapped_column(String(128))  # the service's client at the authserver
+    deadline_seconds: Mapped[float] = mapped_column(Float, default=5.0)
+    allow_system_actions: Mapped[bool] = mapped_column(Boolean, default=False)
+    allow_http_loopback: Mapped[bool] = mapped_column(Boolean, default=False)
+    client_cert_file: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    client_key_file: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("discovery_url", "cds_id", "hook", name="uq_ehr_cds_services_endpoint"),
+        Index("ix_ehr_cds_services_hook", "hook", "enabled"),
+    )
+
+
+class CdsExchangeRow(Base):
+    """One service's part of one hook firing: what was sent (redacted) and what came back."""
+
+    __tablename__ = "ehr_cds_exchanges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hook_instance: Mapped[str] = mapped_column(String(64))
+    hook: Mapped[str] = mapped_column(String(64))
+    service_id: Mapped[str] = mapped_column(String(128))
+    user_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # ok | error
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, secrets redacted
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON as received
+    cards: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the validated cards shown
+    system_actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON: validated systemActions
+    dropped: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{index, reason}]
+    timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: milliseconds per phase
+    token_scope: Mapped[str | None] = mapped_column(Text, nullable=True)
+    total_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("hook_instance", "service_id", name="uq_ehr_cds_exchanges_instance_service"),
+        Index("ix_ehr_cds_exchanges_created", "created_at", "id"),
+        Index("ix_ehr_cds_exchanges_patient", "patient_id", "created_at"),
+        Index("ix_ehr_cds_exchanges_service", "service_id", "created_at"),
+    )
+
+
+class CdsCardOutcomeRow(Base):
+    """The user's decision on one card (CDS Hooks 2.0 §Feedback): at most one per card, so an
+    accepted suggestion is never applied twice, and whether the service received the feedback."""
+
+    __tablename__ = "ehr_cds_card_outcomes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hook_instance: Mapped[str] = mapped_column(String(64))
+    service_id: Mapped[str] = mapped_column(String(128))
+    card_uuid: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden
+    suggestion_uuid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    user_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON: override reason, transaction summary
+    feedback_status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # HTTP status from the service
+    feedback_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("hook_instance", "service_id", "card_uuid", name="uq_ehr_cds_card_outcomes_card"),
+    )
