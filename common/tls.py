@@ -30,6 +30,7 @@ STACK_HOSTS: tuple[str, ...] = (
     "authserver",
     "fhirserver",
     "cds-example",
+    "smart-example",
 )
 CA_DAYS = 3650
 LEAF_DAYS = 397  # the CA/Browser Forum ceiling for leaf certificates

@@ -27,6 +27,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("fhirserver", "fhirserver.app:create_app", "MOCKEHR_FHIR_", 2, "/fhir"),
     ServiceSpec("ehr", "ehr.app:create_app", "MOCKEHR_EHR_", 0, signs=True),
     ServiceSpec("cds-example", "examples.cds_service.app:create_app", "MOCKEHR_CDS_", 3, "/cds-services"),
+    ServiceSpec("smart-example", "examples.smart_app.app:create_app", "MOCKEHR_SMART_", 4, "/launch"),
 )
 SIGNING_SERVICES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.signs)
 
@@ -102,4 +103,6 @@ class Stack:
         elif name == "cds-example":
             values["EHR_ISSUER"] = self.base_url("ehr")
             values["EHR_JWKS_URL"] = self.base_url("ehr") + "/.well-known/jwks.json"
+        elif name == "smart-example":
+            values["FHIR_BASE_URL"] = self.url("fhirserver")
         return {service.env_prefix + k: v for k, v in values.items()}

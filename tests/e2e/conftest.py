@@ -20,18 +20,18 @@ pytestmark = pytest.mark.e2e
 
 
 def free_base_port() -> int:
-    """A base port whose four ports are all free right now."""
+    """A base port whose six ports (the five services and the probe's JWKS at +5) are all free right now."""
     rng = random.Random()  # noqa: S311 - not security relevant
     for _ in range(200):
         base = rng.randrange(20000, 60000)
         try:
-            for offset in range(4):
+            for offset in range(6):
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", base + offset))
         except OSError:
             continue
         return base
-    raise RuntimeError("no four consecutive free ports")
+    raise RuntimeError("no six consecutive free ports")
 
 
 @dataclass

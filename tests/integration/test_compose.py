@@ -23,7 +23,7 @@ from pydantic import SecretStr
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 
-WEB_SERVICES = ("authserver", "fhirserver", "ehr", "cds-example")
+WEB_SERVICES = ("authserver", "fhirserver", "ehr", "cds-example", "smart-example")
 STACK_SERVICES = (*WEB_SERVICES, "init")
 
 # Which settings class reads the environment of which compose service.
@@ -32,6 +32,7 @@ SETTINGS_OF_SERVICE = {
     "fhirserver": "fhirserver.settings:FhirSettings",
     "ehr": "ehr.settings:EhrSettings",
     "cds-example": "examples.cds_service.settings:CdsSettings",
+    "smart-example": "examples.smart_app.settings:SmartAppSettings",
     "init": "mockehr.settings:CliSettings",
 }
 

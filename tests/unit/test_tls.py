@@ -101,7 +101,7 @@ def test_the_server_certificate_names_loopback_and_the_compose_services(tmp_path
 
     dns, ips = san_names(cert)
 
-    assert dns == {"localhost", "ehr", "authserver", "fhirserver", "cds-example"}
+    assert dns == {"localhost", "ehr", "authserver", "fhirserver", "cds-example", "smart-example"}
     assert ips == {"127.0.0.1", "::1"}
     assert {*dns, *ips} == set(STACK_HOSTS)
 
