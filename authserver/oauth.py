@@ -106,7 +106,9 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         if not patient:
             raise InvalidRequestError("patient is required")
         async with runtime.sessions() as session:
-            service = check_service(await clients.get(session, _one(form, "cds_service")))
+            # No cds_service: the EHR asks for a token for itself as the user (token_exchange.py).
+            cds_service = _one(form, "cds_service")
+            service = check_service(await clients.get(session, cds_service)) if cds_service else None
             user = await subject_user(
                 session,
                 _one(form, "subject_token"),

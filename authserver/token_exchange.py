@@ -21,6 +21,14 @@ use the latter.
 
 Granted scope = requested ∩ the service's approved scopes ∩ the user's role ceiling; a patient
 outside the user's reach is refused with the same answer as a patient that does not exist.
+
+Without `cds_service`, the first-party EHR asks for a token for itself, acting as the user for
+one patient (RFC 8693 §2.1: the audience/resource and the requested scope say what the issued
+token is for; omitting the party it is for means the requesting client). The EHR uses it to
+apply what the user accepted (a card's suggestion, a service's systemActions) through the FHIR
+server as that user: `patient/` scopes only (default `patient/*.cruds`), narrowed to the user's
+role ceiling, bound to the patient, so the FHIR server keeps every write inside that patient's
+compartment. The same actor rule applies: only the first-party EHR may ask.
 """
 
 from __future__ import annotations
@@ -39,12 +47,14 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN, not a secret
 USER_ASSERTION_TYP = "user+jwt"
 USER_ASSERTION_MAX_LIFETIME = 60
+# What the EHR asks for itself when it names no scope: the patient's compartment, read and write.
+EHR_SELF_DEFAULT_SCOPE = "patient/*.cruds"
 
 
 @dataclass(frozen=True)
 class ExchangeRequest:
     actor: Client  # the authenticated EHR
-    service: Client  # the CDS Service the token is for
+    service: Client | None  # the CDS Service the token is for; None: the EHR itself, as the user
     user: User
     patient: str
     scope: str
@@ -67,6 +77,8 @@ def check_service(service: Client | None) -> Client:
 async def exchange_grant(
     request: ExchangeRequest, can_see: Callable[[User, str], Awaitable[bool]], lifetime: int
 ) -> Grant:
+    if request.service is None:
+        return await _self_grant(request, can_see, lifetime)
     try:
         requested = parse_scopes(request.scope or request.service.scope)
         approved = parse_scopes(request.service.scope)
@@ -77,9 +89,7 @@ async def exchange_grant(
     granted = narrow(narrow(requested, approved), request.user.ceiling())
     if not granted.resources:
         raise InvalidScopeError("no requested scope is approved for this CDS Service and allowed to this user")
-    if not await can_see(request.user, request.patient):
-        # Same words whether the patient is missing or out of reach: no existence oracle.
-        raise InvalidGrantError("the patient is not available to this user")
+    await _check_reach(request, can_see)
     return Grant(
         client_id=request.service.client_id,
         sub=request.user.username,
@@ -90,4 +100,36 @@ async def exchange_grant(
         patient=request.patient,
         fhir_user=f"{request.audience}/{request.user.fhir_user}",
         actor_client_id=request.actor.client_id,
+    )
+
+
+async def _check_reach(request: ExchangeRequest, can_see: Callable[[User, str], Awaitable[bool]]) -> None:
+    if not await can_see(request.user, request.patient):
+        # Same words whether the patient is missing or out of reach: no existence oracle.
+        raise InvalidGrantError("the patient is not available to this user")
+
+
+async def _self_grant(
+    request: ExchangeRequest, can_see: Callable[[User, str], Awaitable[bool]], lifetime: int
+) -> Grant:
+    """A token for the EHR itself acting as the user, for one patient's compartment only."""
+    try:
+        requested = parse_scopes(request.scope or EHR_SELF_DEFAULT_SCOPE)
+    except ScopeSyntaxError as exc:
+        raise InvalidScopeError(str(exc)) from None
+    if any(r.context != "patient" for r in requested.resources) or requested.other:
+        raise InvalidScopeError("the EHR's own token for a user and a patient carries patient/ scopes only")
+    granted = narrow(requested, request.user.ceiling())
+    if not granted.resources:
+        raise InvalidScopeError("no requested scope is allowed to this user")
+    await _check_reach(request, can_see)
+    return Grant(
+        client_id=request.actor.client_id,
+        sub=request.user.username,
+        scope=str(granted),
+        audience=request.audience,
+        lifetime=lifetime,
+        grant=f"token-exchange-self:{request.actor.client_id}",
+        patient=request.patient,
+        fhir_user=f"{request.audience}/{request.user.fhir_user}",
     )
