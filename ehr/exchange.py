@@ -80,6 +80,9 @@ class ServiceResult:
     cards: list[dict[str, Any]] = field(default_factory=list)  # validated, sanitized cards
     system_actions: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[DroppedCard] = field(default_factory=list)
+    # What was changed or left out without failing the exchange: links removed from cards,
+    # prefetch keys omitted, systemActions dropped (each a short sentence).
+    notes: list[str] = field(default_factory=list)
     request: dict[str, Any] | None = None  # the request body as sent, with secrets redacted
     response: Any = None  # the response body as received (parsed JSON or a truncated text)
     timings: Timings = field(default_factory=Timings)

@@ -21,6 +21,15 @@ class EhrSettings(ServiceSettings):
     cds_jwt_lifetime_seconds: int = Field(default=60, ge=5, le=300)
     # Optional `tenant` claim of the CDS Client JWT.
     cds_tenant: str | None = None
+    # The OAuth client_id of the EHR at the authserver (private_key_jwt, first party).
+    cds_oauth_client_id: str = "ehr"
+    # A hook call answers within this, whatever its services do (each also has its own deadline).
+    cds_total_deadline_seconds: float = Field(default=8.0, gt=0, le=60)
+    # Caps on a CDS Service response (R4 of the risk assessment: a service cannot flood the EHR).
+    cds_max_cards: int = Field(default=20, ge=1, le=200)
+    cds_max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Hosts to which links in card `detail` markdown stay clickable (https only); others become text.
+    cds_link_hosts: list[str] = Field(default_factory=list)
 
     @property
     def jwks_url(self) -> str:
