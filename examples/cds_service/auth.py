@@ -1,62 +1,112 @@
-"""How this CDS Service trusts its CDS Client (CDS Hooks 2.0 "Trusting CDS Clients").
+"""How this CDS Service trusts its CDS Clients (CDS Hooks 2.0 §Security, "Trusting CDS Clients").
 
 Every request — discovery, service call, feedback — carries `Authorization: Bearer <JWT>` signed
-by the EHR. The service: allow-lists `iss`; pins the algorithms (ES384, RS384); takes keys only
-from the JWKS URL it was configured with (a `jku` is accepted only if it equals that URL and is
-never fetched otherwise); requires `typ` JWT, `kid`; `aud` must contain the exact URL called;
-`exp` not past and at most 5 minutes ahead; `iat` not in the future; `jti` never seen before
-within the token's lifetime. Any failure: a bare 401, no reason, no card.
+by a CDS Client. The service:
+
+- selects the client by the token's `iss` among the configured ones (an unknown `iss` is refused
+  before anything is fetched) and takes keys only from that client's configured JWKS URL;
+- pins the algorithms (ES384, RS384; never `none` or HMAC) and requires `typ` JWT and a `kid`;
+- refuses `jwk`, `x5u` and `x5c` headers and accepts a `jku` only if it equals the configured
+  JWKS URL: a `jku` is never fetched (RFC 8725 §3.10);
+- requires `aud` to be, or to contain, the exact URL called (RFC 7519 §4.1.3);
+- requires `exp` (not past, at most 300 s ahead), `iat` (not in the future) and `jti`, which must
+  not have been seen before from that issuer while the token lives (memory, or Redis).
+
+Any failure: a bare 401 — no body, no reason, no card. The reason is logged, never the token.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+import httpx
 from fastapi import Request
 
+from common.clock import Clock
 from common.errors import TokenInvalidError
-from common.jose import unverified_header, verify_jwt
+from common.jose import unverified_claims, unverified_header, verify_jwt
 from common.jwks import JwksCache
 from common.replay import ReplayStore
-from examples.cds_service.settings import CdsSettings
+from examples.cds_service.settings import CdsSettings, TrustedClient
 
 log = logging.getLogger(__name__)
 ALGORITHMS = ("ES384", "RS384")
 MAX_LIFETIME = 300
+_KEY_CHOOSING_HEADERS = frozenset({"jwk", "x5u", "x5c"})
 
 
 class Unauthorized(Exception):
     """Answered as a bare 401."""
 
 
+@dataclass(frozen=True)
+class Verified:
+    client: TrustedClient
+    claims: dict[str, object]
+
+
+class TrustedClients:
+    """The configured CDS Clients, each with its own JWKS cache (nothing is fetched until needed)."""
+
+    def __init__(self, clients: list[TrustedClient], http: httpx.AsyncClient, clock: Clock) -> None:
+        self._by_issuer = {c.issuer: (c, JwksCache(http, c.jwks_url, clock=clock)) for c in clients}
+
+    def get(self, issuer: object) -> tuple[TrustedClient, JwksCache] | None:
+        return self._by_issuer.get(issuer) if isinstance(issuer, str) else None
+
+    def jwks(self, issuer: str) -> JwksCache:
+        return self._by_issuer[issuer][1]
+
+
 def request_url(settings: CdsSettings, request: Request) -> str:
-    """The exact URL that was called, as the EHR addressed it (public base + path)."""
+    """The exact URL that was called, as the CDS Client addressed it (public base + path)."""
     return settings.base_url + request.url.path
 
 
+def _precheck(header: dict[str, object], client: TrustedClient) -> str | None:
+    """Refuse what can be refused from the header alone, before any JWKS fetch."""
+    if header.get("alg") not in ALGORITHMS:
+        return "algorithm not allowed"
+    if _KEY_CHOOSING_HEADERS & header.keys():
+        return "key-bearing header"
+    if "jku" in header and header["jku"] != client.jwks_url:
+        return "jku not trusted"
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        return "kid missing"
+    return None
+
+
 async def authenticate(
-    request: Request, settings: CdsSettings, jwks: JwksCache, replay: ReplayStore
-) -> dict[str, object]:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized
+    request: Request, settings: CdsSettings, trusted: TrustedClients, replay: ReplayStore, clock: Clock
+) -> Verified:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized
     try:
-        kid = unverified_header(token).get("kid")
-        keys = await jwks.key_set(kid if isinstance(kid, str) else None)
+        found = trusted.get(unverified_claims(token).get("iss"))
+        if found is None:
+            raise TokenInvalidError("iss not trusted")
+        client, jwks = found
+        header = unverified_header(token)
+        problem = _precheck(header, client)
+        if problem is not None:
+            raise TokenInvalidError(problem)
+        keys = await jwks.key_set(str(header["kid"]))
         verified = verify_jwt(
             token,
             keys,
             algorithms=ALGORITHMS,
             typ="JWT",
-            issuer=settings.ehr_issuer,
+            issuer=client.issuer,
             audience=request_url(settings, request),
-            clock=request.app.state.clock,
+            clock=clock,
             leeway=settings.jwt_leeway_seconds,
             max_lifetime=MAX_LIFETIME,
             require=("exp", "iat", "jti"),
-            allowed_jku=(settings.ehr_jwks_url,),
+            allowed_jku=(client.jwks_url,),
         )
     except TokenInvalidError as exc:
         log.info("rejected CDS Client JWT: %s", exc.reason)
@@ -64,7 +114,7 @@ async def authenticate(
     claims = verified.claims
     # Remember the jti as long as verify_jwt would still accept the token (exp + leeway).
     remember_until = int(claims["exp"]) + settings.jwt_leeway_seconds
-    if not await replay.first_use(f"{claims['iss']}|{claims['jti']}", remember_until):
+    if not await replay.first_use(f"{client.issuer}|{claims['jti']}", remember_until):
         log.info("rejected CDS Client JWT: jti replayed")
         raise Unauthorized
-    return claims
+    return Verified(client, claims)
