@@ -1,0 +1,415 @@
+"""The CDS Hooks engine: one hook call fanned out to its services (DESIGN.md "The CDS flow").
+
+Per service, in parallel, under the service's deadline (and never beyond the hook's total
+deadline): exchange a per-call token (ehr.fhir_token) → prefetch the *approved* templates with it
+(ehr.prefetch) → POST the request to the exact service URL with a fresh CDS Client JWT whose
+`aud` is that URL (ehr.client_jwt) → validate and sanitize the answer (ehr.cards) → revoke the
+token. One service's failure never blocks the others; each fault yields status "error", no
+cards and a recorded reason:
+
+- down (connection refused), slow (deadline; it covers reading the body, so a service that
+  trickles its answer is cut off too), 5xx and other 4xx, 401/403, invalid JSON, a content type
+  other than application/json, a body over the size cap (streamed; reading stops at the cap);
+- a redirect is never followed (the client has redirects off), so neither the JWT nor
+  fhirAuthorization is ever sent to where it points;
+- 412 (CDS Hooks 2.0 §Prefetch: the service "lacks data it needs"): recorded as "service lacks
+  data it needs (412)". Not retried: hook calls are never blindly retried (a retry would mint a
+  second token and repeat a possibly non-idempotent call), and the EHR already sent every
+  prefetch the administrator approved — the remedy is approving the template or scope the
+  service needs, which the record points at.
+
+Plain http is used only when the service has the per-service loopback opt-in and the host is
+loopback (common.http.check_outbound_url). With a client certificate configured, the call goes
+through a cached client that presents it (mutual TLS). Nothing is cached across hook calls
+except HTTP connection pools: prefetch, tokens and JWTs are made fresh for every call (R3).
+
+Revocation happens after the service answered (or failed) and before the hook returns, within
+what is left of the total deadline; if that is not enough it finishes in the background (the
+hook never waits past its deadline; the token is revoked regardless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from common.clock import Clock, system_clock
+from common.http import check_outbound_url, make_http_client
+from common.tls import client_ssl_context
+from ehr.cards import CardValidator, ResponseError, needs_smart_urls
+from ehr.cds_request import CdsRequestError, parse_request
+from ehr.client_jwt import ClientJwtSigner, SignerSource
+from ehr.exchange import HookCall, HookOutcome, ServiceConfig, ServiceResult
+from ehr.fhir_token import ExchangedToken, TokenExchangeClient, TokenExchangeError
+from ehr.hooks import HookContextError, validate_context
+from ehr.markdown import MarkdownRenderer
+from ehr.prefetch import TokenValues, fetch
+from ehr.settings import EhrSettings
+
+log = logging.getLogger(__name__)
+
+SmartLaunchUrls = Callable[[], Awaitable[Collection[str]]]
+REDACTED = "[redacted]"
+ERROR_BODY_BYTES = 4096  # how much of an error answer is kept for the record
+
+
+class ServiceFault(Exception):
+    """A service's exchange failed; `reason` is what the record and the API show."""
+
+    def __init__(self, reason: str, *, http_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+
+
+def redact(body: dict[str, Any]) -> dict[str, Any]:
+    """The request as recorded: the access token never leaves the exchange."""
+    recorded = dict(body)
+    if isinstance(recorded.get("fhirAuthorization"), dict):
+        recorded["fhirAuthorization"] = {**recorded["fhirAuthorization"], "access_token": REDACTED}
+    return recorded
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json"
+
+
+@dataclass
+class _CallState:
+    """Per-hook-call state shared by its services: the SMART launch URLs, fetched at most once."""
+
+    provider: SmartLaunchUrls | None
+    urls: Collection[str] | None = None
+    lock: asyncio.Lock | None = None
+
+    async def smart_urls(self) -> tuple[Collection[str], str | None]:
+        if self.provider is None:
+            return (), None
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            if self.urls is None:
+                try:
+                    self.urls = frozenset(await self.provider())
+                except Exception as exc:  # noqa: BLE001 - any failure means "no app is known"
+                    log.warning("SMART app registry unavailable: %s", type(exc).__name__)
+                    self.urls = frozenset()
+                    return self.urls, "SMART app registry unavailable: smart links removed"
+            return self.urls, None
+
+
+class CdsEngine:
+    """Runs hook calls; built once per app lifespan (`aclose` on shutdown)."""
+
+    def __init__(
+        self,
+        settings: EhrSettings,
+        *,
+        http: httpx.AsyncClient,
+        keys: SignerSource,
+        clock: Clock = system_clock,
+        smart_launch_urls: SmartLaunchUrls | None = None,
+        service_http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._http = http
+        self.jwt = ClientJwtSigner(
+            keys,
+            issuer=settings.base_url,
+            jwks_url=settings.jwks_url,
+            lifetime_seconds=settings.cds_jwt_lifetime_seconds,
+            tenant=settings.cds_tenant,
+            clock=clock,
+        )
+        self.tokens = TokenExchangeClient(
+            http,
+            keys,
+            authserver_url=settings.authserver_url,
+            client_id=settings.cds_oauth_client_id,
+            fhir_base_url=settings.fhir_base_url,
+            clock=clock,
+        )
+        self.cards = CardValidator(MarkdownRenderer(settings.cds_link_hosts), max_cards=settings.cds_max_cards)
+        self._smart_launch_urls = smart_launch_urls
+        self._owns_service_http = service_http is None
+        self._service_http = service_http or self._new_service_client(None)
+        self._mtls: dict[tuple[str, str], httpx.AsyncClient] = {}
+        self._background: set[asyncio.Task[str | None]] = set()
+
+    # --- clients -------------------------------------------------------------------------
+
+    def _new_service_client(self, cert: tuple[str, str] | None) -> httpx.AsyncClient:
+        if cert is None:
+            return make_http_client(ca_file=self.settings.ca_path, timeout=self.settings.cds_total_deadline_seconds)
+        context: ssl.SSLContext = client_ssl_context(self.settings.ca_path)
+        context.load_cert_chain(certfile=cert[0], keyfile=cert[1])
+        timeout = self.settings.cds_total_deadline_seconds
+        return httpx.AsyncClient(
+            verify=context,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def _client_for(self, service: ServiceConfig) -> httpx.AsyncClient:
+        if not (service.client_cert_file and service.client_key_file):
+            return self._service_http
+        key = (service.client_cert_file, service.client_key_file)
+        client = self._mtls.get(key)
+        if client is None:
+            client = self._mtls[key] = self._new_service_client(key)
+        return client
+
+    async def aclose(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for client in self._mtls.values():
+            await client.aclose()
+        self._mtls.clear()
+        if self._owns_service_http:
+            await self._service_http.aclose()
+
+    # --- one hook call -------------------------------------------------------------------
+
+    async def run_hook(
+        self, call: HookCall, services: Sequence[ServiceConfig], *, user_token: str | None = None
+    ) -> HookOutcome:
+        """Fire `call` at every enabled service registered for its hook; never raises for a
+        service's fault. Raises HookContextError when the call itself is malformed."""
+        try:
+            uuid.UUID(call.hook_instance)
+        except ValueError:
+            raise HookContextError("hookInstance must be a UUID") from None
+        context = validate_context(call.hook, call.context)
+        if context.get("patientId") != call.patient_id:
+            raise HookContextError("context.patientId must be the patient of the call")
+        started_at = self._clock()
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        total_deadline = loop.time() + self.settings.cds_total_deadline_seconds
+        state = _CallState(self._smart_launch_urls)
+        chosen = [s for s in services if s.enabled and s.hook == call.hook]
+        results = await asyncio.gather(
+            *(self._run_service(call, context, s, user_token, total_deadline, state) for s in chosen)
+        )
+        return HookOutcome(call=call, results=list(results), started_at=started_at, total_ms=_ms(start))
+
+    async def _run_service(
+        self,
+        call: HookCall,
+        context: dict[str, Any],
+        service: ServiceConfig,
+        user_token: str | None,
+        total_deadline: float,
+        state: _CallState,
+    ) -> ServiceResult:
+        result = ServiceResult(service_id=service.service_id, status="error")
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        deadline = min(loop.time() + service.deadline_seconds, total_deadline)
+        holder: list[ExchangedToken] = []
+        phase = ["start"]
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._exchange(call, context, service, user_token, state, result, holder, phase)
+            result.status = "ok"
+        except TimeoutError:
+            result.reason = f"deadline exceeded ({service.deadline_seconds:g} s) during {phase[0]}"
+        except ServiceFault as fault:
+            result.reason = fault.reason
+            result.http_status = fault.http_status or result.http_status
+        except Exception as exc:  # one service's fault never breaks the hook
+            log.exception("CDS exchange with %s failed unexpectedly", service.service_id)
+            result.reason = f"internal error ({type(exc).__name__})"
+        finally:
+            if holder:
+                await self._revoke(holder[0].access_token, result, total_deadline)
+            result.timings.total_ms = _ms(start)
+        if result.status == "error":
+            result.cards = []
+            result.system_actions = []
+        return result
+
+    async def _exchange(
+        self,
+        call: HookCall,
+        context: dict[str, Any],
+        service: ServiceConfig,
+        user_token: str | None,
+        state: _CallState,
+        result: ServiceResult,
+        holder: list[ExchangedToken],
+        phase: list[str],
+    ) -> None:
+        try:
+            url = check_outbound_url(service.url, allow_loopback_http=service.allow_http_loopback)
+        except ValueError as exc:
+            raise ServiceFault(f"service URL refused: {exc}") from None
+        body: dict[str, Any] = {
+            "hook": call.hook,
+            "hookInstance": call.hook_instance,
+            "fhirServer": self.settings.fhir_base_url,
+        }
+        if call.user_ref or user_token:
+            phase[0] = "token exchange"
+            t0 = time.perf_counter()
+            try:
+                token = await self.tokens.exchange(
+                    service_client_id=service.client_id,
+                    patient=call.patient_id,
+                    scope=service.scope,
+                    user_ref=call.user_ref,
+                    user_token=user_token,
+                )
+            except TokenExchangeError as exc:
+                raise ServiceFault(f"no FHIR token for this service: {exc.reason}") from None
+            finally:
+                result.timings.token_ms = _ms(t0)
+            holder.append(token)
+            result.token_scope = token.scope
+            body["fhirAuthorization"] = token.fhir_authorization(service.client_id)
+            body["context"] = context
+            if service.prefetch:
+                phase[0] = "prefetch"
+                t0 = time.perf_counter()
+                values = TokenValues(context=context, user_ref=call.user_ref, today=self._today())
+                prefetched = await fetch(
+                    self._http, self.settings.fhir_base_url, token.access_token, service.prefetch, values
+                )
+                result.timings.prefetch_ms = _ms(t0)
+                result.notes.extend(f"prefetch {k}: {v}" for k, v in prefetched.notes.items())
+                if prefetched.data:
+                    body["prefetch"] = prefetched.data
+        else:
+            body["context"] = context
+            result.notes.append("no user in this hook call: sent without fhirAuthorization or prefetch")
+        try:
+            parse_request(body, outbound=True)
+        except CdsRequestError as exc:
+            raise ServiceFault(f"the EHR refused to send an invalid request: {exc.reason}") from None
+        result.request = redact(body)
+        phase[0] = "service call"
+        t0 = time.perf_counter()
+        try:
+            answer = await self._post(service, url, body, result)
+        finally:
+            result.timings.call_ms = _ms(t0)
+        smart_urls: Collection[str] = ()
+        if needs_smart_urls(answer):
+            smart_urls, note = await state.smart_urls()
+            if note:
+                result.notes.append(note)
+        try:
+            validated = self.cards.validate(answer, smart_urls=smart_urls)
+        except ResponseError as exc:
+            raise ServiceFault(f"invalid CDS response: {exc.reason}") from None
+        result.cards = validated.cards
+        result.dropped = validated.dropped
+        result.notes.extend(validated.notes)
+        if validated.system_actions and not service.allow_system_actions:
+            result.notes.append("systemActions ignored: not allowed for this service")
+        else:
+            result.system_actions = validated.system_actions
+
+    def _today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date()
+
+    async def _post(self, service: ServiceConfig, url: str, body: dict[str, Any], result: ServiceResult) -> Any:
+        """POST the request; return the parsed JSON answer or raise ServiceFault."""
+        client = self._client_for(service)
+        headers = {
+            **await self.jwt.authorization(url),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        content = json.dumps(body, separators=(",", ":")).encode()
+        cap = self.settings.cds_max_response_bytes
+        try:
+            async with client.stream("POST", url, content=content, headers=headers) as response:
+                status = response.status_code
+                result.http_status = status
+                if 300 <= status < 400:
+                    raise ServiceFault(f"service answered a redirect ({status}); not followed", http_status=status)
+                if status >= 400:
+                    result.response = (await self._read(response, ERROR_BODY_BYTES, truncate=True)).decode(
+                        "utf-8", "replace"
+                    )
+                    if status in (401, 403):
+                        raise ServiceFault(f"service refused the EHR's credentials ({status})", http_status=status)
+                    if status == 412:
+                        raise ServiceFault("service lacks data it needs (412)", http_status=status)
+                    raise ServiceFault(f"service error (HTTP {status})", http_status=status)
+                if status != 200:
+                    raise ServiceFault(f"unexpected HTTP status {status}", http_status=status)
+                if not _is_json(response.headers.get("content-type")):
+                    kind = response.headers.get("content-type", "none")[:100]
+                    raise ServiceFault(f"wrong content type ({kind}); expected application/json", http_status=status)
+                raw = await self._read(response, cap, truncate=False)
+        except httpx.TimeoutException:
+            raise ServiceFault("service timed out") from None
+        except httpx.ConnectError as exc:
+            raise ServiceFault(f"service unreachable ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise ServiceFault(f"service transport error ({type(exc).__name__})") from None
+        try:
+            answer = json.loads(raw)
+        except (ValueError, RecursionError):
+            result.response = raw[:ERROR_BODY_BYTES].decode("utf-8", "replace")
+            raise ServiceFault("invalid JSON in the response", http_status=200) from None
+        result.response = answer
+        return answer
+
+    async def _read(self, response: httpx.Response, cap: int, *, truncate: bool) -> bytes:
+        """Read at most `cap` bytes; over it, stop reading (and fail unless truncating)."""
+        declared = response.headers.get("content-length")
+        if not truncate and declared and declared.isdigit() and int(declared) > cap:
+            raise ServiceFault(f"response larger than {cap} bytes", http_status=response.status_code)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                if truncate:
+                    break
+                raise ServiceFault(f"response larger than {cap} bytes", http_status=response.status_code)
+        return b"".join(chunks)[:cap]
+
+    async def _revoke(self, access_token: str, result: ServiceResult, total_deadline: float) -> None:
+        t0 = time.perf_counter()
+        task = asyncio.create_task(self._revoke_logged(access_token))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        remaining = total_deadline - asyncio.get_running_loop().time()
+        try:
+            failure = await asyncio.wait_for(asyncio.shield(task), timeout=max(remaining, 0.0))
+        except TimeoutError:
+            result.notes.append("token revocation finishing after the hook's deadline")
+        else:
+            if failure:
+                result.notes.append(failure)
+        result.timings.revoke_ms = _ms(t0)
+
+    async def _revoke_logged(self, access_token: str) -> str | None:
+        try:
+            await self.tokens.revoke(access_token)
+        except TokenExchangeError as exc:
+            log.warning("revoking a CDS token failed: %s", exc.reason)
+            return exc.reason
+        return None
