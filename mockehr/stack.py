@@ -6,6 +6,7 @@ tests and docker-compose agree on them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,11 @@ class Stack:
         elif name == "cds-example":
             values["EHR_ISSUER"] = self.base_url("ehr")
             values["EHR_JWKS_URL"] = self.base_url("ehr") + "/.well-known/jwks.json"
+            # `mockehr probe` (base +5) is a second trusted CDS Client; its JWKS is fetched lazily.
+            probe = f"https://{self.public_host}:{self.base_port + 5}"
+            values["TRUSTED_CLIENTS"] = json.dumps([{"issuer": probe, "jwks_url": f"{probe}/.well-known/jwks.json"}])
+            values["FHIR_SERVERS"] = json.dumps([self.url("fhirserver")])
+            values["SMART_LAUNCH_URL"] = self.url("smart-example")
         elif name == "smart-example":
             values["FHIR_BASE_URL"] = self.url("fhirserver")
         return {service.env_prefix + k: v for k, v in values.items()}
