@@ -68,6 +68,7 @@ class CdsExchangeRow(Base):
     cards: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the validated cards shown
     system_actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON: validated systemActions
     dropped: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{index, reason}]
+    notes: Mapped[str] = mapped_column(Text, default="[]")  # JSON: what was changed or left out
     timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: milliseconds per phase
     token_scope: Mapped[str | None] = mapped_column(Text, nullable=True)
     total_ms: Mapped[float | None] = mapped_column(Float, nullable=True)

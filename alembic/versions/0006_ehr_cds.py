@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.Column("cards", sa.Text(), nullable=False),
         sa.Column("system_actions", sa.Text(), nullable=False),
         sa.Column("dropped", sa.Text(), nullable=False),
+        sa.Column("notes", sa.Text(), nullable=False),
         sa.Column("timings", sa.Text(), nullable=False),
         sa.Column("token_scope", sa.Text(), nullable=True),
         sa.Column("total_ms", sa.Float(), nullable=True),

@@ -1,0 +1,427 @@
+"""The CDS Service registry: the allow-list and what an administrator approved per service.
+
+Adding a discovery URL (CDS Hooks 2.0 §Discovery) records one row per announced (id, hook) and
+what was approved for it:
+
+- hooks: the announced hooks the administrator chose (default: every announced hook this EHR
+  fires; others are skipped with a reason);
+- prefetch: a subset of the announced templates (minimum necessary, Argonaut R13). Templates
+  outside the allowed query forms (CDS Hooks 2.0 §Prefetch template) are refused with a reason;
+- scopes: registered as the service's OAuth client at the authorization server (default: read
+  scopes for the resource types the approved prefetch reads). They are the most a per-call
+  `fhirAuthorization` token for this service can carry;
+- deadline, systemActions allowed, plain http (loopback only) allowed, mutual TLS certificate.
+
+Only enabled rows are ever called (`enabled_for`). Disabling keeps the record (and its log).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from common.clock import Clock
+from common.http import check_outbound_url
+from common.scopes import InvalidScopeError, parse_scopes
+from ehr.authserver_admin import AuthserverAdmin
+from ehr.client_jwt import ClientJwtSigner
+from ehr.discovery import DiscoveredService, discover
+from ehr.errors import InvalidRequest, NotFound
+from ehr.exchange import ServiceConfig
+from ehr.models import CdsServiceRow
+
+# Returns why a prefetch template is not an allowed query form, or None when it is.
+TemplateCheck = Callable[[str], str | None]
+
+MIN_DEADLINE, MAX_DEADLINE = 0.1, 60.0
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What the administrator approves when adding a discovery URL."""
+
+    hooks: tuple[str, ...] = ()  # empty: every announced hook this EHR fires
+    prefetch: tuple[str, ...] = ()  # prefetch keys to approve
+    approve_all_prefetch: bool = False
+    scope: tuple[str, ...] = ()  # empty: read scopes derived from the approved prefetch
+    client_id: str | None = None  # default: derived from the discovery host and port
+    deadline_seconds: float = 5.0
+    allow_system_actions: bool = False
+    allow_http_loopback: bool = False
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+
+@dataclass
+class Registration:
+    """What `add` did: the services saved, what was skipped or refused and why, the client."""
+
+    services: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    refused_prefetch: list[dict[str, str]] = field(default_factory=list)
+    client: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "services": self.services,
+            "skipped": self.skipped,
+            "refusedPrefetch": self.refused_prefetch,
+            "client": self.client,
+        }
+
+
+def service_json(row: CdsServiceRow) -> dict[str, Any]:
+    """The API's view of a registry row (no secrets live in it; file paths only)."""
+    return {
+        "id": row.id,
+        "cdsId": row.cds_id,
+        "hook": row.hook,
+        "url": row.url,
+        "discoveryUrl": row.discovery_url,
+        "title": row.title,
+        "description": row.description,
+        "announcedPrefetch": json.loads(row.announced_prefetch),
+        "approvedPrefetch": json.loads(row.approved_prefetch),
+        "scope": row.scope,
+        "clientId": row.client_id,
+        "deadlineSeconds": row.deadline_seconds,
+        "allowSystemActions": row.allow_system_actions,
+        "allowHttpLoopback": row.allow_http_loopback,
+        "clientCertFile": row.client_cert_file,
+        "clientKeyFile": row.client_key_file,
+        "enabled": row.enabled,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+    }
+
+
+def service_config(row: CdsServiceRow) -> ServiceConfig:
+    return ServiceConfig(
+        service_id=row.id,
+        cds_id=row.cds_id,
+        hook=row.hook,
+        url=row.url,
+        discovery_url=row.discovery_url,
+        client_id=row.client_id,
+        scope=row.scope,
+        prefetch=dict(json.loads(row.approved_prefetch)),
+        deadline_seconds=row.deadline_seconds,
+        allow_system_actions=row.allow_system_actions,
+        allow_http_loopback=row.allow_http_loopback,
+        client_cert_file=row.client_cert_file,
+        client_key_file=row.client_key_file,
+        enabled=row.enabled,
+        title=row.title,
+    )
+
+
+def default_client_id(discovery_url: str) -> str:
+    parts = urlsplit(discovery_url)
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", parts.hostname or "service")
+    return f"cds-{host}" + (f"-{parts.port}" if parts.port else "")
+
+
+def template_resource_type(template: str) -> str | None:
+    """The resource type a prefetch template reads (`Patient/{{…}}`, `Observation?…`)."""
+    head = template.split("?", 1)[0].split("/", 1)[0]
+    return head if _RESOURCE_TYPE.fullmatch(head) else None
+
+
+def check_scope(scopes: Iterable[str]) -> str:
+    text = " ".join(s.strip() for s in scopes if s.strip())
+    try:
+        parsed = parse_scopes(text)
+    except InvalidScopeError as exc:
+        raise InvalidRequest(f"scope: {exc}") from None
+    if not parsed.resources:
+        raise InvalidRequest("no scope: give at least one patient/ or user/ scope")
+    if parsed.other:
+        others = " ".join(sorted(parsed.other))
+        raise InvalidRequest(f"scope: only FHIR resource scopes are approved for a CDS Service, not {others}")
+    if any(r.context == "system" for r in parsed.resources):
+        raise InvalidRequest("scope: a CDS Service acts for a user; system/ scopes are never approved")
+    return str(parsed)
+
+
+def check_deadline(seconds: float) -> float:
+    if not MIN_DEADLINE <= seconds <= MAX_DEADLINE:
+        raise InvalidRequest(f"deadline must be between {MIN_DEADLINE} and {MAX_DEADLINE} seconds")
+    return float(seconds)
+
+
+def check_client_certificate(cert: str | None, key: str | None) -> tuple[str | None, str | None]:
+    if (cert is None) != (key is None):
+        raise InvalidRequest("mutual TLS needs both a client certificate and its key")
+    for path in (cert, key):
+        if path is not None and not Path(path).is_file():
+            raise InvalidRequest(f"no such file: {path}")
+    return cert, key
+
+
+def check_loopback_opt_in(url: str, allow_http_loopback: bool) -> None:
+    try:
+        check_outbound_url(url, allow_loopback_http=allow_http_loopback)
+    except ValueError:
+        raise InvalidRequest("a CDS Service URL must be https (plain http only to loopback, by opt-in)") from None
+
+
+class Registry:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        http: httpx.AsyncClient,
+        signer: ClientJwtSigner,
+        authserver: AuthserverAdmin,
+        *,
+        check_template: TemplateCheck,
+        supported_hooks: Iterable[str],
+        clock: Clock,
+        ca_file: Path | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._http = http
+        self._signer = signer
+        self._authserver = authserver
+        self._check_template = check_template
+        self._hooks = frozenset(supported_hooks)
+        self._clock = clock
+        self._ca_file = ca_file
+
+    # --- adding ---------------------------------------------------------------------------
+
+    async def _discover(self, url: str, approval: Approval) -> list[DiscoveredService]:
+        if approval.client_cert_file and approval.client_key_file:
+            from ehr.discovery import ClientCertificate, mtls_context
+
+            cert = ClientCertificate(Path(approval.client_cert_file), Path(approval.client_key_file))
+            ctx = mtls_context(self._ca_file, cert)
+            async with httpx.AsyncClient(
+                verify=ctx, timeout=self._http.timeout, follow_redirects=False, trust_env=False
+            ) as http:
+                return await discover(http, self._signer, url, allow_http_loopback=approval.allow_http_loopback)
+        return await discover(self._http, self._signer, url, allow_http_loopback=approval.allow_http_loopback)
+
+    def _approve_prefetch(
+        self, service: DiscoveredService, approval: Approval, registration: Registration
+    ) -> dict[str, str]:
+        wanted = set(service.prefetch)
+        if not approval.approve_all_prefetch:
+            wanted &= set(approval.prefetch)
+        approved: dict[str, str] = {}
+        for key in sorted(wanted):
+            template = service.prefetch[key]
+            reason = self._check_template(template)
+            if reason is not None:
+                if not approval.approve_all_prefetch:
+                    raise InvalidRequest(f"prefetch {key!r} of {service.id} ({template}) is refused: {reason}")
+                registration.refused_prefetch.append(
+                    {"service": service.id, "hook": service.hook, "key": key, "template": template, "reason": reason}
+                )
+                continue
+            approved[key] = template
+        return approved
+
+    async def add(self, discovery_url: str, approval: Approval) -> Registration:
+        check_deadline(approval.deadline_seconds)
+        check_client_certificate(approval.client_cert_file, approval.client_key_file)
+        client_id = approval.client_id or default_client_id(discovery_url)
+        if not _CLIENT_ID.fullmatch(client_id):
+            raise InvalidRequest("client_id: 1–128 characters of A-Z a-z 0-9 . _ : -")
+        unknown_hooks = sorted(set(approval.hooks) - self._hooks)
+        if unknown_hooks:
+            raise InvalidRequest(f"hook {unknown_hooks[0]!r} is not one this EHR fires")
+        discovered = await self._discover(discovery_url, approval)
+        base = discovery_url.rstrip("/")
+        registration = Registration()
+        chosen: list[DiscoveredService] = []
+        for service in discovered:
+            if service.hook not in self._hooks:
+                registration.skipped.append(
+                    {"id": service.id, "hook": service.hook, "reason": "this EHR does not fire that hook"}
+                )
+            elif approval.hooks and service.hook not in approval.hooks:
+                registration.skipped.append({"id": service.id, "hook": service.hook, "reason": "hook not approved"})
+            else:
+                chosen.append(service)
+        missing_hooks = sorted(set(approval.hooks) - {s.hook for s in chosen})
+        if missing_hooks:
+            raise InvalidRequest(f"no service at {base} announces hook {missing_hooks[0]!r}")
+        if not chosen:
+            raise InvalidRequest(f"nothing to register: {base} announces no service for a hook this EHR fires")
+        announced_keys = {k for s in chosen for k in s.prefetch}
+        not_announced = sorted(set(approval.prefetch) - announced_keys)
+        if not_announced:
+            raise InvalidRequest(f"no service at {base} announces prefetch key {not_announced[0]!r}")
+        prefetch = {(s.id, s.hook): self._approve_prefetch(s, approval, registration) for s in chosen}
+        if approval.scope:
+            scope = check_scope(approval.scope)
+        else:
+            types = sorted({t for p in prefetch.values() for t in map(template_resource_type, p.values()) if t})
+            if not types:
+                raise InvalidRequest("no scope: give --scope (no approved prefetch names a resource type)")
+            scope = check_scope(f"patient/{t}.rs" for t in types)
+        for service in chosen:
+            check_loopback_opt_in(f"{base}/{service.id}", approval.allow_http_loopback)
+
+        endpoints = {(base, s.id, s.hook) for s in chosen}
+        # The authserver first, outside any EHR transaction (the stack may share one SQLite
+        # file): if it refuses, nothing is saved; a retry of `add` is idempotent.
+        registration.client = await self._authserver.register_cds_service(
+            client_id, chosen[0].title or client_id, await self._client_scope(client_id, scope, endpoints)
+        )
+        now = int(self._clock())
+        async with self._sessions() as session, session.begin():
+            rows: list[CdsServiceRow] = []
+            for service in chosen:
+                row = await self._upsert(session, base, service, prefetch[(service.id, service.hook)], now)
+                row.scope, row.client_id = scope, client_id
+                row.deadline_seconds = approval.deadline_seconds
+                row.allow_system_actions = approval.allow_system_actions
+                row.allow_http_loopback = approval.allow_http_loopback
+                row.client_cert_file, row.client_key_file = approval.client_cert_file, approval.client_key_file
+                row.enabled = True
+                rows.append(row)
+            await session.flush()
+            registration.services = [service_json(r) for r in rows]
+        return registration
+
+    async def _upsert(
+        self, session: AsyncSession, base: str, service: DiscoveredService, approved: dict[str, str], now: int
+    ) -> CdsServiceRow:
+        row = (
+            await session.execute(
+                select(CdsServiceRow).where(
+                    CdsServiceRow.discovery_url == base,
+                    CdsServiceRow.cds_id == service.id,
+                    CdsServiceRow.hook == service.hook,
+                )
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            row = CdsServiceRow(
+                id=await self._free_id(session, service),
+                discovery_url=base,
+                cds_id=service.id,
+                hook=service.hook,
+                created_at=now,
+            )
+            session.add(row)
+        row.url = f"{base}/{service.id}"
+        row.title = (service.title or "")[:255]
+        row.description = service.description
+        row.announced_prefetch = json.dumps(service.prefetch, sort_keys=True)
+        row.approved_prefetch = json.dumps(approved, sort_keys=True)
+        row.updated_at = now
+        return row
+
+    async def _free_id(self, session: AsyncSession, service: DiscoveredService) -> str:
+        """The EHR's key: the announced id when free, else id.hook, else id.hook-N."""
+        candidates = [service.id, f"{service.id}.{service.hook}"]
+        candidates += [f"{service.id}.{service.hook}-{n}" for n in range(2, 100)]
+        for candidate in candidates:
+            if await session.get(CdsServiceRow, candidate[:128]) is None:
+                return candidate[:128]
+        raise InvalidRequest(f"too many registrations of service {service.id!r}")
+
+    async def _client_scope(self, client_id: str, scope: str, replacing: set[tuple[str, str, str]]) -> str:
+        """A client's scope is the union of what its registered services were approved: `scope`
+        for the endpoints in `replacing`, what is recorded for the others."""
+        async with self._sessions() as session:
+            rows = (await session.execute(select(CdsServiceRow).where(CdsServiceRow.client_id == client_id))).scalars()
+            kept = [r.scope for r in rows if (r.discovery_url, r.cds_id, r.hook) not in replacing]
+        return str(parse_scopes(" ".join([*kept, scope])))
+
+    # --- reading and changing ----------------------------------------------------------------
+
+    async def list_all(self) -> list[dict[str, Any]]:
+        async with self._sessions() as session:
+            rows = (await session.execute(select(CdsServiceRow).order_by(CdsServiceRow.id))).scalars()
+            return [service_json(r) for r in rows]
+
+    async def get(self, service_id: str) -> CdsServiceRow:
+        async with self._sessions() as session:
+            row = await session.get(CdsServiceRow, service_id)
+        if row is None:
+            raise NotFound(f"no CDS Service {service_id!r}")
+        return row
+
+    async def update(self, service_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change approvals of one registered service (keys as in the API's ServicePatch; a
+        missing or null value keeps what is recorded)."""
+        row = await self.get(service_id)
+        approved: str | None = None
+        if changes.get("prefetch") is not None:
+            announced: dict[str, str] = json.loads(row.announced_prefetch)
+            chosen: dict[str, str] = {}
+            for key in changes["prefetch"]:
+                if key not in announced:
+                    raise InvalidRequest(f"service {row.id!r} announced no prefetch key {key!r}")
+                reason = self._check_template(announced[key])
+                if reason is not None:
+                    raise InvalidRequest(f"prefetch {key!r} ({announced[key]}) is refused: {reason}")
+                chosen[key] = announced[key]
+            approved = json.dumps(chosen, sort_keys=True)
+        scope = check_scope(changes["scope"]) if changes.get("scope") is not None else None
+        deadline = check_deadline(changes["deadlineSeconds"]) if changes.get("deadlineSeconds") is not None else None
+        loopback = row.allow_http_loopback
+        if changes.get("allowHttpLoopback") is not None:
+            loopback = bool(changes["allowHttpLoopback"])
+        check_loopback_opt_in(row.url, loopback)
+        cert_change = "clientCertFile" in changes or "clientKeyFile" in changes
+        cert = check_client_certificate(changes.get("clientCertFile"), changes.get("clientKeyFile"))
+        if scope is not None:
+            endpoint = {(row.discovery_url, row.cds_id, row.hook)}
+            await self._authserver.register_cds_service(
+                row.client_id, row.title or row.client_id, await self._client_scope(row.client_id, scope, endpoint)
+            )
+        async with self._sessions() as session, session.begin():
+            current = await session.get(CdsServiceRow, service_id)
+            if current is None:
+                raise NotFound(f"no CDS Service {service_id!r}")
+            if approved is not None:
+                current.approved_prefetch = approved
+            if scope is not None:
+                current.scope = scope
+            if deadline is not None:
+                current.deadline_seconds = deadline
+            if changes.get("allowSystemActions") is not None:
+                current.allow_system_actions = bool(changes["allowSystemActions"])
+            current.allow_http_loopback = loopback
+            if cert_change:
+                current.client_cert_file, current.client_key_file = cert
+            if changes.get("enabled") is not None:
+                current.enabled = bool(changes["enabled"])
+            current.updated_at = int(self._clock())
+            await session.flush()
+            return service_json(current)
+
+    async def disable(self, service_id: str) -> dict[str, Any]:
+        return await self.update(service_id, {"enabled": False})
+
+    async def enabled_for(self, hook: str, only: Sequence[str] | None = None) -> list[ServiceConfig]:
+        """The allow-listed services to call for `hook` (restricted to `only` when given).
+
+        Naming a service that is unknown, disabled or registered for another hook is an error,
+        so a caller never believes a service was asked when it was not.
+        """
+        async with self._sessions() as session:
+            query = select(CdsServiceRow).where(CdsServiceRow.hook == hook, CdsServiceRow.enabled.is_(True))
+            if only:
+                query = query.where(CdsServiceRow.id.in_(list(only)))
+            rows = list((await session.execute(query.order_by(CdsServiceRow.id))).scalars())
+        if only:
+            missing = sorted(set(only) - {r.id for r in rows})
+            if missing:
+                raise InvalidRequest(f"service {missing[0]!r} is not an enabled CDS Service for hook {hook!r}")
+        return [service_config(r) for r in rows]
