@@ -14,6 +14,7 @@ from common.settings import load_settings
 from common.web import jwks_response
 from ehr.deps import RuntimeDep
 from ehr.settings import EhrSettings
+from ehr.ui.install import install_ui
 
 
 def create_app(settings: EhrSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
@@ -26,4 +27,5 @@ def create_app(settings: EhrSettings | None = None, *, clock: Clock = system_clo
     async def jwks(runtime: RuntimeDep) -> JSONResponse:
         return await jwks_response(runtime.keys)
 
+    install_ui(app, settings)  # the web UI (ehr/ui): pages, static files, the API's session resolver
     return app

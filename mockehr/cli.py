@@ -448,6 +448,57 @@ def ca_path(data_dir: DataDir = None) -> None:
     _run(body)
 
 
+# --- probe -------------------------------------------------------------------------------------
+
+
+@app.command()
+def probe(
+    url: Annotated[
+        str, typer.Argument(help="The CDS Service's discovery URL, e.g. https://localhost:9003/cds-services")
+    ],
+    data_dir: DataDir = None,
+    base_port: Annotated[
+        int | None, typer.Option("--base-port", help="The probe's issuer listens on base + 5 (env MOCKEHR_BASE_PORT)")
+    ] = None,
+    issuer_port: Annotated[
+        int | None,
+        typer.Option("--issuer-port", min=1, max=65535, help="The probe's issuer/JWKS port (overrides base + 5)"),
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.5, max=120, help="Seconds to wait for each response")] = 10.0,
+    json_out: Json = False,
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report here")
+    ] = None,
+) -> None:
+    """Probe a CDS Service's authentication: exit 0 only if every check passes (docs/probe.md)."""
+    from mockehr.probe.report import as_html, as_json, print_table
+    from mockehr.probe.runner import ProbeOptions
+    from mockehr.probe.runner import probe as run_probe
+
+    def body() -> Any:
+        from common.http import check_outbound_url
+
+        stack = _stack(data_dir, base_port=base_port)
+        try:
+            check_outbound_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}: CDS Services are served over TLS") from None
+        options = ProbeOptions(url, stack.data_dir, issuer_port or stack.base_port + 5, timeout=timeout)
+        return asyncio.run(run_probe(options))
+
+    report = _run(body)
+    if html_file is not None:
+        html_file.write_text(as_html(report), encoding="utf-8")
+    if json_out:
+        out.print_json(json.dumps(as_json(report)))
+    else:
+        print_table(out, report)
+        if html_file is not None:
+            out.print(f"HTML report: {html_file}", highlight=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

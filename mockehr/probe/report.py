@@ -1,0 +1,157 @@
+"""The probe's report: a terminal table with a score, JSON for machines, and one HTML file.
+
+The HTML is self-contained (inline CSS, no script, no external asset; a CSP forbids loading any)
+and escapes every value, since details and URLs come from the service under test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mockehr.probe.checks import ALL_CHECKS
+from mockehr.probe.runner import Report
+
+_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
+
+
+def score(report: Report) -> dict[str, int]:
+    return {
+        "pass": report.count("pass"),
+        "fail": report.count("fail"),
+        "inconclusive": report.count("inconclusive"),
+        "total": len(report.results),
+    }
+
+
+def summary_line(report: Report) -> str:
+    s = score(report)
+    return f"{s['pass']}/{s['total']} checks passed, {s['fail']} failed, {s['inconclusive']} inconclusive"
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def as_json(report: Report) -> dict[str, Any]:
+    used = {r.check.id for r in report.results}
+    return {
+        "target": report.target,
+        "issuer": report.issuer,
+        "jwks_url": report.jwks_url,
+        "started_at": _iso(report.started_at),
+        "finished_at": _iso(report.finished_at or report.started_at),
+        "passed": report.passed,
+        "score": score(report),
+        "notes": list(report.notes),
+        "results": [
+            {
+                "endpoint": r.endpoint,
+                "kind": r.kind,
+                "url": r.url,
+                "check": r.check.id,
+                "title": r.check.title,
+                "expect": r.check.expect,
+                "verdict": r.verdict,
+                "detail": r.detail,
+                "reference": r.check.reference,
+            }
+            for r in report.results
+        ],
+        "checks": [
+            {
+                "id": c.id,
+                "title": c.title,
+                "expect": c.expect,
+                "explanation": c.explanation,
+                "reference": c.reference,
+                "endpoints": sorted(c.kinds),
+            }
+            for c in ALL_CHECKS
+            if c.id in used
+        ],
+    }
+
+
+def print_table(console: Console, report: Report) -> None:
+    console.print(f"probe of [bold]{report.target}[/bold] as issuer {report.issuer}", highlight=False)
+    table = Table("endpoint", "check", "verdict", "detail", show_lines=False)
+    previous = ""
+    for r in report.results:
+        if previous and r.endpoint != previous:
+            table.add_section()
+        previous = r.endpoint
+        table.add_row(r.endpoint, r.check.title, f"[{_STYLE[r.verdict]}]{r.verdict}[/]", r.detail)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    failed = {r.check.id: r.check for r in report.results if r.verdict == "fail"}
+    for check in failed.values():
+        console.print(f"[bold red]{check.id}[/]: {check.explanation} ({check.reference})", highlight=False)
+    style = "bold green" if report.passed else "bold red"
+    console.print(f"[{style}]{summary_line(report)}[/]", highlight=False)
+
+
+_CSS = """
+body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#1b1b1b;background:#fff}
+h1{font-size:1.5rem;margin-bottom:.25rem}h2{font-size:1.15rem;margin-top:2rem}
+.meta{color:#444}.meta code{background:#f2f2f2;padding:0 .25rem}
+.score{font-size:1.2rem;font-weight:600;padding:.6rem .9rem;border-radius:.4rem;display:inline-block}
+.score.ok{background:#e3f4e6;color:#14532d}.score.bad{background:#fde8e8;color:#7f1d1d}
+table{border-collapse:collapse;width:100%;margin-top:.5rem}
+th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
+th{background:#f6f6f6}td.url{word-break:break-all}
+.v{font-weight:700;text-transform:uppercase;font-size:.8rem;padding:.1rem .4rem;border-radius:.25rem}
+.v.pass{background:#d1f0d8;color:#14532d}.v.fail{background:#fbd5d5;color:#7f1d1d}
+.v.inconclusive{background:#fdf0c4;color:#6b4b00}
+dt{font-weight:600;margin-top:.6rem}dd{margin-left:1rem}.ref{color:#555;font-size:.9rem}
+"""
+
+
+def as_html(report: Report) -> str:
+    e = html.escape
+    s = score(report)
+    ok = report.passed
+    parts: list[str] = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>mockehr probe: {e(report.target)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>CDS Service security probe</h1>",
+        f'<p class="meta">Target <code>{e(report.target)}</code> · issuer <code>{e(report.issuer)}</code> · '
+        f"JWKS <code>{e(report.jwks_url)}</code> · {e(_iso(report.started_at))}</p>",
+        f'<p class="score {"ok" if ok else "bad"}" id="score">{e(summary_line(report))}</p>',
+    ]
+    parts.extend(f'<p class="note">{e(note)}</p>' for note in report.notes)
+    endpoints: dict[str, list[Any]] = {}
+    for r in report.results:
+        endpoints.setdefault(r.endpoint, []).append(r)
+    for name, results in endpoints.items():
+        parts.append(f"<h2>{e(name)}</h2>")
+        parts.append(f'<p class="meta url">{e(results[0].kind)} · <code>{e(results[0].url)}</code></p>')
+        parts.append("<table><thead><tr><th>check</th><th>verdict</th><th>detail</th></tr></thead><tbody>")
+        for r in results:
+            parts.append(
+                f'<tr data-check="{e(r.check.id)}" data-verdict="{e(r.verdict)}"><td>{e(r.check.title)}'
+                f'<div class="ref">{e(r.check.id)}</div></td><td><span class="v {e(r.verdict)}">{e(r.verdict)}</span>'
+                f"</td><td>{e(r.detail)}</td></tr>"
+            )
+        parts.append("</tbody></table>")
+    parts.append("<h2>The checks</h2><dl>")
+    used = {r.check.id for r in report.results}
+    for check in ALL_CHECKS:
+        if check.id in used:
+            expect = "must be accepted" if check.expect == "accept" else "must be refused (bare 401/403, no card)"
+            parts.append(
+                f'<dt id="{e(check.id)}">{e(check.title)} <span class="ref">({e(check.id)}, {e(expect)})</span></dt>'
+                f'<dd>{e(check.explanation)}<div class="ref">{e(check.reference)}</div></dd>'
+            )
+    parts.append("</dl>")
+    parts.append(f'<p class="meta">{s["total"]} results · generated by mockehr probe</p></body></html>')
+    return "\n".join(parts)

@@ -1,0 +1,203 @@
+"""For the probe tests: CDS Services in uvicorn over TLS on loopback, and deliberately weak doubles.
+
+Each double is a small CDS Service that verifies the CDS Client's JWT correctly except for the
+one weakness it is built with, so the probe's verdicts on it can be asserted exactly.
+Tests only: this code is the wrong way to do it on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from common.http import make_http_client
+from common.jwks import JwksCache
+from common.tls import ensure_server_certificate
+
+SERVICE = {
+    "hook": "patient-view",
+    "id": "weak-greeting",
+    "title": "Weak greeting",
+    "description": "A test double.",
+    "prefetch": {"patient": "Patient/{{context.patientId}}"},
+}
+CARD = {
+    "uuid": "7c1d2a57-2d4e-4f41-9d4e-2f3c1f0a0001",
+    "summary": "Hello",
+    "indicator": "info",
+    "source": {"label": "double"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve_tls(app: Any, data_dir: Path, port: int | None = None) -> Iterator[str]:
+    """Run `app` in uvicorn over TLS (dev CA certificate) on 127.0.0.1; yield https://localhost:{port}."""
+    cert = ensure_server_certificate(data_dir)
+    port = port or free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ssl_certfile=str(cert.cert),
+        ssl_keyfile=str(cert.key),
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the service did not start")
+        time.sleep(0.02)
+    try:
+        yield f"https://localhost:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@dataclass(frozen=True)
+class Weakness:
+    verify: bool = True  # False: no JWT verification at all
+    alg_none: bool = False  # accepts alg none (any case) without a signature
+    check_aud: bool = True
+    track_jti: bool = True
+    any_jku: bool = False  # fetches any jku and trusts the keys there
+    verbose_errors: bool = False  # 401 bodies with the reason, a stack trace and the token
+
+
+class Refused(Exception):
+    pass
+
+
+def _part(segment: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: str, ca_file: Path) -> FastAPI:
+    seen: set[str] = set()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with make_http_client(ca_file=ca_file) as http:
+            app.state.http = http
+            app.state.jwks = JwksCache(http, jwks_url)
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def verify(request: Request, token: str) -> None:
+        url = base_url + request.url.path
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Refused("malformed token")
+        try:
+            header = _part(parts[0])
+        except ValueError:
+            raise Refused("malformed header") from None
+        if not isinstance(header, dict) or header.get("typ") != "JWT":
+            raise Refused("typ is not JWT")
+        alg = header.get("alg")
+        if weakness.alg_none and isinstance(alg, str) and alg.lower() == "none":
+            claims = _part(parts[1])
+        else:
+            if alg != "ES384":
+                raise Refused("algorithm not allowed")
+            if {"jwk", "x5u", "x5c"} & header.keys():
+                raise Refused("key in header")
+            if "jku" in header:
+                if weakness.any_jku:
+                    fetched = await app.state.http.get(header["jku"])
+                    keys = KeySet.import_key_set(fetched.json())
+                elif header["jku"] != jwks_url:
+                    raise Refused("jku not trusted")
+                else:
+                    keys = await app.state.jwks.key_set(header.get("kid"))
+            else:
+                keys = await app.state.jwks.key_set(header.get("kid"))
+            try:
+                key = keys.get_by_kid(header["kid"])
+                claims = dict(jwt.decode(token, key, algorithms=["ES384"]).claims)
+            except (KeyError, ValueError, JoseError):
+                raise Refused("bad kid or signature") from None
+        now = time.time()
+        if claims.get("iss") != issuer:
+            raise Refused("issuer not trusted")
+        aud = claims.get("aud")
+        if weakness.check_aud and aud != url and not (isinstance(aud, list) and url in aud):
+            raise Refused("audience mismatch")
+        exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
+        if not isinstance(exp, int) or exp < now - 30 or exp > now + 330:
+            raise Refused("exp expired or too far")
+        if not isinstance(iat, int) or iat > now + 30:
+            raise Refused("iat in the future")
+        if not isinstance(jti, str) or not jti:
+            raise Refused("jti missing")
+        if weakness.track_jti:
+            if jti in seen:
+                raise Refused("jti replayed")
+            seen.add(jti)
+
+    async def authenticate(request: Request) -> Response | None:
+        if not weakness.verify:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token:
+                raise Refused("no bearer token")
+            await verify(request, token)
+        except Refused as exc:
+            if weakness.verbose_errors:
+                trace = 'Traceback (most recent call last):\n  File "/srv/double.py", line 99, in verify'
+                return JSONResponse({"error": f"invalid_token: {exc}", "token": token, "trace": trace}, 401)
+            return Response(status_code=401)
+        return None
+
+    @app.get("/cds-services")
+    async def discovery(request: Request) -> Response:
+        return await authenticate(request) or JSONResponse({"services": [SERVICE]})
+
+    @app.post("/cds-services/{service_id}")
+    async def call(service_id: str, request: Request) -> Response:
+        refused = await authenticate(request)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        if service_id != SERVICE["id"] or body.get("hook") != SERVICE["hook"]:
+            return JSONResponse({"error": "unknown"}, 404)
+        return JSONResponse({"cards": [CARD]})
+
+    @app.post("/cds-services/{service_id}/feedback")
+    async def feedback(service_id: str, request: Request) -> Response:
+        refused = await authenticate(request)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        if service_id != SERVICE["id"] or not isinstance(body.get("feedback"), list):
+            return JSONResponse({"error": "invalid"}, 400)
+        return Response(status_code=200)
+
+    return app
