@@ -20,10 +20,10 @@ from mockehr.stack import Stack
 EHR_CLIENT_ID = "ehr"
 CDS_EXAMPLE_CLIENT_ID = "cds-example"
 SMART_EXAMPLE_CLIENT_ID = "smart-example"
-# The most the EHR UI's sign-in may be granted: who the user is (openid fhirUser), a refresh token
+# The most the EHR UI's sign-in may be granted: who the user is (openid fhirUser profile), a refresh token
 # tied to the user's sign-in at the authserver (online_access), and the user's patients with
 # writes (accepting a suggestion creates resources as the user). Narrowed further to the role.
-EHR_UI_SCOPE = "openid fhirUser online_access user/*.cruds"
+EHR_UI_SCOPE = "openid fhirUser profile online_access user/*.cruds"
 EHR_UI_CALLBACK = "/oauth/callback"
 SMART_EXAMPLE_SCOPE = "launch openid fhirUser patient/Patient.rs patient/Observation.rs"
 CDS_EXAMPLE_SCOPE = (

@@ -1,0 +1,168 @@
+"""Admin pages: CDS Services, OAuth clients, signing keys.
+
+Who is an admin: a signed-in user who has entered the stack's admin token once (the one
+`mockehr up` prints). The token is compared in constant time and never stored in the session;
+the session only remembers that it was shown (until the session ends). Without it, the admin
+pages offer the form and nothing else, and the EHR API refuses the admin routes.
+
+- CDS Services: the page's script calls the EHR API (`/api/services`), which owns discovery,
+  approvals and enabling.
+- Clients: read from, and disabled at, the authorization server's admin API (the EHR holds the
+  admin token in its settings; the browser never sees it).
+- Keys: the EHR's own signing keys: list, and rotate (the new key is published at once and
+  signs after the publish-ahead delay; the old one stays published for the overlap).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import replace
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from common.keys import list_keys, rotate
+from ehr.ui.oauth import OAuthFailure
+from ehr.ui.pages import Page, with_session
+from ehr.ui.session import CSRF_FIELD, Session, csrf_ok
+from ehr.ui.state import UiState, ui_state
+from ehr.ui.web import render
+
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Seconds the old key stays published: publish-ahead + the longest token lifetime + leeway (as
+# `mockehr keys rotate`).
+ROTATION_OVERLAP = 340
+
+
+def _forbidden() -> Response:
+    return render("error.html", 403, title="Refused", message="The form has expired. Reload the page and try again.")
+
+
+def _see_other(path: str) -> Response:
+    response = RedirectResponse(path, status_code=303)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def admin_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/admin")
+    async def admin_home(request: Request) -> Response:
+        async def page(ui: UiState, session: Session) -> Response:
+            if session.is_admin:
+                return _see_other("/admin/services")
+            return render("admin_signin.html", title="Administration", session=session, error="")
+
+        return await with_session(request, page)
+
+    @router.post("/admin/elevate")
+    async def elevate(request: Request) -> Response:
+        form = await request.form()
+
+        async def page(ui: UiState, session: Session) -> Response:
+            if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
+                return _forbidden()
+            presented = form.get("admin_token")
+            expected = ui.runtime.settings.admin_secret()
+            if not isinstance(presented, str) or not hmac.compare_digest(presented.encode(), expected.encode()):
+                return render(
+                    "admin_signin.html",
+                    403,
+                    title="Administration",
+                    session=session,
+                    error="That is not the admin token.",
+                )
+            response = _see_other("/admin/services")
+            ui.write(response, replace(session, is_admin=True))
+            return response
+
+        return await _admin_write(request, page)
+
+    @router.get("/admin/services")
+    async def services(request: Request) -> Response:
+        async def page(ui: UiState, session: Session) -> Response:
+            return render("admin_services.html", title="CDS Services", session=session)
+
+        return await _admin(request, page)
+
+    @router.get("/admin/clients")
+    async def clients(request: Request) -> Response:
+        async def page(ui: UiState, session: Session) -> Response:
+            try:
+                found = await ui.auth.clients(ui.runtime.settings.admin_secret())
+            except OAuthFailure as exc:
+                return render("error.html", 503, title="Try again", message=str(exc), session=session)
+            return render("admin_clients.html", title="OAuth clients", session=session, clients=found)
+
+        return await _admin(request, page)
+
+    @router.post("/admin/clients/{client_id}/disable")
+    async def disable_client(request: Request, client_id: str) -> Response:
+        form = await request.form()
+
+        async def page(ui: UiState, session: Session) -> Response:
+            if not session.is_admin:
+                return _see_other("/admin")
+            if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
+                return _forbidden()
+            if not CLIENT_ID.fullmatch(client_id):
+                return render("error.html", 404, title="No such client", message="No such client.", session=session)
+            try:
+                await ui.auth.disable_client(ui.runtime.settings.admin_secret(), client_id)
+            except OAuthFailure as exc:
+                return render("error.html", 503, title="Try again", message=str(exc), session=session)
+            return _see_other("/admin/clients")
+
+        return await _admin_write(request, page)
+
+    @router.get("/admin/keys")
+    async def keys(request: Request) -> Response:
+        async def page(ui: UiState, session: Session) -> Response:
+            rows = [r for r in await list_keys(ui.runtime.sessions) if r.service == ui.runtime.settings.service_name]
+            return render("admin_keys.html", title="Signing keys", session=session, keys=rows)
+
+        return await _admin(request, page)
+
+    @router.post("/admin/keys/rotate")
+    async def rotate_key(request: Request) -> Response:
+        form = await request.form()
+
+        async def page(ui: UiState, session: Session) -> Response:
+            if not session.is_admin:
+                return _see_other("/admin")
+            if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
+                return _forbidden()
+            settings = ui.runtime.settings
+            await rotate(
+                ui.runtime.sessions,
+                settings.service_name,
+                settings.signing_alg,
+                settings.kek(),
+                ui.now(),
+                ROTATION_OVERLAP,
+            )
+            await ui.runtime.signing_keys.reload()
+            return _see_other("/admin/keys")
+
+        return await _admin_write(request, page)
+
+    return router
+
+
+async def _admin(request: Request, page: Page) -> Response:
+    async def guarded(ui: UiState, session: Session) -> Response:
+        if not session.is_admin:
+            return _see_other("/admin")
+        return await page(ui, session)
+
+    return await with_session(request, guarded)
+
+
+async def _admin_write(request: Request, page: Page) -> Response:
+    """A form post: no session means sign in again (nothing is done), like a page view."""
+    ui = ui_state(request)
+    if ui.read(request) is None:
+        return _see_other("/login")
+    return await with_session(request, page)

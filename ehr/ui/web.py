@@ -1,0 +1,59 @@
+"""Rendering the UI's pages, with the headers every page carries.
+
+Content-Security-Policy: scripts and styles only from the EHR itself (no inline script at all;
+the nonce lets a page carry an inline script only if it is ever needed, none does), XHR only to
+the EHR, no plugins, no <base>, forms only to the EHR, never framed. Card details are sanitized
+HTML rendered by the API (`detailHtml`); the CSP is the second wall should a sanitizer ever fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+TEMPLATES = Path(__file__).with_name("templates")
+STATIC = Path(__file__).with_name("static")
+_NEXT = re.compile(r"/[A-Za-z0-9/_.\-]{0,200}")
+
+
+def csp(nonce: str) -> str:
+    return (
+        "default-src 'self'; "
+        f"script-src 'self' 'nonce-{nonce}'; "
+        "style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin-allow-popups",
+}
+
+
+@functools.cache
+def templates() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), auto_reload=False
+    )
+
+
+def render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    html = templates().get_template(template).render(nonce=nonce, **context)
+    return HTMLResponse(html, status_code=status, headers={**PAGE_HEADERS, "Content-Security-Policy": csp(nonce)})
+
+
+def safe_next(value: object) -> str:
+    """A local path to return to after sign-in (never another origin: no open redirect)."""
+    if isinstance(value, str) and _NEXT.fullmatch(value) and not value.startswith("//"):
+        return value
+    return "/patients"
