@@ -87,6 +87,7 @@ class Weakness:
     track_jti: bool = True
     any_jku: bool = False  # fetches any jku and trusts the keys there
     verbose_errors: bool = False  # 401 bodies with the reason, a stack trace and the token
+    lockout_after: int | None = None  # after this many refusals, refuses every request
 
 
 class Refused(Exception):
@@ -99,6 +100,7 @@ def _part(segment: str) -> Any:
 
 def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: str, ca_file: Path) -> FastAPI:
     seen: set[str] = set()
+    refusals = [0]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,12 +166,15 @@ def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: s
     async def authenticate(request: Request) -> Response | None:
         if not weakness.verify:
             return None
+        if weakness.lockout_after is not None and refusals[0] >= weakness.lockout_after:
+            return Response(status_code=401)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         try:
             if scheme.lower() != "bearer" or not token:
                 raise Refused("no bearer token")
             await verify(request, token)
         except Refused as exc:
+            refusals[0] += 1
             if weakness.verbose_errors:
                 trace = 'Traceback (most recent call last):\n  File "/srv/double.py", line 99, in verify'
                 return JSONResponse({"error": f"invalid_token: {exc}", "token": token, "trace": trace}, 401)
