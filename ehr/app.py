@@ -5,6 +5,7 @@ Run alone with `uvicorn --factory ehr.app:create_app` (settings from MOCKEHR_EHR
 
 from __future__ import annotations
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -12,14 +13,25 @@ from common.app import service_app
 from common.clock import Clock, system_clock
 from common.settings import load_settings
 from common.web import jwks_response
+from ehr.cds_wiring import CdsWiring
 from ehr.deps import RuntimeDep
 from ehr.settings import EhrSettings
 from ehr.ui.install import install_ui
 
 
-def create_app(settings: EhrSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+def create_app(
+    settings: EhrSettings | None = None,
+    *,
+    clock: Clock = system_clock,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
     settings = settings or load_settings(EhrSettings)
-    app = service_app(settings, title="mockehr EHR", signing=True, clock=clock)
+    # The CDS Hooks client: engine, registry, card actions and the /api routes (ehr/cds_wiring.py).
+    cds = CdsWiring(settings, clock=clock, transport=transport)
+    app = service_app(
+        settings, title="mockehr EHR", signing=True, clock=clock, on_start=cds.on_start, on_stop=cds.on_stop
+    )
+    cds.install(app)
 
     # CDS Hooks 2.0 "Trusting CDS Clients": the EHR publishes its JWT signing keys as a JWK Set;
     # CDS Services are told this URL (and may see it as `jku`).

@@ -144,11 +144,11 @@ def check_scope(scopes: Iterable[str]) -> str:
         parsed = parse_scopes(text)
     except InvalidScopeError as exc:
         raise InvalidRequest(f"scope: {exc}") from None
-    if not parsed.resources:
-        raise InvalidRequest("no scope: give at least one patient/ or user/ scope")
     if parsed.other:
         others = " ".join(sorted(parsed.other))
         raise InvalidRequest(f"scope: only FHIR resource scopes are approved for a CDS Service, not {others}")
+    if not parsed.resources:
+        raise InvalidRequest("no scope: give at least one patient/ or user/ scope")
     if any(r.context == "system" for r in parsed.resources):
         raise InvalidRequest("scope: a CDS Service acts for a user; system/ scopes are never approved")
     return str(parsed)

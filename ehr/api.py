@@ -1,0 +1,306 @@
+"""The EHR's JSON API (`/api/...`): fire hooks, act on cards, read the exchange log, and (admin)
+manage the CDS Service registry. The UI's JavaScript, `mockehr hook` and `mockehr services` call it.
+
+Authentication comes first, before any body is read: the admin token or a UI session
+(ehr/principal.py), else a bare 401. Bodies are then parsed and validated; every error is JSON
+`{"error": code, "message": ...}` with a clear message, never a trace.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol, TypeVar
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ehr import exchange_log
+from ehr.deps import AdminDep, PrincipalDep, RuntimeDep
+from ehr.errors import Forbidden, InvalidRequest, NotFound
+from ehr.exchange import HookCall, HookOutcome, ServiceConfig, ServiceResult
+from ehr.hooks import HOOKS, HookContextError, hook_has_user, validate_context
+from ehr.principal import Principal
+from ehr.registry import Approval, Registry
+from ehr.suggestions import CardActions, CardRef
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
+UUIDISH = r"^[A-Za-z0-9\-._:]{1,128}$"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class HookEngine(Protocol):
+    async def run_hook(
+        self, call: HookCall, services: list[ServiceConfig], *, user_token: str | None
+    ) -> HookOutcome: ...
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HookRequest(_Body):
+    userId: str | None = Field(default=None, pattern=USER_REF)
+    patientId: str = Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    encounterId: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    context: dict[str, Any] = Field(default_factory=dict)
+    services: list[str] | None = Field(default=None, max_length=50)
+
+
+class AcceptRequest(_Body):
+    hookInstance: str = Field(pattern=UUIDISH)
+    serviceId: str = Field(min_length=1, max_length=128)
+    cardUuid: str = Field(min_length=1, max_length=128)
+    suggestionUuid: str = Field(min_length=1, max_length=128)
+    userId: str | None = Field(default=None, pattern=USER_REF)
+
+
+class Coding(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    system: str | None = Field(default=None, max_length=512)
+    code: str = Field(min_length=1, max_length=256)
+    display: str | None = Field(default=None, max_length=512)
+
+
+class FeedbackRequest(_Body):
+    hookInstance: str = Field(pattern=UUIDISH)
+    serviceId: str = Field(min_length=1, max_length=128)
+    cardUuid: str = Field(min_length=1, max_length=128)
+    outcome: str = Field(pattern=r"^overridden$")
+    overrideReason: Coding | None = None
+    userComment: str | None = Field(default=None, max_length=2000)
+    userId: str | None = Field(default=None, pattern=USER_REF)
+
+
+class ServiceAdd(_Body):
+    discoveryUrl: str = Field(min_length=8, max_length=512)
+    hooks: list[str] = Field(default_factory=list)
+    prefetch: list[str] = Field(default_factory=list)
+    approveAllPrefetch: bool = False
+    scope: list[str] = Field(default_factory=list)
+    clientId: str | None = None
+    deadlineSeconds: float = 5.0
+    allowSystemActions: bool = False
+    allowHttpLoopback: bool = False
+    clientCertFile: str | None = None
+    clientKeyFile: str | None = None
+
+
+class ServicePatch(_Body):
+    prefetch: list[str] | None = None
+    scope: list[str] | None = None
+    deadlineSeconds: float | None = None
+    allowSystemActions: bool | None = None
+    allowHttpLoopback: bool | None = None
+    clientCertFile: str | None = None
+    clientKeyFile: str | None = None
+    enabled: bool | None = None
+
+
+def validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the body exceeds {MAX_BODY_BYTES} bytes")
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message(exc)) from None
+
+
+# --- the hook ------------------------------------------------------------------------------------
+
+
+def _acting_user(principal: Principal, user_id: str | None) -> str:
+    if principal.is_admin:
+        if user_id is None:
+            raise InvalidRequest("userId is required with the admin token (the user the hook fires for)")
+        return user_id
+    if principal.user_ref is None:
+        raise Forbidden("this session names no user")
+    if user_id is not None and user_id != principal.user_ref:
+        raise Forbidden("a signed-in user fires hooks only as themselves")
+    return principal.user_ref
+
+
+def hook_context(hook: str, user_ref: str, body: HookRequest) -> dict[str, Any]:
+    reserved = {"userId", "patientId", "encounterId"} & set(body.context)
+    if reserved:
+        raise InvalidRequest(f"context.{sorted(reserved)[0]} is set by the top-level field, not in context")
+    context: dict[str, Any] = dict(body.context)
+    if hook_has_user(hook):
+        context["userId"] = user_ref
+    context["patientId"] = body.patientId
+    if body.encounterId is not None:
+        context["encounterId"] = body.encounterId
+    try:
+        return validate_context(hook, context)
+    except HookContextError as exc:
+        raise InvalidRequest(exc.reason) from None
+
+
+def result_json(result: ServiceResult, applied: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"serviceId": result.service_id, "status": result.status, "cards": result.cards}
+    if result.reason:
+        body["reason"] = result.reason
+    if result.system_actions:
+        body["systemActions"] = result.system_actions
+    if applied is not None:
+        body["systemActionsResult"] = applied
+    if result.dropped:
+        body["dropped"] = [{"index": d.index, "reason": d.reason} for d in result.dropped]
+    if result.notes:
+        body["notes"] = result.notes
+    return body
+
+
+async def apply_system_actions(
+    actions: CardActions, config: ServiceConfig, call: HookCall, result: ServiceResult, session_token: str | None
+) -> dict[str, Any] | None:
+    """CDS Hooks 2.0 §systemActions: applied only for a service allowed to, as the user, in the
+    patient's compartment (one transaction); otherwise recorded as not applied."""
+    if not result.system_actions or result.status != "ok":
+        return None
+    if not config.allow_system_actions:
+        return {"applied": False, "reason": "systemActions are not allowed for this service"}
+    if call.user_ref is None:
+        return {"applied": False, "reason": "no user to act as"}
+    try:
+        summary = await actions.apply(call.user_ref, call.patient_id, session_token, result.system_actions)
+    except (InvalidRequest, Forbidden, NotFound) as exc:
+        return {"applied": False, "reason": exc.message}
+    except Exception as exc:  # noqa: BLE001 - any failure is reported, the cards still shown
+        message = getattr(exc, "message", type(exc).__name__)
+        return {"applied": False, "reason": str(message)}
+    return {"applied": True, "transaction": summary}
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    @router.post("/hooks/{hook}")
+    async def fire_hook(hook: str, request: Request, principal: PrincipalDep, runtime: RuntimeDep) -> JSONResponse:
+        if hook not in HOOKS:
+            raise NotFound(f"hook {hook!r} is not one this EHR fires")
+        body = await parse_body(request, HookRequest)
+        user_ref = _acting_user(principal, body.userId)
+        context = hook_context(hook, user_ref, body)
+        registry: Registry = request.app.state.registry
+        services = await registry.enabled_for(hook, body.services)
+        call = HookCall(hook, str(uuid.uuid4()), user_ref, body.patientId, context)
+        results: list[dict[str, Any]] = []
+        if services:
+            engine: HookEngine = request.app.state.engine
+            outcome = await engine.run_hook(call, services, user_token=principal.session_token)
+            await exchange_log.record(runtime.sessions, outcome, int(runtime.clock()))
+            by_id = {s.service_id: s for s in services}
+            actions: CardActions = request.app.state.card_actions
+            for result in outcome.results:
+                applied = None
+                if result.service_id in by_id:
+                    applied = await apply_system_actions(
+                        actions, by_id[result.service_id], call, result, principal.session_token
+                    )
+                results.append(result_json(result, applied))
+        return JSONResponse({"hookInstance": call.hook_instance, "hook": hook, "services": results})
+
+    # --- cards ----------------------------------------------------------------------------------
+
+    @router.post("/suggestions/accept")
+    async def accept(request: Request, principal: PrincipalDep) -> JSONResponse:
+        body = await parse_body(request, AcceptRequest)
+        actions: CardActions = request.app.state.card_actions
+        ref = CardRef(body.hookInstance, body.serviceId, body.cardUuid)
+        return JSONResponse(await actions.accept(principal, ref, body.suggestionUuid, body.userId))
+
+    @router.post("/feedback")
+    async def feedback(request: Request, principal: PrincipalDep) -> JSONResponse:
+        body = await parse_body(request, FeedbackRequest)
+        actions: CardActions = request.app.state.card_actions
+        ref = CardRef(body.hookInstance, body.serviceId, body.cardUuid)
+        reason = body.overrideReason.model_dump(exclude_none=True) if body.overrideReason else None
+        return JSONResponse(await actions.override(principal, ref, reason, body.userComment, body.userId))
+
+    # --- the exchange log ---------------------------------------------------------------------------
+
+    @router.get("/exchanges")
+    async def exchanges(
+        principal: PrincipalDep,
+        runtime: RuntimeDep,
+        patientId: str | None = Query(default=None, max_length=64),
+        serviceId: str | None = Query(default=None, max_length=128),
+        hook: str | None = Query(default=None, max_length=64),
+        before: int | None = Query(default=None, ge=1),
+        limit: int = Query(default=50, ge=1, le=500),
+    ) -> JSONResponse:
+        user = None if principal.is_admin else (principal.user_ref or "")
+        items = await exchange_log.list_exchanges(
+            runtime.sessions,
+            user_ref=user,
+            patient_id=patientId,
+            service_id=serviceId,
+            hook=hook,
+            before=before,
+            limit=limit,
+        )
+        return JSONResponse({"exchanges": items})
+
+    @router.get("/exchanges/{hook_instance}")
+    async def exchange(hook_instance: str, principal: PrincipalDep, runtime: RuntimeDep) -> JSONResponse:
+        rows = await exchange_log.exchange_rows(runtime.sessions, hook_instance[:128])
+        if not principal.is_admin:
+            rows = [r for r in rows if r.user_ref is not None and r.user_ref == principal.user_ref]
+        if not rows:
+            raise NotFound("no such exchange")
+        return JSONResponse(exchange_log.exchange_json(rows))
+
+    # --- the registry (admin) ------------------------------------------------------------------------
+
+    @router.get("/services")
+    async def list_services(request: Request, _admin: AdminDep) -> JSONResponse:
+        registry: Registry = request.app.state.registry
+        return JSONResponse({"services": await registry.list_all()})
+
+    @router.post("/services")
+    async def add_service(request: Request, _admin: AdminDep) -> JSONResponse:
+        body = await parse_body(request, ServiceAdd)
+        registry: Registry = request.app.state.registry
+        approval = Approval(
+            hooks=tuple(body.hooks),
+            prefetch=tuple(body.prefetch),
+            approve_all_prefetch=body.approveAllPrefetch,
+            scope=tuple(body.scope),
+            client_id=body.clientId,
+            deadline_seconds=body.deadlineSeconds,
+            allow_system_actions=body.allowSystemActions,
+            allow_http_loopback=body.allowHttpLoopback,
+            client_cert_file=body.clientCertFile,
+            client_key_file=body.clientKeyFile,
+        )
+        registration = await registry.add(body.discoveryUrl, approval)
+        return JSONResponse(registration.as_json(), status_code=201)
+
+    @router.patch("/services/{service_id}")
+    async def patch_service(service_id: str, request: Request, _admin: AdminDep) -> JSONResponse:
+        body = await parse_body(request, ServicePatch)
+        registry: Registry = request.app.state.registry
+        return JSONResponse(await registry.update(service_id, body.model_dump(exclude_unset=True)))
+
+    @router.post("/services/{service_id}/disable")
+    async def disable_service(service_id: str, request: Request, _admin: AdminDep) -> JSONResponse:
+        registry: Registry = request.app.state.registry
+        return JSONResponse(await registry.disable(service_id))
+
+    return router

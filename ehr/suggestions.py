@@ -1,0 +1,244 @@
+"""Acting on cards: accepting a suggestion, overriding a card, applying allowed systemActions.
+
+CDS Hooks 2.0 §Suggestion / §Action: a suggestion's actions (create, update, delete) are applied
+together as ONE FHIR transaction (all or nothing), as the user, inside the patient's compartment
+(ehr/user_fhir.py); then `accepted` feedback goes to the service (ehr/feedback.py).
+
+Only what the EHR itself recorded can be acted on: the card is looked up by uuid in the logged,
+validated response of that hookInstance and service, and the suggestion by uuid inside it, so
+a forged card or suggestion (or one of another user's exchange) is refused. A card gets one
+decision, recorded before anything is applied, so a suggestion is never applied twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from common.clock import Clock
+from ehr.errors import Conflict, Forbidden, InvalidRequest, NotFound, UpstreamFailed
+from ehr.exchange_log import exchange_rows
+from ehr.feedback import Delivery, FeedbackSender, FeedbackTarget, accepted_entry, overridden_entry
+from ehr.models import CdsCardOutcomeRow, CdsExchangeRow, CdsServiceRow
+from ehr.principal import Principal
+from ehr.user_fhir import UserFhir
+
+MAX_ACTIONS = 100
+_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def _reference(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest("a delete action's resourceId must be a relative reference Type/id")
+    kind, _, ident = value.partition("/")
+    if not _TYPE.fullmatch(kind) or not _ID.fullmatch(ident):
+        raise InvalidRequest(f"a delete action's resourceId must be a relative reference Type/id, not {value!r}")
+    return value
+
+
+def _resource(action: dict[str, Any]) -> dict[str, Any]:
+    resource = action.get("resource")
+    if not isinstance(resource, dict) or not _TYPE.fullmatch(str(resource.get("resourceType", ""))):
+        raise InvalidRequest(f"a {action.get('type')} action needs a FHIR resource")
+    return resource
+
+
+def transaction_bundle(actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The transaction Bundle applying `actions` (CDS Hooks 2.0 §Action) all or nothing."""
+    if len(actions) > MAX_ACTIONS:
+        raise InvalidRequest(f"more than {MAX_ACTIONS} actions")
+    entries: list[dict[str, Any]] = []
+    for action in actions:
+        kind = action.get("type")
+        if kind == "create":
+            resource = {k: v for k, v in _resource(action).items() if k not in ("id", "meta")}
+            entries.append(
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "resource": resource,
+                    "request": {"method": "POST", "url": resource["resourceType"]},
+                }
+            )
+        elif kind == "update":
+            resource = _resource(action)
+            ident = resource.get("id")
+            if not isinstance(ident, str) or not _ID.fullmatch(ident):
+                raise InvalidRequest("an update action's resource needs its id")
+            entries.append(
+                {"resource": resource, "request": {"method": "PUT", "url": f"{resource['resourceType']}/{ident}"}}
+            )
+        elif kind == "delete":
+            targets = action.get("resourceId")
+            for target in targets if isinstance(targets, list) else [targets]:
+                entries.append({"request": {"method": "DELETE", "url": _reference(target)}})
+        else:
+            raise InvalidRequest(f"unknown action type {kind!r}")
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def transaction_summary(body: Any) -> list[dict[str, Any]]:
+    entries = body.get("entry", []) if isinstance(body, dict) else []
+    summary: list[dict[str, Any]] = []
+    for entry in entries:
+        response = entry.get("response", {}) if isinstance(entry, dict) else {}
+        summary.append({k: response[k] for k in ("status", "location", "etag") if k in response})
+    return summary
+
+
+def _outcome_message(status: int, body: Any) -> str:
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        issues = body.get("issue") or [{}]
+        text = issues[0].get("diagnostics") or issues[0].get("details", {}).get("text") or issues[0].get("code")
+        if text:
+            return f"the FHIR server refused the transaction ({status}): {text}"
+    return f"the FHIR server refused the transaction ({status})"
+
+
+@dataclass(frozen=True)
+class CardRef:
+    hook_instance: str
+    service_id: str
+    card_uuid: str
+
+
+class CardActions:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        user_fhir: UserFhir,
+        feedback: FeedbackSender,
+        clock: Clock,
+    ) -> None:
+        self._sessions = sessions
+        self._fhir = user_fhir
+        self._feedback = feedback
+        self._clock = clock
+
+    async def _exchange(self, principal: Principal, ref: CardRef, user_id: str | None) -> CdsExchangeRow:
+        """The logged exchange the card came from, if this principal may act on it."""
+        rows = [r for r in await exchange_rows(self._sessions, ref.hook_instance) if r.service_id == ref.service_id]
+        row = rows[0] if rows else None
+        acting_for = principal.user_ref if not principal.is_admin else (user_id or (row.user_ref if row else None))
+        # Someone else's exchange looks exactly like a missing one.
+        if row is None or row.status != "ok" or row.user_ref is None or row.user_ref != acting_for:
+            raise NotFound("no such card in a recorded exchange of this user")
+        return row
+
+    @staticmethod
+    def _card(row: CdsExchangeRow, card_uuid: str) -> dict[str, Any]:
+        for card in json.loads(row.cards):
+            if isinstance(card, dict) and card.get("uuid") == card_uuid:
+                return card
+        raise NotFound("no such card in a recorded exchange of this user")
+
+    async def _claim(self, row: CdsExchangeRow, ref: CardRef, outcome: str, suggestion: str | None) -> int:
+        try:
+            async with self._sessions() as session, session.begin():
+                claim = CdsCardOutcomeRow(
+                    hook_instance=ref.hook_instance,
+                    service_id=ref.service_id,
+                    card_uuid=ref.card_uuid,
+                    outcome=outcome,
+                    suggestion_uuid=suggestion,
+                    user_ref=row.user_ref,
+                    detail="{}",
+                    created_at=int(self._clock()),
+                )
+                session.add(claim)
+                await session.flush()
+                return claim.id
+        except IntegrityError:
+            raise Conflict("a decision on this card was already recorded") from None
+
+    async def _release(self, claim_id: int) -> None:
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(CdsCardOutcomeRow).where(CdsCardOutcomeRow.id == claim_id))
+
+    async def _finish(self, claim_id: int, detail: dict[str, Any], delivery: Delivery) -> None:
+        async with self._sessions() as session, session.begin():
+            claim = await session.get(CdsCardOutcomeRow, claim_id)
+            if claim is not None:
+                claim.detail = json.dumps(detail)
+                claim.feedback_status = delivery.status
+                claim.feedback_error = delivery.error
+
+    async def _send(self, service_id: str, entry: dict[str, Any]) -> Delivery:
+        async with self._sessions() as session:
+            service = await session.get(CdsServiceRow, service_id)
+        if service is None or not service.enabled:
+            # A service that is not allow-listed is never called, feedback included.
+            return Delivery(None, "the service is not enabled; no feedback was sent")
+        target = FeedbackTarget(
+            service.url, service.allow_http_loopback, service.client_cert_file, service.client_key_file
+        )
+        return await self._feedback.send(target, [entry])
+
+    async def apply(
+        self, user_ref: str, patient_id: str, session_token: str | None, actions: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Apply `actions` as one transaction as the user, in the patient's compartment."""
+        bundle = transaction_bundle(actions)
+        if not bundle["entry"]:
+            return []
+        async with self._fhir.as_user(user_ref, patient_id, session_token) as token:
+            status, body = await self._fhir.transaction(token, bundle)
+        if status == 403:
+            raise Forbidden(_outcome_message(status, body))
+        if status != 200:
+            raise UpstreamFailed(_outcome_message(status, body))
+        return transaction_summary(body)
+
+    async def accept(
+        self, principal: Principal, ref: CardRef, suggestion_uuid: str, user_id: str | None = None
+    ) -> dict[str, Any]:
+        row = await self._exchange(principal, ref, user_id)
+        card = self._card(row, ref.card_uuid)
+        suggestion = next(
+            (s for s in card.get("suggestions") or [] if isinstance(s, dict) and s.get("uuid") == suggestion_uuid),
+            None,
+        )
+        if suggestion is None:
+            raise NotFound("no such suggestion on this card")
+        actions = [a for a in suggestion.get("actions") or [] if isinstance(a, dict)]
+        transaction_bundle(actions)  # refuse a malformed suggestion before claiming the card
+        user_ref = str(row.user_ref)  # never None: _exchange checked it
+        claim = await self._claim(row, ref, "accepted", suggestion_uuid)
+        session_token = principal.session_token if not principal.is_admin else None
+        try:
+            summary = await self.apply(user_ref, row.patient_id, session_token, actions)
+        except BaseException:
+            await self._release(claim)
+            raise
+        delivery = await self._send(ref.service_id, accepted_entry(ref.card_uuid, [suggestion_uuid], self._clock))
+        await self._finish(claim, {"transaction": summary}, delivery)
+        return {"outcome": "accepted", "transaction": summary, "feedback": delivery.as_json()}
+
+    async def override(
+        self,
+        principal: Principal,
+        ref: CardRef,
+        reason: dict[str, Any] | None,
+        comment: str | None,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        row = await self._exchange(principal, ref, user_id)
+        card = self._card(row, ref.card_uuid)
+        if reason is not None:
+            offered = [r for r in card.get("overrideReasons") or [] if isinstance(r, dict)]
+            key = (reason.get("system"), reason.get("code"))
+            match = next((r for r in offered if (r.get("system"), r.get("code")) == key), None)
+            if match is None:
+                raise InvalidRequest("overrideReason must be one of the card's overrideReasons")
+            reason = match  # what the service offered, not what the caller typed
+        claim = await self._claim(row, ref, "overridden", None)
+        delivery = await self._send(ref.service_id, overridden_entry(ref.card_uuid, reason, comment, self._clock))
+        await self._finish(claim, {"overrideReason": reason, "userComment": comment}, delivery)
+        return {"outcome": "overridden", "feedback": delivery.as_json()}
