@@ -176,9 +176,13 @@ class CdsEngine:
             client = self._mtls[key] = self._new_service_client(key)
         return client
 
-    async def aclose(self) -> None:
+    async def settle(self) -> None:
+        """Wait for revocations still running after their hook's deadline."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.settle()
         for client in self._mtls.values():
             await client.aclose()
         self._mtls.clear()
@@ -222,7 +226,13 @@ class CdsEngine:
         result = ServiceResult(service_id=service.service_id, status="error")
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        deadline = min(loop.time() + service.deadline_seconds, total_deadline)
+        own_deadline = loop.time() + service.deadline_seconds
+        deadline = min(own_deadline, total_deadline)
+        which = (
+            f"the service deadline ({service.deadline_seconds:g} s)"
+            if own_deadline <= total_deadline
+            else f"the hook's total deadline ({self.settings.cds_total_deadline_seconds:g} s)"
+        )
         holder: list[ExchangedToken] = []
         phase = ["start"]
         try:
@@ -230,7 +240,7 @@ class CdsEngine:
                 await self._exchange(call, context, service, user_token, state, result, holder, phase)
             result.status = "ok"
         except TimeoutError:
-            result.reason = f"deadline exceeded ({service.deadline_seconds:g} s) during {phase[0]}"
+            result.reason = f"no answer within {which} (during {phase[0]})"
         except ServiceFault as fault:
             result.reason = fault.reason
             result.http_status = fault.http_status or result.http_status
