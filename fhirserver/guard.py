@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from common.clock import Clock
@@ -32,6 +32,10 @@ ACCESS_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 # A practitioner's panel is re-read at most this often: care-team changes apply within 2 s.
 PANEL_CACHE_SECONDS = 2.0
 VERIFIED_CACHE_SIZE = 10_000
+
+
+def _raise_forbidden() -> Access:
+    raise ForbiddenError
 
 
 class UnauthorizedError(Exception):
@@ -54,6 +58,10 @@ class Principal:
     scopes: ScopeSet
     patient: str | None
     fhir_user: tuple[str, str] | None  # ("Practitioner", "123")
+    # What the guard decided for this token that depends on nothing but the token (its scopes,
+    # patient and client): shared by every request with the same verified token. Decisions that
+    # read a practitioner's panel are never kept here (the panel has its own 2 s cache).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def acting_for_cds_service(self) -> bool:
@@ -116,7 +124,7 @@ class Guard:
         # Tokens whose signature and claims were verified, with their parsed scopes: a P-384
         # verification costs ~1 ms, a dict lookup nothing. Expiry and revocation are still
         # checked on every request.
-        self._verified: dict[str, tuple[dict[str, Any], ScopeSet]] = {}
+        self._verified: dict[str, tuple[dict[str, Any], ScopeSet, dict[Any, Any]]] = {}
 
     async def principal(self, authorization: str | None) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")
@@ -125,12 +133,12 @@ class Guard:
             raise UnauthorizedError
         cached = self._verified.get(token)
         if cached is not None:
-            claims, scopes = cached
+            claims, scopes, memo = cached
             # Verified before: only expiry (and revocation, below) can have changed since.
             if claims["exp"] + self._leeway <= self._clock():
                 del self._verified[token]
                 raise UnauthorizedError
-            return self._principal(claims, scopes)
+            return self._principal(claims, scopes, memo)
         try:
             kid = unverified_header(token).get("kid")
             keys = await self._jwks.key_set(kid if isinstance(kid, str) else None)
@@ -152,10 +160,11 @@ class Guard:
             raise UnauthorizedError from None
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
-        self._verified[token] = (claims, scopes)
-        return self._principal(claims, scopes)
+        fresh: dict[Any, Any] = {}
+        self._verified[token] = (claims, scopes, fresh)
+        return self._principal(claims, scopes, fresh)
 
-    def _principal(self, claims: dict[str, Any], scopes: ScopeSet) -> Principal:
+    def _principal(self, claims: dict[str, Any], scopes: ScopeSet, memo: dict[Any, Any]) -> Principal:
         if not self._revocations.fresh():
             raise UnavailableError
         if self._revocations.is_revoked(str(claims["jti"])):
@@ -169,10 +178,27 @@ class Guard:
             scopes=scopes,
             patient=patient if isinstance(patient, str) and patient else None,
             fhir_user=_fhir_user(claims, self._fhir_base),
+            memo=memo,
         )
 
     async def access(self, principal: Principal, resource_type: str, permission: Permission) -> Access:
         """The restriction for `resource_type`; ForbiddenError if no scope grants the interaction."""
+        key = ("access", resource_type, permission)
+        known = principal.memo.get(key)
+        if known is not None:
+            return known if isinstance(known, Access) else _raise_forbidden()
+        try:
+            access, from_panel = await self._access(principal, resource_type, permission)
+        except ForbiddenError:
+            principal.memo[key] = False
+            raise
+        if not from_panel:
+            principal.memo[key] = access
+        return access
+
+    async def _access(self, principal: Principal, resource_type: str, permission: Permission) -> tuple[Access, bool]:
+        """(the access, whether it was read from a practitioner's panel, which may change)."""
+        from_panel = False
         patient_ids: set[str] = set()
         unrestricted = False
         matched: list[ResourceScope] = []
@@ -186,6 +212,7 @@ class Guard:
                 patient_ids.add(principal.patient)
             elif context == "user":
                 patient_ids |= await self._user_patients(principal)
+                from_panel = True
             elif principal.fhir_user is None and principal.patient is None:
                 unrestricted = True  # system/ scopes: backend clients only, never user-bound tokens
             else:
@@ -196,7 +223,7 @@ class Guard:
         filters: tuple[tuple[tuple[str, str], ...], ...] = ()
         if all(s.params for s in matched):
             filters = tuple(s.params for s in matched)
-        return Access(patient_ids=None if unrestricted else frozenset(patient_ids), filters=filters)
+        return Access(patient_ids=None if unrestricted else frozenset(patient_ids), filters=filters), from_panel
 
     async def view(self, principal: Principal, types: list[str]) -> View:
         """What the principal may read across types: for includes, chains and _has.
@@ -204,21 +231,30 @@ class Guard:
         The patient set is the intersection of every readable type's set, so an included
         resource can never come from a patient the searched type's scopes would not cover.
         """
+        key = ("view", tuple(types))
+        known = principal.memo.get(key)
+        if isinstance(known, View):
+            return known
+        from_panel = False
         readable: set[str] = set()
         type_filters: dict[str, tuple[tuple[tuple[str, str], ...], ...]] = {}
         patient_sets: list[frozenset[str]] = []
         for rtype in types:
             try:
-                access = await self.access(principal, rtype, "r")
+                access, panel = await self._access(principal, rtype, "r")
             except ForbiddenError:
                 continue
+            from_panel = from_panel or panel
             readable.add(rtype)
             if access.filters:
                 type_filters[rtype] = access.filters
             if access.patient_ids is not None:
                 patient_sets.append(access.patient_ids)
         patients = frozenset.intersection(*patient_sets) if patient_sets else None
-        return View(types=frozenset(readable), type_filters=type_filters, patient_ids=patients)
+        view = View(types=frozenset(readable), type_filters=type_filters, patient_ids=patients)
+        if not from_panel:
+            principal.memo[key] = view
+        return view
 
     async def _user_patients(self, principal: Principal) -> frozenset[str]:
         if principal.fhir_user is None:

@@ -27,13 +27,14 @@ from fhirserver.errors import FhirError, GoneError, Issue, NotFoundError, Precon
 from fhirserver.guard import Access, ForbiddenError, Guard, Permission, Principal, View
 from fhirserver.models import ResourceVersionRow
 from fhirserver.negotiation import FHIR_JSON, check_content_type, prefer_return, strict_handling
-from fhirserver.search import SUPPORTED_TYPES, Restriction, SearchResult, in_compartment, search
+from fhirserver.search import SUPPORTED_TYPES, Restriction, SearchResult, find_by_id, in_compartment, search
 from fhirserver.settings import FhirSettings
 from fhirserver.transaction import process_transaction
 from fhirserver.validation import validate_resource
 
 MAX_EVERYTHING = 1000
 SERVER_WRITTEN = frozenset({"AuditEvent"})
+_VIEW_TYPES = sorted(SUPPORTED_TYPES)
 
 
 def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -69,7 +70,7 @@ class Context:
             raise ForbiddenError
         access = await self.guard.access(self.principal, rtype, permission)
         if self._view is None:
-            self._view = await self.guard.view(self.principal, sorted(SUPPORTED_TYPES))
+            self._view = await self.guard.view(self.principal, _VIEW_TYPES)
         return access
 
     def restriction(self, access: Access) -> Restriction:
@@ -104,15 +105,9 @@ async def visible_resource(
     session: AsyncSession, ctx: Context, rtype: str, rid: str, access: Access
 ) -> dict[str, Any] | None:
     """The current resource if this token may see it, else None (missing and forbidden alike)."""
-    found = await search(
-        session,
-        rtype,
-        [("_id", rid)],
-        restriction=ctx.restriction(access),
-        base_url=ctx.settings.fhir_base_url,
-        page_size_default=1,
+    return await find_by_id(
+        session, rtype, rid, restriction=ctx.restriction(access), base_url=ctx.settings.fhir_base_url
     )
-    return found.resources[0] if found.resources else None
 
 
 async def read(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:

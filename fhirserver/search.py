@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, false, func, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, bindparam, false, func, literal, not_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute, aliased
@@ -58,6 +58,7 @@ __all__ = [
     "SUPPORTED_TYPES",
     "Restriction",
     "SearchResult",
+    "find_by_id",
     "in_compartment",
     "patients_of_practitioner",
     "search",
@@ -757,6 +758,66 @@ async def search(
         offset,
         controls.count,
     )
+
+
+def _by_id_statement(rtype: str, compartment: bool) -> Select[Any]:
+    """`search(rtype, _id=rid)` under a compartment restriction, as one statement with bound
+    parameters only: built once per shape, so SQLAlchemy compiles it once (its cache key is
+    the same for every id and patient) and a read costs no statement building."""
+    key = (rtype, compartment)
+    stmt = _BY_ID.get(key)
+    if stmt is not None:
+        return stmt
+    where: list[Cond] = [
+        ResourceRow.resource_type == rtype,
+        ResourceRow.id == bindparam("rid"),
+        ResourceRow.deleted.is_(False),
+    ]
+    if compartment:
+        members = select(REF.resource_id).where(
+            REF.target_id.in_(bindparam("patients", expanding=True)),
+            REF.target_type == "Patient",
+            REF.resource_type == rtype,
+            REF.param.in_(sorted(compartment_params(rtype) or ())),
+        )
+        cond: Cond = ResourceRow.id.in_(members)
+        if rtype == "Patient":
+            cond = or_(ResourceRow.id.in_(bindparam("own", expanding=True)), cond)
+        where.append(cond)
+    stmt = select(ResourceRow.content).where(*where).limit(1)
+    _BY_ID[key] = stmt
+    return stmt
+
+
+_BY_ID: dict[tuple[str, bool], Select[Any]] = {}
+
+
+async def find_by_id(
+    session: AsyncSession, rtype: str, rid: str, *, restriction: Restriction, base_url: str
+) -> dict[str, Any] | None:
+    """The current `rtype/rid` if `restriction` lets the caller see it: exactly what
+    `search(rtype, [("_id", rid)], restriction=…)` finds, through a prepared statement in the
+    common case (a plain id, no granular scope filter on the type)."""
+    if rtype not in SUPPORTED_TYPES:
+        raise FhirError([Issue(f"resource type {rtype!r} is not searchable", code="not-supported")])
+    if restriction.extra_filters or not _ID.match(rid):
+        found = await search(
+            session, rtype, [("_id", rid)], restriction=restriction, base_url=base_url, page_size_default=1
+        )
+        return found.resources[0] if found.resources else None
+    if restriction.types is not None and rtype not in restriction.types:
+        return None
+    await storage.flush_index(session)
+    patients = restriction.allowed_patient_ids
+    params: dict[str, Any] = {"rid": rid}
+    if patients is not None:
+        if not patients or compartment_params(rtype) is None:
+            return None  # compartment_condition: outside every compartment it may see
+        params["patients"] = sorted(patients)
+        if rtype == "Patient":
+            params["own"] = sorted(patients)
+    content = (await session.execute(_by_id_statement(rtype, patients is not None), params)).scalar_one_or_none()
+    return None if content is None else _loads(content)
 
 
 @dataclass

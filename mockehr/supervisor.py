@@ -2,6 +2,10 @@
 
 Each service runs exactly as compose runs it: `python -m uvicorn --factory <module>:create_app`
 with its settings in MOCKEHR_<SVC>_* variables. Output goes to `<data_dir>/logs/<service>.log`.
+
+`MOCKEHR_<SVC>_WORKERS=N` runs N worker processes of a service behind one port (uvicorn's
+process manager): replicas share nothing but the database (and Redis), so this is safe for every
+service (DESIGN.md, Replicas), and it is how a service uses more than one core.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -31,8 +35,17 @@ class Running:
     log_file: IO[bytes] = field(repr=False)
 
 
-def _command(stack: Stack, name: str) -> list[str]:
+def workers(name: str, environ: Mapping[str, str]) -> int:
+    """The worker processes asked for by MOCKEHR_<SVC>_WORKERS (default 1, at most 32)."""
+    raw = environ.get(f"{spec(name).env_prefix}WORKERS", "1").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 32:
+        raise ConfigError(f"{spec(name).env_prefix}WORKERS must be a number from 1 to 32, not {raw!r}")
+    return int(raw)
+
+
+def _command(stack: Stack, name: str, processes: int = 1) -> list[str]:
     data = stack.data_dir.resolve()
+    extra = ["--workers", str(processes)] if processes > 1 else []
     return [
         sys.executable,
         "-m",
@@ -52,6 +65,7 @@ def _command(stack: Stack, name: str) -> list[str]:
         "--no-proxy-headers",
         "--timeout-graceful-shutdown",
         "5",
+        *extra,
     ]
 
 
@@ -66,7 +80,11 @@ def start(stack: Stack, names: Iterable[str] | None = None) -> list[Running]:
         log_path = logs / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            _command(stack, name), env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            _command(stack, name, workers(name, env)),
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         running.append(Running(name, process, log_path, log_file))
     return running
