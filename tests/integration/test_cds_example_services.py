@@ -1,4 +1,4 @@
-"""The example CDS Service's cards: from prefetch, from the FHIR server as a fallback, or a 412.
+"""The example CDS Service's cards — from prefetch, from the FHIR server as a fallback, or a 412 — and feedback.
 
 The data is the demo data set (mockehr.seed) — as prefetch, or loaded into a real FHIR server
 behind its guard (fhirharness) — so what is tested is what a demo user sees. Every outbound
@@ -652,3 +652,159 @@ async def test_an_unknown_service_is_404_once_authenticated(make_cds: Any) -> No
     cds = await make_cds()
     response = await cds.hook("no-such-service", body("patient-view", "p1"))
     assert response.status_code == 404
+
+
+# --- feedback (§Feedback): validated, checked against the card it names, recorded all-or-nothing ---
+
+NOW = "2026-11-30T10:00:00Z"
+
+
+async def _issued_card(cds: Cds) -> dict[str, Any]:
+    labs = searchset(
+        [
+            {
+                "resourceType": "Observation",
+                "id": "o1",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "effectiveDateTime": "2025-06-01",
+                "valueQuantity": {"value": 8.2, "unit": "%", "code": "%"},
+            }
+        ]
+    )
+    response = await cds.hook(
+        "abnormal-results", body("patient-view", "p1", prefetch={"labs": labs, "vitals": searchset([])})
+    )
+    (card,) = response.json()["cards"]
+    return dict(card)
+
+
+def _recorded(cds: Cds) -> list[dict[str, Any]]:
+    return list(cds.app.state.feedback.entries)
+
+
+async def test_accepted_feedback_for_an_issued_card_and_its_suggestion_is_recorded(make_cds: Any) -> None:
+    cds = await make_cds()
+    card = await _issued_card(cds)
+    suggestion = card["suggestions"][0]["uuid"]
+    item = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": suggestion}],
+        "outcomeTimestamp": NOW,
+    }
+    response = await cds.feedback("abnormal-results", {"feedback": [item]})
+    assert response.status_code == 200 and response.content == b""
+    (entry,) = _recorded(cds)
+    assert entry["card"] == card["uuid"] and entry["outcome"] == "accepted" and entry["matched"] is True
+    assert entry["acceptedSuggestions"] == [suggestion]
+
+
+async def test_overridden_feedback_with_an_offered_reason_is_recorded(make_cds: Any) -> None:
+    cds = await make_cds()
+    card = await _issued_card(cds)
+    reason = card["overrideReasons"][1]
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": reason, "userComment": "Discussed today"},
+        "outcomeTimestamp": NOW,
+    }
+    assert (await cds.feedback("abnormal-results", {"feedback": [item]})).status_code == 200
+    (entry,) = _recorded(cds)
+    assert entry["overrideReason"] == reason["code"] and entry["userComment"] == "Discussed today"
+
+
+async def test_feedback_about_a_card_the_service_does_not_remember_is_recorded_as_unmatched(make_cds: Any) -> None:
+    cds = await make_cds()
+    item = {"card": "d5bf1d2a-unknown", "outcome": "accepted", "outcomeTimestamp": NOW}
+    assert (await cds.feedback("patient-greeting", {"feedback": [item]})).status_code == 200
+    assert _recorded(cds)[0]["matched"] is False
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(
+            lambda c: {"acceptedSuggestions": [{"id": "not-a-suggestion-of-this-card"}]}, id="unknown-suggestion"
+        ),
+        pytest.param(
+            lambda c: {
+                "outcome": "overridden",
+                "overrideReason": {"reason": {"system": c["overrideReasons"][0]["system"], "code": "made-up"}},
+            },
+            id="reason-not-offered",
+        ),
+        pytest.param(
+            lambda c: {
+                "outcome": "overridden",
+                "overrideReason": {"reason": {"code": c["overrideReasons"][0]["code"]}},
+            },
+            id="reason-without-its-system",
+        ),
+    ],
+)
+async def test_feedback_inconsistent_with_the_card_is_refused_and_nothing_recorded(make_cds: Any, change: Any) -> None:
+    cds = await make_cds()
+    card = await _issued_card(cds)
+    good = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": NOW}
+    item = {**good, **change(card)}
+    response = await cds.feedback("abnormal-results", {"feedback": [good, item]})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert _recorded(cds) == []  # all or nothing
+
+
+async def test_feedback_for_a_card_of_another_service_is_refused(make_cds: Any) -> None:
+    cds = await make_cds()
+    card = await _issued_card(cds)
+    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": NOW}
+    response = await cds.feedback("patient-greeting", {"feedback": [item]})
+    assert response.status_code == 400 and "not issued by this service" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({}, id="no-feedback"),
+        pytest.param({"feedback": []}, id="empty-list"),
+        pytest.param({"feedback": {"card": "x"}}, id="not-a-list"),
+        pytest.param({"feedback": [{"outcome": "accepted", "outcomeTimestamp": NOW}]}, id="no-card"),
+        pytest.param({"feedback": [{"card": "x", "outcome": "ignored", "outcomeTimestamp": NOW}]}, id="bad-outcome"),
+        pytest.param({"feedback": [{"card": "x", "outcome": "accepted"}]}, id="no-timestamp"),
+        pytest.param(
+            {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-30T10:00:00"}]},
+            id="timestamp-without-zone",
+        ),
+        pytest.param(
+            {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": NOW, "overrideReason": {}}]},
+            id="accepted-with-an-override-reason",
+        ),
+        pytest.param(
+            {
+                "feedback": [
+                    {
+                        "card": "x",
+                        "outcome": "overridden",
+                        "outcomeTimestamp": NOW,
+                        "acceptedSuggestions": [{"id": "s"}],
+                    }
+                ]
+            },
+            id="overridden-with-accepted-suggestions",
+        ),
+        pytest.param(
+            {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": NOW}] * 101}, id="too-many"
+        ),
+    ],
+)
+async def test_a_malformed_feedback_body_is_a_bad_request(make_cds: Any, payload: Any) -> None:
+    cds = await make_cds()
+    response = await cds.feedback("patient-greeting", payload)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert _recorded(cds) == []
+
+
+async def test_feedback_for_an_unknown_service_is_404(make_cds: Any) -> None:
+    cds = await make_cds()
+    item = {"card": "x", "outcome": "accepted", "outcomeTimestamp": NOW}
+    assert (await cds.feedback("no-such-service", {"feedback": [item]})).status_code == 404
