@@ -41,6 +41,15 @@ EHR = "https://ehr.test"
 SCOPES = "patient/Patient.rs patient/Observation.rs patient/Condition.rs"
 
 
+def migrated(directory: Path) -> str:
+    """A SQLite database migrated to head in `directory` (for module-scoped stacks)."""
+    from mockehr import migrate
+
+    url = f"sqlite:///{directory / 'test.db'}"
+    migrate.upgrade(url)
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

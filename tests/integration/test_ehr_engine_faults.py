@@ -15,8 +15,15 @@ from typing import Any
 import pytest
 
 from ehr.exchange import ServiceResult
-from mockehr import migrate
-from tests.integration.ehr_engine_harness import Doubles, EngineStack, engine_stack, free_port, serve, service
+from tests.integration.ehr_engine_harness import (
+    Doubles,
+    EngineStack,
+    engine_stack,
+    free_port,
+    migrated,
+    serve,
+    service,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +31,6 @@ def doubles() -> Iterator[tuple[Doubles, str]]:
     found = Doubles()
     with serve(found.app()) as port:
         yield found, f"http://127.0.0.1:{port}"
-
-
-def migrated(directory: Path) -> str:
-    url = f"sqlite:///{directory / 'test.db'}"
-    migrate.upgrade(url)
-    return url
 
 
 @pytest.fixture(scope="module")
