@@ -465,6 +465,10 @@ def probe(
         typer.Option("--issuer-port", min=1, max=65535, help="The probe's issuer/JWKS port (overrides base + 5)"),
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.5, max=120, help="Seconds to wait for each response")] = 10.0,
+    services: Annotated[
+        list[str] | None, typer.Option("--service", help="Probe only this discovered service id (repeat)")
+    ] = None,
+    per_endpoint: Annotated[bool, typer.Option("--per-endpoint", help="One table row per endpoint and check")] = False,
     json_out: Json = False,
     html_file: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report here")
@@ -483,7 +487,9 @@ def probe(
             check_outbound_url(url)
         except ValueError as exc:
             raise ConfigError(f"{exc}: CDS Services are served over TLS") from None
-        options = ProbeOptions(url, stack.data_dir, issuer_port or stack.base_port + 5, timeout=timeout)
+        options = ProbeOptions(
+            url, stack.data_dir, issuer_port or stack.base_port + 5, timeout=timeout, only=tuple(services or ())
+        )
         return asyncio.run(run_probe(options))
 
     report = _run(body)
@@ -492,7 +498,7 @@ def probe(
     if json_out:
         out.print_json(json.dumps(as_json(report)))
     else:
-        print_table(out, report)
+        print_table(out, report, per_endpoint=per_endpoint)
         if html_file is not None:
             out.print(f"HTML report: {html_file}", highlight=False)
     if not report.passed:

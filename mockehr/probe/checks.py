@@ -224,7 +224,7 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "alg-none-uppercase",
         'alg "NONE" (case variant)',
-        "As above, upper case.",
+        "Some libraries block only the exact string `none`; an algorithm allow-list blocks every spelling.",
         "RFC 8725 §3.1",
         "reject",
         _alg_none("NONE"),
@@ -294,7 +294,9 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "jku-untrusted-origin",
         "jku to a JWK Set on an origin the service was never told about",
-        "As above, on another HTTPS origin (loopback, served by the probe, which records any fetch).",
+        "A jku is acceptable only if it equals a JWKS URL registered for the issuer; this one is on an "
+        "HTTPS origin the service was never told about (served by the probe on loopback, which records "
+        "any fetch: fetching it is itself a failure, SSRF).",
         f"{CDS_TRUST} (jku); RFC 8725 §3.10",
         "reject",
         _jku_attack(lambda j: j.other_https_origin),

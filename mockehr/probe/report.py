@@ -12,11 +12,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mockehr.probe.checks import ALL_CHECKS
-from mockehr.probe.runner import Report
+from mockehr.probe.judge import Verdict
+from mockehr.probe.runner import Report, Result
 
-_STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
+_STYLE: dict[Verdict, str] = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
 
 
 def score(report: Report) -> dict[str, int]:
@@ -77,23 +79,53 @@ def as_json(report: Report) -> dict[str, Any]:
     }
 
 
-def print_table(console: Console, report: Report) -> None:
-    console.print(f"probe of [bold]{report.target}[/bold] as issuer {report.issuer}", highlight=False)
-    table = Table("endpoint", "check", "verdict", "detail", show_lines=False)
-    previous = ""
-    for r in report.results:
-        if previous and r.endpoint != previous:
-            table.add_section()
-        previous = r.endpoint
-        table.add_row(r.endpoint, r.check.title, f"[{_STYLE[r.verdict]}]{r.verdict}[/]", r.detail)
+def _safe(value: str) -> Text:
+    """Service-controlled text for the terminal: no markup, no escape sequences or control codes."""
+    return Text("".join(ch if ch.isprintable() else "\N{REPLACEMENT CHARACTER}" for ch in value))
+
+
+def _verdict(verdict: Verdict) -> Text:
+    return Text(verdict, style=_STYLE[verdict])
+
+
+def _worst(verdicts: list[Verdict]) -> Verdict:
+    return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+
+
+def print_table(console: Console, report: Report, *, per_endpoint: bool = False) -> None:
+    """The results: one row per check (all endpoints together), or one per endpoint and check."""
+    console.print(Text.assemble("probe of ", _safe(report.target), f" as issuer {report.issuer}"))
+    if per_endpoint:
+        table = Table("endpoint", "check", "verdict", "detail")
+        previous = ""
+        for r in report.results:
+            if previous and r.endpoint != previous:
+                table.add_section()
+            previous = r.endpoint
+            table.add_row(_safe(r.endpoint), Text(r.check.title), _verdict(r.verdict), _safe(r.detail))
+    else:
+        table = Table("check", "what is sent", "verdict", "endpoints", "detail")
+        by_check: dict[str, list[Result]] = {c.id: [] for c in ALL_CHECKS}
+        for r in report.results:
+            by_check.setdefault(r.check.id, []).append(r)
+        for results in by_check.values():
+            if not results:
+                continue
+            worst = _worst([r.verdict for r in results])
+            passed = sum(1 for r in results if r.verdict == "pass")
+            others = [r for r in results if r.verdict != "pass"]
+            detail = "; ".join(f"{r.endpoint}: {r.detail}" for r in others[:2])
+            if len(others) > 2:
+                detail += f" (and {len(others) - 2} more)"
+            check = results[0].check
+            table.add_row(check.id, check.title, _verdict(worst), f"{passed}/{len(results)}", _safe(detail))
     console.print(table)
     for note in report.notes:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        console.print(Text.assemble(("note: ", "yellow"), _safe(note)))
     failed = {r.check.id: r.check for r in report.results if r.verdict == "fail"}
     for check in failed.values():
-        console.print(f"[bold red]{check.id}[/]: {check.explanation} ({check.reference})", highlight=False)
-    style = "bold green" if report.passed else "bold red"
-    console.print(f"[{style}]{summary_line(report)}[/]", highlight=False)
+        console.print(Text.assemble((check.id, "bold red"), f": {check.explanation} ({check.reference})"))
+    console.print(Text(summary_line(report), style="bold green" if report.passed else "bold red"))
 
 
 _CSS = """
@@ -129,6 +161,15 @@ def as_html(report: Report) -> str:
         f'<p class="score {"ok" if ok else "bad"}" id="score">{e(summary_line(report))}</p>',
     ]
     parts.extend(f'<p class="note">{e(note)}</p>' for note in report.notes)
+    not_passed = [r for r in report.results if r.verdict != "pass"]
+    if not_passed:
+        parts.append('<h2>Not passed</h2><ul id="not-passed">')
+        parts.extend(
+            f'<li><span class="v {e(r.verdict)}">{e(r.verdict)}</span> {e(r.endpoint)} · '
+            f'<a href="#{e(r.check.id)}">{e(r.check.title)}</a>: {e(r.detail)}</li>'
+            for r in not_passed
+        )
+        parts.append("</ul>")
     endpoints: dict[str, list[Any]] = {}
     for r in report.results:
         endpoints.setdefault(r.endpoint, []).append(r)

@@ -67,6 +67,7 @@ class ProbeOptions:
     jwks_port: int
     timeout: float = 10.0
     clock: Clock = system_clock
+    only: tuple[str, ...] = ()  # probe only these discovered service ids (all when empty)
 
 
 @dataclass
@@ -234,12 +235,17 @@ async def _probe(
     # Discovery is probed first; its positive control is also how the services are found.
     found = await runner.send(_discovery(discovery_url, discovery_url), f"Bearer {forge.token(discovery_url)}")
     services = _services(found.body) if found.accepted else []
+    if found.accepted and not services:
+        report.notes.append("discovery listed no services: only the discovery endpoint was probed")
+    if options.only:
+        missing = sorted(set(options.only) - {s["id"] for s in services})
+        if found.accepted and missing:
+            report.notes.append(f"discovery does not list {', '.join(missing)}")
+        services = [s for s in services if s["id"] in options.only]
     urls = [f"{discovery_url}/{quote(s['id'], safe='')}" for s in services]
     outcomes.append(
         await runner.endpoint(_discovery(discovery_url, urls[0] if urls else discovery_url + "/probe-unknown-service"))
     )
-    if found.accepted and not services:
-        report.notes.append("discovery listed no services: only the discovery endpoint was probed")
     for index, (service, url) in enumerate(zip(services, urls, strict=True)):
         other = urls[(index + 1) % len(urls)] if len(urls) > 1 else url + "/feedback"
         name = service["id"]

@@ -223,3 +223,12 @@ def test_the_command_refuses_a_plain_http_target(data_dir: Path) -> None:
 
     assert result.exit_code == 2
     assert "CDS Services are served over TLS" in result.output
+
+
+async def test_only_the_named_services_are_probed_and_an_unlisted_name_is_reported(data_dir: Path) -> None:
+    double = Double(data_dir, Weakness())
+    with serve_tls(double.app, data_dir, double.port):
+        report = await probe(ProbeOptions(double.discovery, data_dir, double.jwks_port, only=("not-listed",)))
+
+    assert {r.endpoint for r in report.results} == {"discovery"}
+    assert report.notes == ["discovery does not list not-listed"]

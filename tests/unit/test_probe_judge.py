@@ -132,3 +132,23 @@ def test_every_check_is_named_explained_and_referenced_once() -> None:
     for check in CHECKS:
         assert check.title and check.explanation and check.reference
         assert "RFC" in check.reference or "CDS Hooks" in check.reference
+
+
+def test_the_terminal_table_shows_service_controlled_text_without_markup_or_escape_sequences() -> None:
+    import io
+
+    from rich.console import Console
+
+    from mockehr.probe.report import print_table
+
+    evil = "svc\x1b[2J[bold red]x[/]"
+    report = Report(target="https://cds.test/cds-services", issuer="https://probe.test", jwks_url="j", started_at=0)
+    report.results.append(Result(evil, "service", "u", by_id("alg-none"), "fail", evil))
+    for per_endpoint in (False, True):
+        buffer = io.StringIO()
+        print_table(Console(file=buffer, width=300, color_system=None), report, per_endpoint=per_endpoint)
+        text = buffer.getvalue()
+
+        assert "\x1b" not in text
+        assert "[bold red]x[/]" in text
+        assert "0/1 checks passed, 1 failed, 0 inconclusive" in text
