@@ -105,7 +105,8 @@ def check_bundle(bundle: Any, where: str, *, entry_types: frozenset[str] | None 
         resource = entry.get("resource") if isinstance(entry, dict) else None
         checked = check_resource(resource, f"{where}.entry[{i}].resource")
         if entry_types is not None and checked["resourceType"] not in entry_types:
-            raise ValueError(f"{where}.entry[{i}] is a {checked['resourceType']}, not an order")
+            expected = "an Appointment" if entry_types == APPOINTMENT_TYPES else "an order"
+            raise ValueError(f"{where}.entry[{i}] is a {checked['resourceType']}, not {expected}")
     check_resource({k: v for k, v in bundle.items() if k != "entry"}, where)
     return bundle
 
@@ -120,6 +121,7 @@ def bundle_references(bundle: dict[str, Any]) -> set[str]:
 
 
 ORDER_TYPES = frozenset(ORDER_STATUS)
+APPOINTMENT_TYPES = frozenset({"Appointment"})
 
 
 class HookContext(BaseModel):
@@ -205,7 +207,7 @@ class AppointmentBookContext(HookContext):
 
     @model_validator(mode="after")
     def _check(self) -> AppointmentBookContext:
-        check_bundle(self.appointments, "appointments", entry_types=frozenset({"Appointment"}))
+        check_bundle(self.appointments, "appointments", entry_types=APPOINTMENT_TYPES)
         return self
 
 

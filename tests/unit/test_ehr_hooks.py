@@ -179,7 +179,7 @@ def test_hook_instance_must_be_a_uuid_and_null_optional_fields_are_refused(fixtu
                     "entry": [{"resource": {"resourceType": "Patient", "id": "x"}}],
                 },
             },
-            "context: appointments.entry[0] is a Patient, not an order",
+            "context: appointments.entry[0] is a Patient, not an Appointment",
         ),
         (
             "patient-view",
