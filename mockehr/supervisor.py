@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -69,6 +70,18 @@ def _command(stack: Stack, name: str, processes: int = 1) -> list[str]:
     ]
 
 
+def client_certificate_args(name: str, environ: Mapping[str, str]) -> list[str]:
+    """Mutual TLS for the example CDS Service (MOCKEHR_CDS_CLIENT_CERT_REQUIRED=true): uvicorn then
+    demands a client certificate issued by MOCKEHR_CDS_CLIENT_CA_FILE (default: the stack's CA).
+    The app cannot see the peer certificate, so this is enforced in the handshake."""
+    prefix = spec(name).env_prefix
+    required = environ.get(f"{prefix}CLIENT_CERT_REQUIRED", "").strip().lower() in ("1", "true", "yes", "on")
+    if name != "cds-example" or not required:
+        return []
+    ca = environ.get(f"{prefix}CLIENT_CA_FILE") or environ[f"{prefix}CA_FILE"]
+    return ["--ssl-ca-certs", ca, "--ssl-cert-reqs", str(int(ssl.CERT_REQUIRED))]
+
+
 def start(stack: Stack, names: Iterable[str] | None = None) -> list[Running]:
     logs = stack.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -80,7 +93,7 @@ def start(stack: Stack, names: Iterable[str] | None = None) -> list[Running]:
         log_path = logs / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            _command(stack, name, workers(name, env)),
+            _command(stack, name, workers(name, env)) + client_certificate_args(name, env),
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -94,7 +107,12 @@ def wait_ready(stack: Stack, running: list[Running], timeout: float = 60.0) -> N
     """Poll every service's /readyz over TLS verified against the stack's CA."""
     deadline = time.monotonic() + timeout
     pending = {r.name: r for r in running}
-    with httpx.Client(verify=client_ssl_context(stack.data_dir / "ca.pem"), timeout=2.0, trust_env=False) as client:
+    verify = client_ssl_context(stack.data_dir / "ca.pem")
+    tls = stack.data_dir / "tls"
+    if (tls / "server.pem").exists():
+        # A service requiring mutual TLS (cds-example, when configured) sees the stack's certificate.
+        verify.load_cert_chain(str(tls / "server.pem"), str(tls / "server-key.pem"))
+    with httpx.Client(verify=verify, timeout=2.0, trust_env=False) as client:
         while pending:
             for name, r in list(pending.items()):
                 if r.process.poll() is not None:

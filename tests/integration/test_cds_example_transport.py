@@ -19,7 +19,7 @@ import uvicorn
 from common.clock import FrozenClock
 from common.jose import new_jti, sign_jwt
 from common.keys import SigningKey
-from common.tls import CertPaths, client_ssl_context, issue_certificate
+from common.tls import CertPaths, client_ssl_context, ensure_server_certificate, issue_certificate
 from examples.cds_service.app import create_app as create_cds
 from examples.cds_service.serve import uvicorn_ssl_options
 from examples.cds_service.settings import CdsSettings
@@ -209,3 +209,33 @@ def test_mutual_tls_takes_the_client_ca_and_requires_tls(tmp_path: Path) -> None
     assert "ssl_cert_reqs" not in uvicorn_ssl_options(CdsSettings(data_dir=tmp_path))
     with pytest.raises(ValueError, match="needs tls"):
         CdsSettings(data_dir=tmp_path, client_cert_required=True, tls=False)
+
+
+def _healthz(url: str, ctx: ssl.SSLContext) -> int | None:
+    try:
+        return httpx.get(url, verify=ctx, timeout=2, trust_env=False).status_code
+    except httpx.TransportError:
+        return None
+
+
+def test_mockehr_up_starts_the_service_with_mutual_tls_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mockehr.stack import Stack
+    from mockehr.supervisor import start, stop
+    from tests.e2e.conftest import free_base_port
+
+    ensure_server_certificate(tmp_path)
+    monkeypatch.setenv("MOCKEHR_CDS_CLIENT_CERT_REQUIRED", "true")
+    stack = Stack(data_dir=tmp_path, base_port=free_base_port())
+    running = start(stack, ["cds-example"])
+    try:
+        url = f"{stack.base_url('cds-example')}/healthz"
+        with_cert = _context(tmp_path, CertPaths(tmp_path / "tls" / "server.pem", tmp_path / "tls" / "server-key.pem"))
+        deadline = time.monotonic() + 30
+        while _healthz(url, with_cert) != 200:
+            assert running[0].process.poll() is None and time.monotonic() < deadline, running[0].log_path.read_text()
+            time.sleep(0.1)
+        assert _healthz(url, _context(tmp_path, None)) is None  # refused in the handshake
+    finally:
+        stop(running)
