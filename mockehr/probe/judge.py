@@ -4,10 +4,11 @@ A refusal is a 401 (CDS Hooks 2.0.1 §Security; RFC 6750 §3) or a 403 (a generi
 the CDS Hooks security guidance also allows), with no card. Everything else is judged so a CI step
 can trust a pass:
 
-- 2xx: the service accepted the request: fail.
+- 2xx: the service accepted the request: fail. So is a 412 (the service got past authentication
+  and found it lacked data); a 412 to the positive control counts as accepted.
 - 401/403 with cards in the body: fail (it refused and answered anyway).
 - 429: inconclusive (rate limited: whether the token would have been accepted is unknown).
-- any other status (3xx, 400, 404, 412, 422, 5xx): fail. The request was identical to the accepted
+- any other status (3xx, 400, 404, 422, 5xx): fail. The request was identical to the accepted
   positive control except for its credentials, so the service either evaluated it without
   authenticating the caller first or crashed on the credentials; neither is the bare 401 a CDS
   Client expects.
@@ -37,6 +38,7 @@ _STACK = re.compile(
     r"|\.rb:\d+:in `|goroutine \d+ \[",
 )
 BODY_LIMIT = 4096
+PRECONDITION_FAILED = 412
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,10 @@ class Exchange:
 
     @property
     def accepted(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        """The service authenticated the caller: a 2xx, or a 412 (CDS Hooks 2.0.1 §HTTP Response:
+        the service lacks data it needs, which it can only know after accepting the call). So a
+        service that needs FHIR data the probe cannot lend can still be probed."""
+        return self.status is not None and (200 <= self.status < 300 or self.status == PRECONDITION_FAILED)
 
     @property
     def refused(self) -> bool:
@@ -84,6 +89,8 @@ def judge_refusal(exchange: Exchange) -> tuple[Verdict, str]:
         return "pass", f"refused: HTTP {status}"
     if status == 429:
         return "inconclusive", "HTTP 429: rate limited, so the token was not judged"
+    if status == PRECONDITION_FAILED:
+        return "fail", "HTTP 412: the service accepted the credentials and went on to look for its data"
     if status >= 500:
         return "fail", f"HTTP {status}: the service failed on the credentials instead of refusing them"
     return "fail", f"HTTP {status} instead of 401: the request was processed or refused for another reason"

@@ -88,6 +88,7 @@ class Weakness:
     any_jku: bool = False  # fetches any jku and trusts the keys there
     verbose_errors: bool = False  # 401 bodies with the reason, a stack trace and the token
     lockout_after: int | None = None  # after this many refusals, refuses every request
+    needs_fhir: bool = False  # not a weakness: answers an authenticated call 412 (no FHIR data lent)
 
 
 class Refused(Exception):
@@ -193,6 +194,8 @@ def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: s
         body = await request.json()
         if service_id != SERVICE["id"] or body.get("hook") != SERVICE["hook"]:
             return JSONResponse({"error": "unknown"}, 404)
+        if weakness.needs_fhir:
+            return JSONResponse({"error": "fhirAuthorization required"}, 412)
         return JSONResponse({"cards": [CARD]})
 
     @app.post("/cds-services/{service_id}/feedback")

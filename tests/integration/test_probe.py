@@ -232,3 +232,22 @@ async def test_only_the_named_services_are_probed_and_an_unlisted_name_is_report
 
     assert {r.endpoint for r in report.results} == {"discovery"}
     assert report.notes == ["discovery does not list not-listed"]
+
+
+async def test_a_careful_service_that_answers_412_for_lack_of_fhir_data_still_passes_every_check(
+    data_dir: Path,
+) -> None:
+    report = await Double(data_dir, Weakness(needs_fhir=True)).probe()
+
+    assert verdicts(report) == expected(set())
+
+
+async def test_a_service_that_answers_412_without_authenticating_fails_every_attack_on_its_calls(
+    data_dir: Path,
+) -> None:
+    report = await Double(data_dir, Weakness(verify=False, needs_fhir=True)).probe()
+
+    call = {k[1]: v for k, v in verdicts(report).items() if k[0] == SERVICE["id"]}
+    assert {check for check, verdict in call.items() if verdict == "fail"} == ALL_ATTACKS
+    details = {r.detail for r in report.results if r.endpoint == SERVICE["id"] and r.check.id == "alg-none"}
+    assert details == {"HTTP 412: the service accepted the credentials and went on to look for its data"}

@@ -37,8 +37,9 @@ def test_a_refusal_is_a_401_or_403_without_cards_and_nothing_else(exchange: Exch
     assert judge.judge_refusal(exchange)[0] == verdict
 
 
-def test_an_acceptance_is_any_2xx_and_nothing_else() -> None:
+def test_an_acceptance_is_any_2xx_or_a_412_and_nothing_else() -> None:
     assert judge.judge_acceptance(Exchange(200))[0] == "pass"
+    assert judge.judge_acceptance(Exchange(412))[0] == "pass"  # authenticated, then lacked data
     assert judge.judge_acceptance(Exchange(401))[0] == "fail"
     assert judge.judge_acceptance(Exchange(None, error="ConnectError"))[0] == "fail"
 
