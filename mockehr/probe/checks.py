@@ -305,7 +305,7 @@ CHECKS: tuple[Check, ...] = (
         "jku-http",
         "jku over plain http",
         "A key set fetched without TLS can be swapped in transit; and fetching it is SSRF.",
-        f"{CDS_TRUST} (all endpoints over TLS); RFC 8725 §3.10",
+        "CDS Hooks 2.0.1 §Security (every endpoint over TLS); RFC 8725 §2.9, §3.10",
         "reject",
         _jku_attack(lambda j: j.http_origin),
     ),
@@ -322,7 +322,7 @@ CHECKS: tuple[Check, ...] = (
         "aud of another endpoint of the same service",
         "A token is for the exact URL called; one captured at another endpoint (another service, or "
         "the service call when this is its feedback) must not work here.",
-        f"{CDS_TRUST} (aud: the CDS Service endpoint being invoked); RFC 8725 §3.9",
+        f"{CDS_TRUST} (aud: the CDS Service endpoint being invoked); RFC 8725 §2.7, §3.9",
         "reject",
         lambda f, t: Attack.bearer(f.token(t.other_url)),
     ),
@@ -380,7 +380,7 @@ CHECKS: tuple[Check, ...] = (
         "exp a year ahead",
         "A token valid for a year is a credential anyone who sees it keeps; CDS Client JWTs are "
         "short-lived and a service caps the lifetime it accepts (and must remember jti that long).",
-        f"{CDS_TRUST} (exp); RFC 8725 §3.10; Argonaut CDS Hooks risk assessment R16",
+        f"{CDS_TRUST} (exp); RFC 7523 §3 (exp unreasonably far in the future), adopted by Argonaut risk R16",
         "reject",
         lambda f, t: Attack.bearer(f.token(t.url, exp=_future(365 * 86400)(f))),
     ),
