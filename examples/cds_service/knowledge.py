@@ -143,7 +143,7 @@ def ingredient_names(concept: object) -> set[str]:
     """Leading ingredient names of each component of a drug name ("a 250 MG / b 125 MG" → {a, b})."""
     names: set[str] = set()
     for text in texts(concept):
-        for part in text.split("/"):
+        for part in re.split(r"\s+/\s+", text):  # RxNorm separates ingredients with " / "
             match = _LEADING_NAME.match(part)
             if match and len(match.group(1)) >= 4:
                 names.add(match.group(1).lower())

@@ -73,10 +73,10 @@ class CdsSettings(ServiceSettings):
     def _fhir_servers(cls, values: list[str]) -> list[str]:
         return [_https_url(v, "fhir_servers entry").rstrip("/") for v in values]
 
-    @field_validator("smart_launch_url")
+    @field_validator("smart_launch_url", "ehr_jwks_url")
     @classmethod
-    def _launch_url(cls, value: str) -> str:
-        return _https_url(value, "smart_launch_url")
+    def _https(cls, value: str) -> str:
+        return _https_url(value, "smart_launch_url and ehr_jwks_url")
 
     @model_validator(mode="after")
     def _one_jwks_per_issuer(self) -> CdsSettings:
