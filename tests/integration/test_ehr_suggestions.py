@@ -1,0 +1,219 @@
+"""Acting on cards: a suggestion applied as one FHIR transaction as the user inside the patient's
+compartment, `accepted`/`overridden` feedback with a fresh JWT, forged or repeated decisions
+refused, and systemActions applied only for a service allowed to."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ehr.principal import Principal
+from tests.integration.authharness import claims_of
+from tests.integration.ehrharness import DISCOVERY, CdsDouble, EhrHarness, card, ehr_harness, greeting_service
+
+REASONS = [
+    {"system": "http://example.org/reasons", "code": "patient-declined", "display": "Patient declined"},
+    {"system": "http://example.org/reasons", "code": "not-relevant", "display": "Not relevant"},
+]
+
+
+def _observation(patient: str, text: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": text},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def _suggesting(body: dict[str, Any]) -> Response:
+    """Suggests one Observation for the patient in context, another for the patient named by
+    `extension.other` (a compartment escape), and asks for a systemAction."""
+    patient = body["context"]["patientId"]
+    other = (body.get("extension") or {}).get("other", patient)
+    actions = [{"type": "create", "description": "record", "resource": _observation(patient, "follow-up noted")}]
+    escape = [
+        {"type": "create", "description": "ok", "resource": _observation(patient, "inside")},
+        {"type": "create", "description": "escape", "resource": _observation(other, "outside")},
+    ]
+    return JSONResponse(
+        {
+            "cards": [
+                card(
+                    "card-1",
+                    selectionBehavior="at-most-one",
+                    suggestions=[
+                        {"label": "Record it", "uuid": "sugg-1", "actions": actions},
+                        {"label": "Escape", "uuid": "sugg-escape", "actions": escape},
+                    ],
+                    overrideReasons=REASONS,
+                )
+            ],
+            "systemActions": [
+                {"type": "create", "description": "audit", "resource": _observation(patient, "system action")}
+            ],
+        }
+    )
+
+
+@pytest.fixture
+async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
+    cds = CdsDouble(services=[greeting_service()], answers={"greeting": _suggesting})
+    async with ehr_harness(tmp_path, database_url, cds) as harness:
+        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
+        yield harness
+
+
+async def _fire(h: EhrHarness, practitioner: int = 0) -> str:
+    response = await h.fire(userId=h.fhir.practitioner(practitioner), patientId=h.fhir.patient_of(practitioner))
+    assert response.status_code == 200, response.text
+    assert response.json()["services"][0]["status"] == "ok", response.json()
+    return str(response.json()["hookInstance"])
+
+
+async def _observations(h: EhrHarness, patient: str, text: str) -> list[dict[str, Any]]:
+    bundle = (await h.fhir_read("Observation", subject=f"Patient/{patient}", _count=200)).json()
+    return [e["resource"] for e in bundle.get("entry", []) if e["resource"].get("code", {}).get("text") == text]
+
+
+async def _accept(h: EhrHarness, hook_instance: str, suggestion: str = "sugg-1", **extra: Any) -> Any:
+    body = {
+        "hookInstance": hook_instance,
+        "serviceId": "greeting",
+        "cardUuid": "card-1",
+        "suggestionUuid": suggestion,
+        **extra,
+    }
+    return await h.ehr.post("/api/suggestions/accept", json=body, headers=h.admin)
+
+
+async def test_accepting_a_suggestion_applies_it_as_the_user_and_sends_accepted_feedback(h: EhrHarness) -> None:
+    hook_instance = await _fire(h)
+    response = await _accept(h, hook_instance)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["outcome"] == "accepted" and body["feedback"]["delivered"] is True
+    assert [e["status"][:3] for e in body["transaction"]] == ["201"]
+    (created,) = await _observations(h, h.fhir.patient_of(0), "follow-up noted")
+    assert body["transaction"][0]["location"].startswith(f"Observation/{created['id']}")
+
+    (feedback,) = h.cds.calls("/cds-services/greeting/feedback")
+    claims = claims_of(feedback.headers["authorization"].split()[1])
+    assert claims["aud"] == f"{DISCOVERY}/greeting/feedback"
+    (entry,) = feedback.body["feedback"]
+    assert (entry["card"], entry["outcome"], entry["acceptedSuggestions"]) == ("card-1", "accepted", [{"id": "sugg-1"}])
+    assert entry["outcomeTimestamp"].endswith("Z")
+
+
+async def test_a_card_is_decided_once(h: EhrHarness) -> None:
+    hook_instance = await _fire(h)
+    assert (await _accept(h, hook_instance)).status_code == 200
+    again = await _accept(h, hook_instance)
+    assert again.status_code == 409 and again.json()["error"] == "conflict"
+    override = await h.ehr.post(
+        "/api/feedback",
+        json={"hookInstance": hook_instance, "serviceId": "greeting", "cardUuid": "card-1", "outcome": "overridden"},
+        headers=h.admin,
+    )
+    assert override.status_code == 409
+    assert len(await _observations(h, h.fhir.patient_of(0), "follow-up noted")) == 1
+    assert len(h.cds.calls("/cds-services/greeting/feedback")) == 1
+
+
+async def test_a_forged_card_or_suggestion_is_refused(h: EhrHarness) -> None:
+    hook_instance = await _fire(h)
+    cases = [
+        {"suggestionUuid": "sugg-forged"},
+        {"cardUuid": "card-forged"},
+        {"serviceId": "other-service"},
+        {"hookInstance": "00000000-0000-4000-8000-000000000000"},
+    ]
+    for change in cases:
+        body = {
+            "hookInstance": hook_instance,
+            "serviceId": "greeting",
+            "cardUuid": "card-1",
+            "suggestionUuid": "sugg-1",
+        }
+        response = await h.ehr.post("/api/suggestions/accept", json={**body, **change}, headers=h.admin)
+        assert response.status_code == 404, change
+    assert await _observations(h, h.fhir.patient_of(0), "follow-up noted") == []
+    assert h.cds.calls("/cds-services/greeting/feedback") == []
+
+
+async def test_another_users_exchange_cannot_be_acted_on(h: EhrHarness) -> None:
+    hook_instance = await _fire(h, practitioner=1)
+    intruder = h.fhir.practitioner(0)
+
+    async def resolver(_request: Request) -> Principal:
+        return Principal(user_ref=intruder, is_admin=False, session_token=None)
+
+    h.ehr_app.state.session_resolver = resolver
+    body = {"hookInstance": hook_instance, "serviceId": "greeting", "cardUuid": "card-1", "suggestionUuid": "sugg-1"}
+    assert (await h.ehr.post("/api/suggestions/accept", json=body)).status_code == 404
+    assert (await _accept(h, hook_instance, userId=intruder)).status_code == 404  # admin naming someone else
+    assert await _observations(h, h.fhir.patient_of(1), "follow-up noted") == []
+
+
+async def test_a_suggestion_writing_outside_the_patients_compartment_is_refused_all_or_nothing(
+    h: EhrHarness,
+) -> None:
+    # The service names another patient of the same user: still outside this call's compartment.
+    other = h.fhir.patient_of(0, 1)
+    h.cds.answers["greeting"] = lambda body: _suggesting({**body, "extension": {"other": other}})
+    hook_instance = await _fire(h)
+    response = await _accept(h, hook_instance, suggestion="sugg-escape")
+    assert response.status_code in (403, 502), response.text
+    assert response.json()["message"].startswith("the FHIR server refused the transaction")
+    assert await _observations(h, h.fhir.patient_of(0), "inside") == []  # nothing of the transaction
+    assert await _observations(h, other, "outside") == []
+    assert h.cds.calls("/cds-services/greeting/feedback") == []
+    # The refused decision is not recorded: the user may still choose.
+    assert (await _accept(h, hook_instance)).status_code == 200
+
+
+async def test_overriding_sends_the_offered_reason_and_the_comment(h: EhrHarness) -> None:
+    hook_instance = await _fire(h)
+    base = {"hookInstance": hook_instance, "serviceId": "greeting", "cardUuid": "card-1", "outcome": "overridden"}
+    invented = await h.ehr.post(
+        "/api/feedback",
+        json={**base, "overrideReason": {"system": "http://example.org/reasons", "code": "made-up"}},
+        headers=h.admin,
+    )
+    assert invented.status_code == 400
+    response = await h.ehr.post(
+        "/api/feedback",
+        json={
+            **base,
+            "overrideReason": {"system": "http://example.org/reasons", "code": "patient-declined"},
+            "userComment": "Discussed today",
+        },
+        headers=h.admin,
+    )
+    assert response.status_code == 200, response.text
+    (feedback,) = h.cds.calls("/cds-services/greeting/feedback")
+    (entry,) = feedback.body["feedback"]
+    assert entry["outcome"] == "overridden" and "acceptedSuggestions" not in entry
+    assert entry["overrideReason"] == {"reason": REASONS[0], "userComment": "Discussed today"}
+    accepted = await h.ehr.post("/api/feedback", json={**base, "outcome": "accepted"}, headers=h.admin)
+    assert accepted.status_code == 400  # acceptance goes through /api/suggestions/accept
+
+
+async def test_system_actions_are_applied_only_for_a_service_allowed_to(h: EhrHarness) -> None:
+    patient = h.fhir.patient_of(0)
+    response = await h.fire(userId=h.fhir.practitioner(0), patientId=patient)
+    result = response.json()["services"][0]
+    assert "systemActions" not in result and "systemActionsResult" not in result
+    assert "systemActions ignored: not allowed for this service" in result["notes"]
+    assert await _observations(h, patient, "system action") == []
+    patched = await h.ehr.patch("/api/services/greeting", json={"allowSystemActions": True}, headers=h.admin)
+    assert patched.status_code == 200
+    response = await h.fire(userId=h.fhir.practitioner(0), patientId=patient)
+    assert response.json()["services"][0]["systemActionsResult"]["applied"] is True
+    (created,) = await _observations(h, patient, "system action")
+    assert created["subject"] == {"reference": f"Patient/{patient}"}
