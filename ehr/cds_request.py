@@ -85,14 +85,16 @@ class CdsRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> CdsRequest:
-        try:
-            validate_context(self.hook, self.context)
-        except HookContextError as exc:
-            raise ValueError(exc.reason) from None
+        options = info.context or {}
+        if not options.get("context_checked"):
+            try:
+                validate_context(self.hook, self.context)
+            except HookContextError as exc:
+                raise ValueError(exc.reason) from None
         if self.fhirAuthorization is not None:
             if self.fhirServer is None:
                 raise ValueError("fhirServer is required when fhirAuthorization is sent")
-            outbound = bool(info.context and info.context.get("outbound"))
+            outbound = bool(options.get("outbound"))
             if outbound and urlsplit(self.fhirServer).scheme != "https":
                 raise ValueError("fhirServer must be https when fhirAuthorization is sent")
         return self
@@ -104,10 +106,14 @@ class CdsRequestError(ValueError):
         self.reason = reason
 
 
-def parse_request(data: Any, *, outbound: bool = False) -> CdsRequest:
-    """Validate a CDS Hooks request body; CdsRequestError names the first rule it breaks."""
+def parse_request(data: Any, *, outbound: bool = False, context_checked: bool = False) -> CdsRequest:
+    """Validate a CDS Hooks request body; CdsRequestError names the first rule it breaks.
+
+    `context_checked`: the caller already validated `context` with ehr.hooks.validate_context
+    (the engine does, once per hook call), so it is not validated again per service.
+    """
     try:
-        return CdsRequest.model_validate(data, context={"outbound": outbound})
+        return CdsRequest.model_validate(data, context={"outbound": outbound, "context_checked": context_checked})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

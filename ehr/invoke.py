@@ -310,7 +310,7 @@ class CdsEngine:
             body["context"] = context
             result.notes.append("no user in this hook call: sent without fhirAuthorization or prefetch")
         try:
-            parse_request(body, outbound=True)
+            parse_request(body, outbound=True, context_checked=True)
         except CdsRequestError as exc:
             raise ServiceFault(f"the EHR refused to send an invalid request: {exc.reason}") from None
         result.request = redact(body)
