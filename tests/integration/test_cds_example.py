@@ -323,3 +323,32 @@ async def test_a_rotated_in_key_is_picked_up_by_refetching_on_its_unknown_kid(cd
 async def test_an_unauthenticated_caller_cannot_tell_services_or_bodies_apart(cds: Harness) -> None:
     for url, body in ((f"{CDS}/cds-services/no-such-service", HOOK_BODY), (SERVICE, {"not": "a hook call"})):
         _assert_bare_401(await cds.call(None, url=url, body=body))
+
+
+async def test_with_redis_a_token_used_at_one_replica_is_refused_at_another(tmp_path: Path) -> None:
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    from tests.integration.test_replay_redis import REDIS_URL
+
+    probe = Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        await probe.ping()
+    except (RedisError, OSError):
+        pytest.skip(f"Redis not reachable at {REDIS_URL}")
+    finally:
+        await probe.aclose()
+    clock = FrozenClock(time.time())
+    key = _key("ehr-1")
+    fetches: list[str] = []
+    async with httpx.AsyncClient(transport=recording_transport({JWKS_URL: lambda: _jwks(key)}, fetches)) as outbound:
+        settings = cds_settings(tmp_path, redis_url=REDIS_URL)
+        replica_a = create_cds(settings, clock=clock, http_client=outbound)
+        replica_b = create_cds(settings, clock=clock, http_client=outbound)
+        async with serving(replica_a, CDS) as a, serving(replica_b, CDS) as b:
+            now = int(clock())
+            claims = {"iss": EHR, "aud": SERVICE, "iat": now, "exp": now + 300, "jti": new_jti()}
+            token = sign_jwt(claims, key, typ="JWT")
+            headers = {"Authorization": f"Bearer {token}"}
+            assert (await a.post("/cds-services/patient-greeting", json=HOOK_BODY, headers=headers)).status_code == 200
+            _assert_bare_401(await b.post("/cds-services/patient-greeting", json=HOOK_BODY, headers=headers))
