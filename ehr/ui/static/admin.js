@@ -20,12 +20,13 @@
 
   function render(service) {
     const id = service.id || service.serviceId;
-    const announced = service.announcedPrefetch || service.prefetch || {};
-    const approved = new Set(Object.keys(service.approvedPrefetch || {}).concat(
-      Array.isArray(service.approvedPrefetch) ? service.approvedPrefetch : []));
+    const announced = service.announcedPrefetch || {};
+    const approvedRaw = service.approvedPrefetch || {};
+    const approved = new Set(Array.isArray(approvedRaw) ? approvedRaw : Object.keys(approvedRaw));
     const enabled = service.enabled !== false;
     const node = el("section", { class: "block service", dataset: { service: id } },
       el("h2", {}, `${id} (${service.hook || ""})`),
+      el("p", {}, `OAuth client: ${service.clientId || ""}`),
       el("p", { class: "muted" }, service.url || service.discoveryUrl || ""),
       el("p", {}, service.title || service.description || ""));
     const form = el("form", { class: "approve" });
@@ -43,7 +44,7 @@
       const prefetch = [...form.querySelectorAll("input[name=prefetch]:checked")].map((i) => i.value);
       try {
         await api("PATCH", `/api/services/${encodeURIComponent(id)}`, {
-          approvedPrefetch: prefetch, scope: scopes.value.trim().split(/\s+/).filter(Boolean),
+          prefetch, scope: scopes.value.trim().split(/\s+/).filter(Boolean),
         });
         status.textContent = `${id}: approvals saved`;
         await load();
@@ -74,7 +75,8 @@
     const url = document.getElementById("discovery-url").value.trim();
     status.textContent = "Discovering…";
     try {
-      const result = await api("POST", "/api/services", { discoveryUrl: url });
+      const approveAll = document.getElementById("approve-all").checked;
+      const result = await api("POST", "/api/services", { discoveryUrl: url, approveAllPrefetch: approveAll });
       status.textContent = `Registered: ${list(result).map((s) => s.id || s.serviceId).join(", ")}`;
       await load();
     } catch (error) { status.textContent = `Discovery failed: ${error.message}`; }

@@ -98,7 +98,7 @@
     button.disabled = true;
     try {
       await api("POST", "/api/suggestions/accept", {
-        hookInstance, serviceId, cardUuid: card.uuid, suggestionUuid: suggestion.uuid,
+        hookInstance, serviceId, cardUuid: card.uuid, suggestionUuid: suggestion.uuid, userId: userRef,
       });
       setStatus(node, `Accepted: ${suggestion.label || "suggestion"}`);
       node.classList.add("accepted");
@@ -148,7 +148,7 @@
     document.getElementById("dismiss-comment").value = "";
     dialog.onclose = async () => {
       if (dialog.returnValue !== "ok") return;
-      const body = { hookInstance, serviceId, cardUuid: card.uuid, outcome: "overridden" };
+      const body = { hookInstance, serviceId, cardUuid: card.uuid, outcome: "overridden", userId: userRef };
       if (select.value !== "") {
         const chosen = card.overrideReasons[Number(select.value)];
         body.overrideReason = { code: chosen.code, system: chosen.system, display: chosen.display };

@@ -1,0 +1,318 @@
+"""The EHR UI in a real browser against the whole stack (`mockehr up`, real TLS): Debian's
+Chromium through Playwright's `executable_path` (no browser is ever downloaded).
+
+The browser trusts exactly the stack's server certificate (`--ignore-certificate-errors-spki-list`
+with its public key's hash), not every certificate. The example CDS Service is registered at the
+EHR through the API with the admin token, as an administrator would. Screenshots go to
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from tests.e2e.conftest import UpProcess, free_base_port, start_up
+from tests.integration.probeharness import free_port, serve_tls
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT = 30_000  # ms, for the first page of a cold stack on a busy machine
+
+
+@dataclass(frozen=True)
+class User:
+    login: str
+    password: str
+    fhir_user: str
+    patients: tuple[str, ...]
+
+
+@dataclass
+class Stack:
+    up: UpProcess
+
+    @property
+    def ehr(self) -> str:
+        return f"https://localhost:{self.up.base_port}"
+
+    @property
+    def smart_app(self) -> str:
+        return f"https://localhost:{self.up.base_port + 4}"
+
+    @property
+    def users(self) -> list[User]:
+        data: dict[str, Any] = json.loads((self.up.data_dir / "demo-users.json").read_text())
+        return [User(k, v["password"], v["fhirUser"], tuple(v["patients"])) for k, v in data.items()]
+
+    def admin(self) -> httpx.Client:
+        token = (self.up.data_dir / "admin-token").read_text().strip()
+        tls = ssl.create_default_context(cafile=str(self.up.data_dir / "ca.pem"))
+        return httpx.Client(base_url=self.ehr, verify=tls, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def spki_hash(data_dir: Path) -> str:
+    cert = x509.load_pem_x509_certificate((data_dir / "tls" / "server.pem").read_bytes())
+    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    data_dir = tmp_path_factory.mktemp("browser") / ".mockehr"
+    up = start_up(data_dir, free_base_port(), "--patients", "6")
+    try:
+        up.wait_for("Ctrl-C stops every service.")
+        found = Stack(up)
+        with found.admin() as admin:
+            added = admin.post(
+                "/api/services",
+                json={"discoveryUrl": f"https://localhost:{up.base_port + 3}/cds-services", "approveAllPrefetch": True},
+            )
+            assert added.status_code == 201, added.text
+        yield found
+    finally:
+        up.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(stack: Stack) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[*ARGS, f"--ignore-certificate-errors-spki-list={spki_hash(stack.up.data_dir)}"],
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@contextmanager
+def signed_in(browser: Any, stack: Stack, user: User) -> Iterator[Any]:
+    """A fresh browser profile, signed in to the EHR as `user` through the authserver's page."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(TIMEOUT)
+    try:
+        page = context.new_page()
+        page.goto(stack.ehr + "/")
+        page.click("#sign-in")
+        page.fill("input[name=username]", user.login)
+        page.fill("input[name=password]", user.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(stack.ehr + "/patients")
+        yield page
+    finally:
+        context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ehr-{name}.png"), full_page=True)
+
+
+def test_a_clinician_signs_in_sees_cards_accepts_a_suggestion_and_the_chart_shows_the_order(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[0]
+    with signed_in(browser, stack, user) as page:
+        listed = {a.get_attribute("data-patient") for a in page.locator("#patients a[data-patient]").all()}
+        assert set(user.patients) <= listed
+        patient = user.patients[0]
+        page.click(f"a[data-patient='{patient}']")
+        page.wait_for_url(f"{stack.ehr}/patients/{patient}")
+        page.wait_for_selector(".hook-result[data-hook='patient-view'] .card")
+        # Grouped by indicator, the most urgent group first.
+        groups = [g.get_attribute("data-indicator") for g in page.locator(".indicator-group").all()]
+        order = ["critical", "warning", "info"]
+        assert groups == sorted(groups, key=order.index) and groups
+        card = page.locator(".card", has=page.locator("button.accept")).first
+        label = card.locator("button.accept").first.inner_text().removeprefix("Accept: Order: ")
+        before = page.locator("#orders").inner_text()
+        assert label not in before
+        shot(page, "chart-cards")
+
+        card.locator("button.accept").first.click()
+        page.wait_for_selector(".card.accepted")
+        assert "Accepted" in card.locator(".card-status").inner_text()
+        page.wait_for_function(
+            "label => document.querySelector('#orders').innerText.includes(label)", arg=label, timeout=TIMEOUT
+        )
+        shot(page, "chart-accepted")
+        # It is really in the FHIR server: a fresh page load shows it too.
+        page.reload()
+        assert label in page.locator("#orders").inner_text()
+
+
+def test_a_smart_link_on_a_card_launches_the_app_with_the_patient_and_the_app_context(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[0]
+    with signed_in(browser, stack, user) as page:
+        patient = user.patients[0]
+        page.goto(f"{stack.ehr}/patients/{patient}")
+        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        active = page.locator("#medications").inner_text()
+        assert "metformin" in active  # the seed's diabetic patient: a duplicate draft gives a card
+        page.select_option("#order-kind", "medication")
+        page.select_option("#order-item", label="24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet")
+        page.click("#order-sign")
+        link = page.locator(".hook-result[data-hook='order-sign'] button.smart-link").first
+        link.wait_for()
+        shot(page, "order-sign")
+        with page.context.expect_page() as opened:
+            link.click()
+        app = opened.value
+        app.wait_for_selector("#patient-id, #error")
+        assert app.url.startswith(stack.smart_app + "/callback?")
+        assert app.locator("#patient-id").inner_text() == patient
+        assert app.locator("#fhir-user").inner_text().endswith(user.fhir_user)
+        app_context = json.loads(app.locator("#app-context").inner_text())
+        assert app_context["patient"] == patient and app_context["issue"] == "duplicate-therapy"
+        assert app_context["draftOrder"].startswith("MedicationRequest/draft-")
+        shot(app, "smart-app")
+
+
+def test_editing_the_url_to_another_users_patient_shows_nothing_of_that_patient(stack: Stack, browser: Any) -> None:
+    me, other = stack.users[0], stack.users[1]
+    # Not the first patient of the other panel: that one has a care team, with a third practitioner.
+    foreign = other.patients[1]
+    with signed_in(browser, stack, other) as theirs:
+        theirs.goto(f"{stack.ehr}/patients/{foreign}")
+        name = theirs.locator("#patient-name").inner_text()
+        birth = theirs.locator("#patient-birth").inner_text()
+    assert name and birth
+    with signed_in(browser, stack, me) as page:
+        assert foreign not in page.content() and name not in page.content()
+        for path in (f"/patients/{foreign}", f"/patients/{foreign}/sections"):
+            response = page.goto(stack.ehr + path)
+            assert response is not None and response.status == 404
+            html = page.content()
+            assert name not in html and birth not in html
+            assert page.locator("#chart, #sections, .card").count() == 0
+        shot(page, "foreign-patient")
+        # Nor can a launch be registered for that patient from this session.
+        answer = page.evaluate(
+            """async ([url, patientId]) => {
+                const csrf = document.querySelector('meta[name=csrf-token]').content;
+                const r = await fetch('/ui/launch', {method: 'POST', headers: {'Content-Type': 'application/json',
+                    'X-CSRF-Token': csrf}, body: JSON.stringify({url, patientId})});
+                return r.status; }""",
+            [stack.smart_app + "/launch", foreign],
+        )
+        assert answer == 404
+
+
+def evil_service() -> FastAPI:
+    """A CDS Service double whose cards try every way of getting script into the EHR's page."""
+    payload = "window.__pwned = (window.__pwned || 0) + 1; alert('pwned')"
+    app = FastAPI()
+
+    @app.get("/cds-services")
+    async def discovery() -> JSONResponse:
+        return JSONResponse({"services": [{"id": "evil", "hook": "patient-view", "description": "hostile cards"}]})
+
+    @app.post("/cds-services/evil")
+    async def call() -> JSONResponse:
+        detail = "\n\n".join(
+            [
+                "Looks **harmless**.",
+                f"<script>{payload}</script>",
+                f'<img src="x" onerror="{payload}">',
+                f'<svg onload="{payload}"></svg>',
+                f'<iframe src="javascript:{payload}"></iframe>',
+                f"[click me](javascript:{payload})",
+                f'<a href="javascript:{payload}">raw link</a>',
+                f'![img](https://localhost/x.png" onerror="{payload})',
+            ]
+        )
+        card = {
+            "uuid": "c0ffee00-0000-4000-8000-000000000001",
+            "summary": f'<img src=x onerror="{payload}">evil',
+            "detail": detail,
+            "indicator": "warning",
+            "source": {"label": f'<b onmouseover="{payload}">Evil Inc</b>'},
+            "suggestions": [{"label": f"<script>{payload}</script>", "uuid": "c0ffee00-0000-4000-8000-000000000002"}],
+            "selectionBehavior": "at-most-one",
+            "overrideReasons": [{"code": "x", "display": f'<img src=x onerror="{payload}">'}],
+        }
+        # A card whose link is a javascript: URL (the EHR drops the link or the card; never runs it).
+        link_card = {
+            "uuid": "c0ffee00-0000-4000-8000-000000000003",
+            "summary": "a link",
+            "indicator": "info",
+            "source": {"label": "Evil Inc"},
+            "links": [{"label": "run", "url": f"javascript:{payload}", "type": "absolute"}],
+        }
+        return JSONResponse({"cards": [card, link_card]})
+
+    @app.post("/cds-services/evil/feedback")
+    async def feedback() -> JSONResponse:
+        return JSONResponse({})
+
+    return app
+
+
+def test_a_card_with_malicious_markup_runs_no_script(stack: Stack, browser: Any) -> None:
+    port = free_port()
+    with serve_tls(evil_service(), stack.up.data_dir, port) as base, stack.admin() as admin:
+        added = admin.post(
+            "/api/services", json={"discoveryUrl": f"{base}/cds-services", "scope": ["patient/Patient.rs"]}
+        )
+        assert added.status_code == 201, added.text
+        try:
+            user = stack.users[0]
+            with signed_in(browser, stack, user) as page:
+                dialogs: list[str] = []
+                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+                page.goto(f"{stack.ehr}/patients/{user.patients[0]}")
+                page.wait_for_selector(".hook-result[data-hook='patient-view']")
+                card = page.locator(".card[data-uuid='c0ffee00-0000-4000-8000-000000000001']")
+                card.wait_for()
+                card.hover()
+                card.locator(".source").hover()
+                card.locator("button.dismiss").click()  # the override reasons go into the dialog too
+                page.locator("#dismiss-cancel").click()
+                page.wait_for_timeout(500)  # give a planted handler every chance to run
+                shot(page, "malicious-card")
+
+                assert page.evaluate("window.__pwned") is None
+                assert dialogs == []
+                # The markup arrived as text where text belongs, and as no element anywhere.
+                assert "<img src=x" in card.locator(".summary").inner_text()
+                assert card.locator("script, img, svg, iframe, [onerror], [onload], [onmouseover]").count() == 0
+                evil_cards = page.locator(".card[data-service='evil']")
+                hrefs = [a.get_attribute("href") or "" for a in evil_cards.locator("a").all()]
+                assert all(h.startswith("https://") for h in hrefs), hrefs
+        finally:
+            for service in added.json().get("services", []):
+                admin.post(f"/api/services/{service['id']}/disable")
