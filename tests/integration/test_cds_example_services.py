@@ -414,6 +414,24 @@ async def test_a_trailing_slash_on_an_allowed_fhir_server_is_the_same_server(mak
     assert [r.url.path for r in cds.called("fhir.test")] == [f"/fhir/Patient/{patient}"]
 
 
+async def test_a_prefetch_error_is_fetched_again_but_a_null_read_is_final(make_cds: Any, fhir: FhirHarness) -> None:
+    cds = await make_cds(fhir)
+    patient = fhir.patient_of(0)
+    token = await fhir.token(SCOPE, patient=patient, user=fhir.practitioner(0), client_id="cds-example", act="ehr")
+    auth = {"access_token": token, "token_type": "Bearer", "expires_in": 300, "scope": SCOPE, "subject": "cds-example"}
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    request = body("patient-view", patient, fhirServer=FHIR, fhirAuthorization=auth, prefetch={"patient": outcome})
+    response = await cds.hook("patient-greeting", request)
+    seeded = next(e["resource"] for e in fhir.data.bundle["entry"] if e["resource"]["id"] == patient)
+    assert response.status_code == 200
+    assert response.json()["cards"][0]["summary"].startswith(f"Now seeing: {seeded['name'][0]['text']}, ")
+    assert [r.url.path for r in cds.called("fhir.test")] == [f"/fhir/Patient/{patient}"]
+    # §Prefetch: null means the client's read found nothing; asking again would not help.
+    request = body("patient-view", patient, fhirServer=FHIR, fhirAuthorization=auth, prefetch={"patient": None})
+    assert (await cds.hook("patient-greeting", request)).status_code == 412
+    assert len(cds.called("fhir.test")) == 1
+
+
 @pytest.mark.parametrize(
     ("context", "extra"),
     [
