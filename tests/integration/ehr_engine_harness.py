@@ -158,6 +158,8 @@ class Doubles:
                 yield b'"}'
 
             return StreamingResponse(flood(), media_type="application/json")
+        if name == "oversized-declared":
+            return Response(b'{"cards": []}' + b" " * (2 * 1024 * 1024), media_type="application/json")
         if name == "redirect":
             return RedirectResponse("/cds-services/redirect-target", status_code=307)
         if name == "redirect-target":

@@ -69,6 +69,7 @@ FAULTS: list[tuple[str, dict[str, Any], str, int | None]] = [
     ("invalid-json", {}, "invalid JSON in the response", 200),
     ("wrong-type", {}, "wrong content type (text/html; charset=utf-8); expected application/json", 200),
     ("oversized", {}, "response larger than 1048576 bytes", 200),
+    ("oversized-declared", {}, "response larger than 1048576 bytes", 200),
     ("redirect", {}, "service answered a redirect (307); not followed", 307),
     ("precondition", {}, "service lacks data it needs (412)", 412),
 ]
