@@ -32,10 +32,12 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
 ca_app = typer.Typer(no_args_is_help=True, help="The development certificate authority.")
 clients_app = typer.Typer(no_args_is_help=True, help="OAuth clients registered at the authorization server.")
+services_app = typer.Typer(no_args_is_help=True, help="CDS Services the running EHR calls (its allow-list).")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ca_app, name="ca")
 app.add_typer(clients_app, name="clients")
+app.add_typer(services_app, name="services")
 
 out = Console()
 err = Console(stderr=True)
@@ -163,6 +165,7 @@ def up(
     signal.signal(signal.SIGINT, on_signal)
     try:
         _run(lambda: supervisor.wait_ready(stack, running))
+        _register_example_service(stack)
         print_summary(out, stack, report.users, time.monotonic() - started)
         while True:
             for r in running:
@@ -175,6 +178,16 @@ def up(
     finally:
         supervisor.stop(running)
     out.print("stopped")
+
+
+def _register_example_service(stack: Stack) -> None:
+    """Allow-list the example CDS Service at the running EHR; a failure is a warning, not fatal."""
+    from mockehr.cds import register_example_service
+
+    try:
+        out.print(register_example_service(stack), highlight=False)
+    except MockEhrError as exc:
+        err.print(f"[yellow]warning:[/yellow] the example CDS Service was not registered: {exc}", highlight=False)
 
 
 # --- db, seed, load ----------------------------------------------------------------------------
@@ -502,6 +515,139 @@ def probe(
         if html_file is not None:
             out.print(f"HTML report: {html_file}", highlight=False)
     if not report.passed:
+        raise typer.Exit(1)
+
+
+# --- services, hook (the running EHR's admin API; bodies in mockehr/cds.py) -----------------------
+
+
+@services_app.command("add")
+def services_add(
+    discovery_url: Annotated[
+        str, typer.Argument(help="The CDS Service's discovery URL, e.g. https://host/cds-services")
+    ],
+    approve_all_prefetch: Annotated[
+        bool, typer.Option("--approve-all-prefetch", help="Approve every announced prefetch template that is allowed")
+    ] = False,
+    prefetch: Annotated[list[str] | None, typer.Option("--prefetch", help="Approve this prefetch key (repeat)")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help="An approved scope (repeat; default: read scopes of the approved prefetch)"),
+    ] = None,
+    client_id: Annotated[
+        str | None, typer.Option("--client-id", help="The service's client at the authorization server")
+    ] = None,
+    hook: Annotated[list[str] | None, typer.Option("--hook", help="Approve only this hook (repeat)")] = None,
+    deadline: Annotated[float, typer.Option("--deadline", help="Seconds the service has to answer")] = 5.0,
+    allow_system_actions: Annotated[
+        bool, typer.Option("--allow-system-actions", help="Apply the service's systemActions (as the user)")
+    ] = False,
+    allow_http_loopback: Annotated[
+        bool, typer.Option("--allow-http-loopback", help="Allow plain http, to a loopback host only")
+    ] = False,
+    client_cert: Annotated[
+        Path | None, typer.Option("--client-cert", help="Mutual TLS: the certificate the EHR presents")
+    ] = None,
+    client_key: Annotated[Path | None, typer.Option("--client-key", help="Mutual TLS: its private key")] = None,
+    base_port: BasePort = None,
+    data_dir: DataDir = None,
+    json_out: Json = False,
+) -> None:
+    """Discover a CDS Service and allow-list it with what you approve (non-interactive)."""
+    from mockehr.cds import EhrApi, add_body, print_registration
+
+    def body() -> Any:
+        payload = add_body(
+            discovery_url,
+            approve_all_prefetch=approve_all_prefetch,
+            prefetch=prefetch or [],
+            scope=scope or [],
+            client_id=client_id,
+            hooks=hook or [],
+            deadline=deadline,
+            allow_system_actions=allow_system_actions,
+            allow_http_loopback=allow_http_loopback,
+            client_cert=client_cert,
+            client_key=client_key,
+        )
+        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+            return api.call("POST", "/api/services", payload)
+
+    registration = _run(body)
+    if json_out:
+        out.print_json(json.dumps(registration))
+    else:
+        print_registration(out, registration)
+
+
+@services_app.command("list")
+def services_list(data_dir: DataDir = None, base_port: BasePort = None, json_out: Json = False) -> None:
+    """List the registered CDS Services and what was approved for each."""
+    from mockehr.cds import EhrApi, print_services
+
+    def body() -> Any:
+        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+            return api.call("GET", "/api/services")["services"]
+
+    services = _run(body)
+    if json_out:
+        out.print_json(json.dumps(services))
+    else:
+        print_services(out, services)
+
+
+@services_app.command("disable")
+def services_disable(service_id: str, data_dir: DataDir = None, base_port: BasePort = None) -> None:
+    """Take a CDS Service off the allow-list: the EHR never calls it again (its log is kept)."""
+    from urllib.parse import quote
+
+    from mockehr.cds import EhrApi
+
+    def body() -> Any:
+        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+            return api.call("POST", f"/api/services/{quote(service_id, safe='')}/disable")
+
+    _run(body)
+    out.print(f"disabled {service_id}")
+
+
+@app.command("hook")
+def hook_command(
+    hook: Annotated[str, typer.Argument(help="patient-view, order-select, order-sign, order-dispatch, …")],
+    user: Annotated[str, typer.Option("--user", help="The user, e.g. Practitioner/<id>")],
+    patient: Annotated[str, typer.Option("--patient", help="The patient's id")],
+    encounter: Annotated[str | None, typer.Option("--encounter", help="The encounter's id")] = None,
+    service: Annotated[list[str] | None, typer.Option("--service", help="Call only this service (repeat)")] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="Extra context as a JSON object (e.g. draftOrders)")
+    ] = None,
+    show_request: Annotated[
+        bool, typer.Option("--show-request", help="Also print each request as sent (secrets redacted)")
+    ] = False,
+    data_dir: DataDir = None,
+    base_port: BasePort = None,
+    json_out: Json = False,
+) -> None:
+    """Fire a hook at the running EHR and print the cards; exit 1 if a service failed."""
+    from urllib.parse import quote
+
+    from mockehr.cds import EhrApi, hook_body, print_hook_result
+
+    def body() -> tuple[Any, Any]:
+        payload = hook_body(user, patient, encounter, service or [], context)
+        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+            result = api.call("POST", f"/api/hooks/{quote(hook, safe='')}", payload)
+            exchange = None
+            if show_request and result["services"]:
+                exchange = api.call("GET", f"/api/exchanges/{quote(result['hookInstance'], safe='')}")
+            return result, exchange
+
+    result, exchange = _run(body)
+    if json_out:
+        out.print_json(json.dumps({**result, "exchange": exchange} if exchange is not None else result))
+    else:
+        print_hook_result(out, result, exchange)
+    if any(s["status"] != "ok" for s in result["services"]):
         raise typer.Exit(1)
 
 
