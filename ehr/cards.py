@@ -5,7 +5,8 @@ strictly and sanitized before anything reaches a clinician.
   optional array of Actions.
 - Each card is validated on its own: an invalid card is dropped with a recorded reason, the
   others are kept. Rules: `summary` < 140 characters, `indicator` info|warning|critical,
-  `source.label` required, `uuid` (if any) a string, `suggestions` need `selectionBehavior`
+  `source.label` required, `uuid` (if any) a string unique in the response (feedback names a
+  card by it: a repeat is dropped), `suggestions` need `selectionBehavior`
   at-most-one|any — an unknown value makes the card an error (dropped). A card with suggestions
   but no `selectionBehavior` (the spec says it MUST be given; some services omit it) is kept and
   treated as `at-most-one`, the restrictive choice, with a note.
@@ -193,14 +194,23 @@ class CardValidator:
         if not isinstance(cards, list):
             raise ResponseError("the response has no cards array")
         result = ValidatedResponse()
+        uuids: dict[str, int] = {}
         for index, raw in enumerate(cards):
             if len(result.cards) >= self._max_cards:
                 result.dropped.append(DroppedCard(index, f"more than {self._max_cards} cards"))
                 continue
             try:
-                result.cards.append(self._card(raw, index, smart_urls, result.notes))
+                card = self._card(raw, index, smart_urls, result.notes)
             except ValidationError as exc:
                 result.dropped.append(DroppedCard(index, _reason(exc)))
+                continue
+            # Feedback names a card by its uuid: two cards with one uuid would be confused.
+            if "uuid" in card and card["uuid"] in uuids:
+                result.dropped.append(DroppedCard(index, f"uuid repeats card {uuids[card['uuid']]}"))
+                continue
+            if "uuid" in card:
+                uuids[card["uuid"]] = index
+            result.cards.append(card)
         actions = body.get("systemActions")
         if actions is not None:
             if not isinstance(actions, list):

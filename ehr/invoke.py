@@ -271,6 +271,12 @@ class CdsEngine:
             url = check_outbound_url(service.url, allow_loopback_http=service.allow_http_loopback)
         except ValueError as exc:
             raise ServiceFault(f"service URL refused: {exc}") from None
+        # fhirServer must be https whenever a token goes with it (2.0 §HTTP Request); checked
+        # before a token exists. Plain http only for a loopback FHIR server of a TLS-off dev stack.
+        try:
+            check_outbound_url(self.settings.fhir_base_url, allow_loopback_http=not self.settings.tls)
+        except ValueError:
+            raise ServiceFault("the EHR's FHIR base URL is not https: no token is sent over it") from None
         body: dict[str, Any] = {
             "hook": call.hook,
             "hookInstance": call.hook_instance,
@@ -310,7 +316,7 @@ class CdsEngine:
             body["context"] = context
             result.notes.append("no user in this hook call: sent without fhirAuthorization or prefetch")
         try:
-            parse_request(body, outbound=True, context_checked=True)
+            parse_request(body, outbound=self.settings.tls, context_checked=True)
         except CdsRequestError as exc:
             raise ServiceFault(f"the EHR refused to send an invalid request: {exc.reason}") from None
         result.request = redact(body)

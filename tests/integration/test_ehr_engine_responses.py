@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ehr.exchange import HookCall
+from ehr.invoke import CdsEngine
 from tests.integration.ehr_engine_harness import Doubles, EngineStack, card_for, engine_stack, migrated, serve, service
 
 SMART = "https://localhost:9004/launch"
@@ -250,3 +252,26 @@ async def test_a_malformed_call_is_refused_before_any_service_is_called(
         with pytest.raises(HookContextError):
             await stack.engine.run_hook(call, [service(base, "ok-a", hook=call.hook)])
     assert found.received == []
+
+
+async def test_no_token_is_asked_for_when_the_fhir_base_would_carry_it_over_plain_http(
+    stack: EngineStack, doubles: tuple[Doubles, str]
+) -> None:
+    found, base = doubles
+    asked: list[str] = []
+
+    def authserver(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        return httpx.Response(500)
+
+    settings = stack.settings.model_copy(update={"fhir_base_url": "http://fhir.example.org/fhir"})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(authserver)) as http:
+        engine = CdsEngine(settings, http=http, keys=stack.keys, clock=stack.clock)
+        try:
+            user, mine = stack.fhir.practitioner(0), stack.fhir.patient_of(0)
+            outcome = await engine.run_hook(stack.call(user, mine), [service(base, "ok-a")])
+        finally:
+            await engine.aclose()
+    assert outcome.results[0].status == "error"
+    assert outcome.results[0].reason == "the EHR's FHIR base URL is not https: no token is sent over it"
+    assert asked == [] and found.received == []

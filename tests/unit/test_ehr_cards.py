@@ -299,3 +299,9 @@ def test_unknown_members_are_not_echoed() -> None:
     result = validator().validate({"cards": [card(onclick="alert(1)", extension={"x": 1})]})
     assert "onclick" not in result.cards[0]
     assert result.cards[0]["extension"] == {"x": 1}
+
+
+def test_a_card_repeating_an_earlier_cards_uuid_is_dropped() -> None:
+    result = validator().validate({"cards": [card(uuid="u1"), card(uuid="u1", summary="other"), card(uuid="u2")]})
+    assert [c["uuid"] for c in result.cards] == ["u1", "u2"]
+    assert [(d.index, d.reason) for d in result.dropped] == [(1, "uuid repeats card 0")]
