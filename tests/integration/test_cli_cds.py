@@ -1,0 +1,89 @@
+"""`mockehr services` and `mockehr hook` fail clearly (one line, exit 2) before or without a
+running EHR; the happy paths run against the whole stack in tests/e2e/test_cds_hooks.py."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mockehr.cli import app
+
+runner = CliRunner()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    (tmp_path / "admin-token").write_text("a-token\n")
+    return tmp_path
+
+
+def test_the_commands_say_when_the_ehr_is_not_running(data_dir: Path) -> None:
+    port = str(_free_port())
+    for args in (
+        ("services", "list"),
+        ("services", "add", "https://localhost:9/cds-services", "--approve-all-prefetch"),
+        ("services", "disable", "x"),
+        ("hook", "patient-view", "--user", "Practitioner/p", "--patient", "p1"),
+    ):
+        code, _, err = _invoke(*args, "--data-dir", str(data_dir), "--base-port", port)
+        assert code == 2, args
+        assert f"cannot reach the EHR at https://localhost:{port}" in err
+        assert "Traceback" not in err
+
+
+def test_without_an_admin_token_nothing_is_sent(tmp_path: Path) -> None:
+    code, _, err = _invoke("services", "list", "--data-dir", str(tmp_path), "--base-port", str(_free_port()))
+    assert code == 2
+    assert f"no admin token at {tmp_path / 'admin-token'}" in err
+
+
+def test_mutual_tls_needs_both_the_certificate_and_the_key(data_dir: Path) -> None:
+    cert = data_dir / "svc.pem"
+    cert.write_text("x")
+    code, _, err = _invoke(
+        "services", "add", "https://localhost/cds-services", "--client-cert", str(cert), "--data-dir", str(data_dir)
+    )
+    assert code == 2 and "--client-cert and --client-key go together" in err
+    code, _, err = _invoke(
+        "services",
+        "add",
+        "https://localhost/cds-services",
+        "--client-cert",
+        str(cert),
+        "--client-key",
+        str(data_dir / "missing-key.pem"),
+        "--data-dir",
+        str(data_dir),
+    )
+    assert code == 2 and "no such file" in err
+
+
+def test_hook_context_must_be_a_json_object(data_dir: Path) -> None:
+    for context in ("[1, 2]", "{broken"):
+        code, _, err = _invoke(
+            "hook",
+            "order-sign",
+            "--user",
+            "Practitioner/p",
+            "--patient",
+            "p1",
+            "--context",
+            context,
+            "--data-dir",
+            str(data_dir),
+        )
+        assert code == 2 and "--context must be a JSON object" in err
