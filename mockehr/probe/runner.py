@@ -96,7 +96,8 @@ class _Runner:
                 body = target.body() if target.body else {}
                 response = await self.http.post(target.url, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            return Exchange(None, error=type(exc).__name__)
+            message = str(exc).splitlines()[0][:160] if str(exc) else ""
+            return Exchange(None, error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
         return Exchange(
             response.status_code,
             body=response.text[: judge.BODY_LIMIT],
@@ -125,11 +126,7 @@ class _Runner:
         if control_ok:
             outcome.results.append(self._result(target, CONTROL, "pass", "accepted before and after the checks"))
         elif not opening.accepted:
-            outcome.results.append(
-                self._result(
-                    target, CONTROL, "fail", f"{judge.judge_acceptance(opening)[1]}; is the probe's issuer trusted?"
-                )
-            )
+            outcome.results.append(self._result(target, CONTROL, "fail", _control_hint(opening)))
         else:
             outcome.results.append(
                 self._result(
@@ -187,6 +184,18 @@ class _Runner:
             if found:
                 return self._result(target, check, "fail", f"{check_id}: {exchange.describe()}, {found}")
         return self._result(target, check, "pass", f"{len(refusals)} refusals examined")
+
+
+def _control_hint(exchange: Exchange) -> str:
+    """Why the positive control may have failed, in the words a user can act on."""
+    detail = judge.judge_acceptance(exchange)[1]
+    if exchange.status is None:
+        return (
+            f"{detail}: is the service running at this URL with a certificate the system store or the dev CA verifies?"
+        )
+    if exchange.status in (401, 403):
+        return f"{detail}: is the probe's issuer trusted, and can the service fetch its JWKS (docs/probe.md)?"
+    return detail
 
 
 def _services(body: str) -> list[dict[str, Any]]:

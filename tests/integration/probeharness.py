@@ -25,6 +25,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from common.errors import TokenInvalidError
 from common.http import make_http_client
 from common.jwks import JwksCache
 from common.tls import ensure_server_certificate
@@ -173,7 +174,10 @@ def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: s
         try:
             if scheme.lower() != "bearer" or not token:
                 raise Refused("no bearer token")
-            await verify(request, token)
+            try:
+                await verify(request, token)
+            except TokenInvalidError as exc:  # the trusted JWKS is unreachable
+                raise Refused(exc.reason) from None
         except Refused as exc:
             refusals[0] += 1
             if weakness.verbose_errors:

@@ -172,7 +172,7 @@ async def test_a_service_that_does_not_trust_the_probe_gets_no_pass_only_a_faile
     assert results[("discovery", "control")] == "fail"
     assert {v for k, v in results.items() if k[1] != "control"} == {"inconclusive"}
     assert len(results) == len([c for c in (*CHECKS, *LEAK_CHECKS) if "discovery" in c.kinds])
-    assert "is the probe's issuer trusted?" in report.results[0].detail
+    assert report.results[0].detail.startswith("refused: HTTP 401: is the probe's issuer trusted")
     assert not report.passed
 
 
@@ -251,3 +251,13 @@ async def test_a_service_that_answers_412_without_authenticating_fails_every_att
     assert {check for check, verdict in call.items() if verdict == "fail"} == ALL_ATTACKS
     details = {r.detail for r in report.results if r.endpoint == SERVICE["id"] and r.check.id == "alg-none"}
     assert details == {"HTTP 412: the service accepted the credentials and went on to look for its data"}
+
+
+async def test_an_unreachable_service_gets_a_failed_control_that_says_so(data_dir: Path) -> None:
+    report = await probe(ProbeOptions(f"https://localhost:{free_port()}/cds-services", data_dir, free_port()))
+
+    assert report.results[0].check.id == "control"
+    assert report.results[0].verdict == "fail"
+    assert report.results[0].detail.startswith("no response (ConnectError")
+    assert "is the service running at this URL" in report.results[0].detail
+    assert {r.verdict for r in report.results[1:]} == {"inconclusive"}
