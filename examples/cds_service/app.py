@@ -179,7 +179,7 @@ def create_app(
         except ValidationError as exc:
             raise BadRequest(_first_error(exc)) from None
         if hook_request.hook != service.hook:
-            raise BadRequest(f"this service answers {service.hook}, not {hook_request.hook}")
+            raise BadRequest(f"this service answers the {service.hook} hook only")
         patient_id = _check_patient(hook_request)
         user = hook_request.context.get("userId")
         env = CallEnv(

@@ -61,7 +61,7 @@ def effective_date(resource: dict[str, Any]) -> dt.date | None:
     """The clinically relevant date of an Observation or a MedicationRequest, if it has one."""
     for raw in (
         resource.get("effectiveDateTime"),
-        (resource.get("effectivePeriod") or {}).get("start"),
+        period.get("start") if isinstance(period := resource.get("effectivePeriod"), dict) else None,
         resource.get("issued"),
         resource.get("authoredOn"),
     ):

@@ -24,6 +24,7 @@ import httpx
 from pydantic import SecretStr
 
 from examples.cds_service.errors import DataUnavailable
+from examples.cds_service.knowledge import items
 from examples.cds_service.schemas import HookRequest
 from examples.cds_service.settings import CdsSettings
 
@@ -69,7 +70,7 @@ def _bundle_resources(bundle: object, rtype: str) -> list[Resource] | None:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         return None
     found: list[Resource] = []
-    for entry in bundle.get("entry") or []:
+    for entry in items(bundle.get("entry")):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("resourceType") == rtype:
             found.append(resource)

@@ -8,6 +8,7 @@ from typing import Any
 from examples.cds_service.cards import SOURCE, CallEnv, fit_summary, new_uuid
 from examples.cds_service.errors import DataUnavailable
 from examples.cds_service.fhir_data import DataSource
+from examples.cds_service.knowledge import items
 from examples.cds_service.schemas import Card
 
 PATIENT = "Patient/{{context.patientId}}"
@@ -15,10 +16,10 @@ PREFETCH = {"patient": PATIENT}
 
 
 def _name(patient: dict[str, Any]) -> str:
-    for name in patient.get("name") or []:
+    for name in items(patient.get("name")):
         if not isinstance(name, dict):
             continue
-        given = " ".join(g for g in name.get("given") or [] if isinstance(g, str))
+        given = " ".join(g for g in items(name.get("given")) if isinstance(g, str))
         text = name.get("text") or f"{given} {name.get('family', '')}".strip()
         if text:
             return str(text)

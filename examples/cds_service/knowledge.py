@@ -116,10 +116,15 @@ DRUG_CLASSES: tuple[DrugClass, ...] = (
 _LEADING_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z\- ]*?)\s*(?:\d|\[|\(|$)")
 
 
+def items(value: object) -> list[Any]:
+    """A FHIR array member, or nothing: data from elsewhere may have any shape, and must not crash us."""
+    return value if isinstance(value, list) else []
+
+
 def codings(concept: object, system: str | None = None) -> list[dict[str, Any]]:
     if not isinstance(concept, dict):
         return []
-    found = [c for c in concept.get("coding") or [] if isinstance(c, dict) and isinstance(c.get("code"), str)]
+    found = [c for c in items(concept.get("coding")) if isinstance(c, dict) and isinstance(c.get("code"), str)]
     return [c for c in found if system is None or c.get("system") == system]
 
 

@@ -25,7 +25,7 @@ from examples.cds_service.cards import (
 )
 from examples.cds_service.errors import BadRequest
 from examples.cds_service.fhir_data import DataSource
-from examples.cds_service.knowledge import classes_of, display, ingredient_names, rxnorm_codes
+from examples.cds_service.knowledge import classes_of, display, ingredient_names, items, rxnorm_codes
 from examples.cds_service.schemas import Action, Card, Coding, Link, Suggestion
 
 ALLERGIES = "AllergyIntolerance?patient={{context.patientId}}"
@@ -38,7 +38,7 @@ _DOUBTFUL_ALLERGY = frozenset({"refuted", "entered-in-error"})
 def _code(concept: object) -> str | None:
     if not isinstance(concept, dict):
         return None
-    for coding in concept.get("coding") or []:
+    for coding in items(concept.get("coding")):
         if isinstance(coding, dict) and isinstance(coding.get("code"), str):
             return str(coding["code"])
     return None
@@ -51,7 +51,7 @@ def draft_medications(context: dict[str, Any], *, selected_only: bool) -> list[d
         raise BadRequest("context.draftOrders must be a Bundle")
     drafts = [
         e["resource"]
-        for e in bundle.get("entry") or []
+        for e in items(bundle.get("entry"))
         if isinstance(e, dict)
         and isinstance(e.get("resource"), dict)
         and e["resource"].get("resourceType") == "MedicationRequest"
@@ -147,9 +147,9 @@ def allergy_cards(env: CallEnv, draft: dict[str, Any], allergies: list[dict[str,
         severe = allergy.get("criticality") == "high"
         reactions = [
             f"{display(m)} ({r.get('severity', 'severity unknown')})"
-            for r in allergy.get("reaction") or []
+            for r in items(allergy.get("reaction"))
             if isinstance(r, dict)
-            for m in r.get("manifestation") or []
+            for m in items(r.get("manifestation"))
         ]
         detail = (
             f"The draft order for **{drug}** is {why} as a recorded allergy: **{display(allergen)}**"

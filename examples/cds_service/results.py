@@ -16,7 +16,7 @@ from typing import Any
 
 from examples.cds_service.cards import RESULT_OVERRIDES, SOURCE, CallEnv, effective_date, fit_summary, new_uuid
 from examples.cds_service.fhir_data import DataSource
-from examples.cds_service.knowledge import LOINC, RESULT_RULES, ResultRule, codings
+from examples.cds_service.knowledge import LOINC, RESULT_RULES, ResultRule, codings, items
 from examples.cds_service.schemas import Action, Card, Suggestion
 
 LABS = "Observation?patient={{context.patientId}}&category=laboratory&_sort=-date&_count=100"
@@ -49,7 +49,7 @@ def _values(rule: ResultRule, observation: dict[str, Any]) -> tuple[tuple[float,
         found = _quantity(observation.get("valueQuantity"), rule.units)
         return ((found[0],), found[1]) if found else None
     by_code: dict[str, tuple[float, str]] = {}
-    for component in observation.get("component") or []:
+    for component in items(observation.get("component")):
         quantity = _quantity(component.get("valueQuantity") if isinstance(component, dict) else None, rule.units)
         for coding in codings(component.get("code") if isinstance(component, dict) else None, LOINC):
             if quantity is not None:

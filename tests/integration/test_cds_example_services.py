@@ -494,6 +494,57 @@ async def test_the_access_token_is_never_logged(
     assert token.split(".")[2] not in caplog.text
 
 
+JUNK_RESOURCES: list[Any] = [
+    5,
+    "x",
+    None,
+    {"resource": 3},
+    {"resource": {"resourceType": "Observation", "status": "final", "code": 7, "component": "x"}},
+    {"resource": {"resourceType": "Observation", "status": "final", "code": {"coding": 5}, "effectivePeriod": "x"}},
+    {
+        "resource": {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "effectiveDateTime": "not-a-date",
+            "valueQuantity": {"value": "9", "code": "%"},
+        }
+    },
+    {"resource": {"resourceType": "AllergyIntolerance", "code": "penicillin", "reaction": {"a": 1}}},
+    {"resource": {"resourceType": "AllergyIntolerance", "code": {"text": 5}, "reaction": [5, {"manifestation": 3}]}},
+    {"resource": {"resourceType": "MedicationRequest", "status": "active", "medicationCodeableConcept": []}},
+]
+
+
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        {"resourceType": "Bundle", "entry": 5},
+        {"resourceType": "Bundle", "entry": "x"},
+        {"resourceType": "Bundle", "entry": JUNK_RESOURCES},
+        {"resourceType": "Patient", "name": 3},
+        [],
+        "x",
+    ],
+)
+async def test_oddly_shaped_data_never_crashes_the_service(make_cds: Any, bundle: Any) -> None:
+    cds = await make_cds()
+    keys = ("patient", "labs", "vitals", "allergies", "medications")
+    prefetch = dict.fromkeys(keys, bundle)
+    order = {**draft("d1", "723", "amoxicillin"), "medicationCodeableConcept": {"coding": 5, "text": 7}}
+    weird_drafts = {"resourceType": "Bundle", "entry": [5, {"resource": order}, {"resource": draft("d2", "1", "x")}]}
+    for service, hook, context in (
+        ("patient-greeting", "patient-view", {}),
+        ("abnormal-results", "patient-view", {}),
+        ("medication-safety", "order-sign", {"draftOrders": weird_drafts}),
+        ("medication-safety-select", "order-select", {"draftOrders": weird_drafts, "selections": ["x", 5]}),
+    ):
+        response = await cds.hook(service, body(hook, "p1", context=context, prefetch=prefetch))
+        assert response.status_code in (200, 400, 412), (service, response.text)
+        if response.status_code == 200:
+            assert_valid_cards(response.json()["cards"])
+
+
 # --- order-sign / order-select: medication-safety ---------------------------------------------
 
 
