@@ -104,6 +104,37 @@ def test_mockehr_hook_prints_the_cards_and_the_request(stack: UpProcess) -> None
     assert refused.returncode == 2 and "patientId" in refused.stderr
 
 
+def test_accepting_a_suggestion_writes_it_as_the_user_and_sends_feedback(stack: UpProcess) -> None:
+    users = json.loads((stack.data_dir / "demo-users.json").read_text())
+    found: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+    for user in users.values():
+        for patient in user["patients"]:
+            body = {"userId": user["fhirUser"], "patientId": patient, "services": ["abnormal-results"]}
+            response = _ehr(stack, "POST", "/api/hooks/patient-view", body).json()
+            for card in response["services"][0]["cards"]:
+                if card.get("suggestions"):
+                    found = (response["hookInstance"], card, card["suggestions"][0])
+                    break
+            if found:
+                break
+        if found:
+            break
+    assert found is not None, "no demo patient got a card with a suggestion"
+    hook_instance, card, suggestion = found
+    accept = {
+        "hookInstance": hook_instance,
+        "serviceId": "abnormal-results",
+        "cardUuid": card["uuid"],
+        "suggestionUuid": suggestion["uuid"],
+    }
+    response = _ehr(stack, "POST", "/api/suggestions/accept", accept)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["outcome"] == "accepted" and result["feedback"]["delivered"] is True
+    assert result["transaction"] and all(e["status"].startswith("201") for e in result["transaction"])
+    assert _ehr(stack, "POST", "/api/suggestions/accept", accept).status_code == 409
+
+
 def test_a_disabled_service_is_never_called(stack: UpProcess) -> None:
     user, patient = _demo_user(stack)
     result = _cli(stack, "services", "disable", "patient-greeting")
