@@ -123,16 +123,7 @@ class _Runner:
         else:
             closing = opening
         control_ok = opening.accepted and closing.accepted
-        if control_ok:
-            outcome.results.append(self._result(target, CONTROL, "pass", "accepted before and after the checks"))
-        elif not opening.accepted:
-            outcome.results.append(self._result(target, CONTROL, "fail", _control_hint(opening)))
-        else:
-            outcome.results.append(
-                self._result(
-                    target, CONTROL, "fail", f"accepted first, then {closing.describe()} after the checks (a lockout?)"
-                )
-            )
+        outcome.results.append(self._result(target, CONTROL, *_control_verdict(opening, closing)))
         for check, attack, exchanges in pending:
             verdict, detail = self._judge(check, attack, exchanges)
             if not control_ok:
@@ -184,6 +175,14 @@ class _Runner:
             if found:
                 return self._result(target, check, "fail", f"{check_id}: {exchange.describe()}, {found}")
         return self._result(target, check, "pass", f"{len(refusals)} refusals examined")
+
+
+def _control_verdict(opening: Exchange, closing: Exchange) -> tuple[Verdict, str]:
+    if opening.accepted and closing.accepted:
+        return "pass", f"accepted before and after the checks (HTTP {opening.status}, {closing.status})"
+    if not opening.accepted:
+        return "fail", _control_hint(opening)
+    return "fail", f"accepted first, then {closing.describe()} after the checks (a lockout?)"
 
 
 def _control_hint(exchange: Exchange) -> str:
