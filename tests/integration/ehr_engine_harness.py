@@ -215,6 +215,7 @@ async def engine_stack(
     total_deadline: float = 6.0,
     smart_urls: Callable[[], Any] | None = None,
     max_response_bytes: int = 1024 * 1024,
+    service_http: httpx.AsyncClient | None = None,
 ) -> AsyncIterator[EngineStack]:
     """fhirharness + the EHR's key (registered as client `ehr`) + two CDS Service clients + the engine."""
     async with fhir_harness(tmp_path, database_url) as fhir:
@@ -251,7 +252,9 @@ async def engine_stack(
             },
             follow_redirects=False,
         )
-        engine = CdsEngine(settings, http=http, keys=keys, clock=fhir.clock, smart_launch_urls=smart_urls)
+        engine = CdsEngine(
+            settings, http=http, keys=keys, clock=fhir.clock, smart_launch_urls=smart_urls, service_http=service_http
+        )
         try:
             yield EngineStack(fhir, engine, keys, settings, fhir.clock)
         finally:
