@@ -50,7 +50,7 @@ class HookRequest(_Body):
     patientId: str = Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")
     encounterId: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
     context: dict[str, Any] = Field(default_factory=dict)
-    services: list[str] | None = Field(default=None, max_length=50)
+    services: list[str] | None = Field(default=None, min_length=1, max_length=50)
 
 
 class AcceptRequest(_Body):

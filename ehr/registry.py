@@ -269,7 +269,7 @@ class Registry:
         else:
             types = sorted({t for p in prefetch.values() for t in map(template_resource_type, p.values()) if t})
             if not types:
-                raise InvalidRequest("no scope: give --scope (no approved prefetch names a resource type)")
+                raise InvalidRequest("no scope: name the scopes to approve (no approved prefetch names a resource type)")
             scope = check_scope(f"patient/{t}.rs" for t in types)
         for service in chosen:
             check_loopback_opt_in(f"{base}/{service.id}", approval.allow_http_loopback)

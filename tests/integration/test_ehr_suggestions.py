@@ -125,6 +125,19 @@ async def test_a_card_is_decided_once(h: EhrHarness) -> None:
     assert len(h.cds.calls("/cds-services/greeting/feedback")) == 1
 
 
+async def test_a_disabled_service_gets_no_feedback(h: EhrHarness) -> None:
+    hook_instance = await _fire(h)
+    assert (await h.ehr.post("/api/services/greeting/disable", headers=h.admin)).status_code == 200
+    response = await _accept(h, hook_instance)
+    assert response.status_code == 200, response.text
+    assert response.json()["feedback"] == {
+        "status": None,
+        "error": "the service is not enabled; no feedback was sent",
+        "delivered": False,
+    }
+    assert h.cds.calls("/cds-services/greeting/feedback") == []
+
+
 async def test_a_forged_card_or_suggestion_is_refused(h: EhrHarness) -> None:
     hook_instance = await _fire(h)
     cases = [
