@@ -507,7 +507,11 @@ def probe(
 
     report = _run(body)
     if html_file is not None:
-        html_file.write_text(as_html(report), encoding="utf-8")
+        try:
+            html_file.write_text(as_html(report), encoding="utf-8")
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot write {html_file}: {exc.strerror}", highlight=False)
+            raise typer.Exit(2) from None
     if json_out:
         out.print_json(json.dumps(as_json(report)))
     else:

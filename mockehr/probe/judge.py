@@ -37,7 +37,7 @@ _STACK = re.compile(
     r"|\bat .+ \(.+\.[cm]?[jt]s:\d+:\d+\)|Exception in thread|\bat [\w.`<>]+\(.*\) in .+:line \d+|node_modules/"
     r"|\.rb:\d+:in `|goroutine \d+ \[",
 )
-BODY_LIMIT = 4096
+BODY_LIMIT = 65536  # bytes of a response body the probe reads and examines
 PRECONDITION_FAILED = 412
 
 

@@ -89,19 +89,22 @@ class _Runner:
         headers = {"Accept": "application/json"}
         if authorization is not None:
             headers["Authorization"] = authorization
+        body = target.body() if target.method == "POST" and target.body else None
         try:
-            if target.method == "GET":
-                response = await self.http.get(target.url, headers=headers)
-            else:
-                body = target.body() if target.body else {}
-                response = await self.http.post(target.url, json=body, headers=headers)
+            async with self.http.stream(target.method, target.url, json=body, headers=headers) as response:
+                # Read at most BODY_LIMIT bytes: the service under test decides how much it sends.
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) >= judge.BODY_LIMIT:
+                        break
         except httpx.HTTPError as exc:
             message = str(exc).splitlines()[0][:160] if str(exc) else ""
             return Exchange(None, error=f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
         return Exchange(
             response.status_code,
-            body=response.text[: judge.BODY_LIMIT],
-            www_authenticate=response.headers.get("www-authenticate", ""),
+            body=bytes(content[: judge.BODY_LIMIT]).decode("utf-8", "replace"),
+            www_authenticate=response.headers.get("www-authenticate", "")[:1024],
         )
 
     def _result(self, target: Target, check: Check, verdict: Verdict, detail: str) -> Result:

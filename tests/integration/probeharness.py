@@ -89,6 +89,7 @@ class Weakness:
     any_jku: bool = False  # fetches any jku and trusts the keys there
     verbose_errors: bool = False  # 401 bodies with the reason, a stack trace and the token
     lockout_after: int | None = None  # after this many refusals, refuses every request
+    huge_refusals: bool = False  # 401 bodies of 1 MiB that name the reason in their first bytes
     needs_fhir: bool = False  # not a weakness: answers an authenticated call 412 (no FHIR data lent)
 
 
@@ -180,6 +181,8 @@ def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: s
                 raise Refused(exc.reason) from None
         except Refused as exc:
             refusals[0] += 1
+            if weakness.huge_refusals:
+                return Response(b"bad signature " + b"x" * (1024 * 1024), 401, media_type="text/plain")
             if weakness.verbose_errors:
                 trace = 'Traceback (most recent call last):\n  File "/srv/double.py", line 99, in verify'
                 return JSONResponse({"error": f"invalid_token: {exc}", "token": token, "trace": trace}, 401)

@@ -261,3 +261,25 @@ async def test_an_unreachable_service_gets_a_failed_control_that_says_so(data_di
     assert report.results[0].detail.startswith("no response (ConnectError")
     assert "is the service running at this URL" in report.results[0].detail
     assert {r.verdict for r in report.results[1:]} == {"inconclusive"}
+
+
+async def test_a_huge_refusal_body_is_read_only_up_to_the_limit_and_still_examined(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mockehr.probe import judge
+
+    seen: list[int] = []
+    original = judge.leaked_reason
+
+    def recording(exchange: judge.Exchange) -> str | None:
+        seen.append(len(exchange.body))
+        return original(exchange)
+
+    monkeypatch.setattr(judge, "leaked_reason", recording)
+
+    report = await Double(data_dir, Weakness(huge_refusals=True)).probe()
+
+    assert verdicts(report) == expected({"leak-reason"})
+    detail = next(r.detail for r in report.results if r.check.id == "leak-reason")
+    assert "says 'signature'" in detail
+    assert seen and max(seen) <= judge.BODY_LIMIT < 1024 * 1024
