@@ -84,9 +84,28 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
+def _scrub(raw: bytes, secrets: list[bytes]) -> bytes:
+    for secret in secrets:
+        if secret and secret in raw:
+            raw = raw.replace(secret, REDACTED.encode())
+    return raw
+
+
 def _is_json(content_type: str | None) -> bool:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     return media == "application/json"
+
+
+@dataclass
+class _Progress:
+    """How far one service's exchange got: the phase (for a deadline's reason) and the token
+    (revoked whatever happens next)."""
+
+    phase: str = "start"
+    token: ExchangedToken | None = None
+
+    def secrets(self) -> list[bytes]:
+        return [self.token.access_token.encode()] if self.token else []
 
 
 @dataclass
@@ -233,14 +252,13 @@ class CdsEngine:
             if own_deadline <= total_deadline
             else f"the hook's total deadline ({self.settings.cds_total_deadline_seconds:g} s)"
         )
-        holder: list[ExchangedToken] = []
-        phase = ["start"]
+        progress = _Progress()
         try:
             async with asyncio.timeout_at(deadline):
-                await self._exchange(call, context, service, user_token, state, result, holder, phase)
+                await self._exchange(call, context, service, user_token, state, result, progress)
             result.status = "ok"
         except TimeoutError:
-            result.reason = f"no answer within {which} (during {phase[0]})"
+            result.reason = f"no answer within {which} (during {progress.phase})"
         except ServiceFault as fault:
             result.reason = fault.reason
             result.http_status = fault.http_status or result.http_status
@@ -248,8 +266,8 @@ class CdsEngine:
             log.exception("CDS exchange with %s failed unexpectedly", service.service_id)
             result.reason = f"internal error ({type(exc).__name__})"
         finally:
-            if holder:
-                await self._revoke(holder[0].access_token, result, total_deadline)
+            if progress.token is not None:
+                await self._revoke(progress.token.access_token, result, total_deadline)
             result.timings.total_ms = _ms(start)
         if result.status == "error":
             result.cards = []
@@ -264,8 +282,7 @@ class CdsEngine:
         user_token: str | None,
         state: _CallState,
         result: ServiceResult,
-        holder: list[ExchangedToken],
-        phase: list[str],
+        progress: _Progress,
     ) -> None:
         try:
             url = check_outbound_url(service.url, allow_loopback_http=service.allow_http_loopback)
@@ -283,7 +300,7 @@ class CdsEngine:
             "fhirServer": self.settings.fhir_base_url,
         }
         if call.user_ref or user_token:
-            phase[0] = "token exchange"
+            progress.phase = "token exchange"
             t0 = time.perf_counter()
             try:
                 token = await self.tokens.exchange(
@@ -297,12 +314,12 @@ class CdsEngine:
                 raise ServiceFault(f"no FHIR token for this service: {exc.reason}") from None
             finally:
                 result.timings.token_ms = _ms(t0)
-            holder.append(token)
+            progress.token = token
             result.token_scope = token.scope
             body["fhirAuthorization"] = token.fhir_authorization(service.client_id)
             body["context"] = context
             if service.prefetch:
-                phase[0] = "prefetch"
+                progress.phase = "prefetch"
                 t0 = time.perf_counter()
                 values = TokenValues(context=context, user_ref=call.user_ref, today=self._today())
                 prefetched = await fetch(
@@ -320,10 +337,10 @@ class CdsEngine:
         except CdsRequestError as exc:
             raise ServiceFault(f"the EHR refused to send an invalid request: {exc.reason}") from None
         result.request = redact(body)
-        phase[0] = "service call"
+        progress.phase = "service call"
         t0 = time.perf_counter()
         try:
-            answer = await self._post(service, url, body, result)
+            answer = await self._post(service, url, body, result, progress.secrets())
         finally:
             result.timings.call_ms = _ms(t0)
         smart_urls: Collection[str] = ()
@@ -346,11 +363,19 @@ class CdsEngine:
     def _today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date()
 
-    async def _post(self, service: ServiceConfig, url: str, body: dict[str, Any], result: ServiceResult) -> Any:
-        """POST the request; return the parsed JSON answer or raise ServiceFault."""
+    async def _post(
+        self, service: ServiceConfig, url: str, body: dict[str, Any], result: ServiceResult, secrets: list[bytes]
+    ) -> Any:
+        """POST the request; return the parsed JSON answer or raise ServiceFault.
+
+        A service that echoes the credentials it was sent (its JWT, the access token) gets them
+        replaced by "[redacted]" in what is recorded and shown.
+        """
         client = self._client_for(service)
+        client_jwt = await self.jwt.sign(url)
+        secrets = [*secrets, client_jwt.encode()]
         headers = {
-            **await self.jwt.authorization(url),
+            "Authorization": f"Bearer {client_jwt}",
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
@@ -363,9 +388,8 @@ class CdsEngine:
                 if 300 <= status < 400:
                     raise ServiceFault(f"service answered a redirect ({status}); not followed", http_status=status)
                 if status >= 400:
-                    result.response = (await self._read(response, ERROR_BODY_BYTES, truncate=True)).decode(
-                        "utf-8", "replace"
-                    )
+                    error_body = _scrub(await self._read(response, ERROR_BODY_BYTES, truncate=True), secrets)
+                    result.response = error_body.decode("utf-8", "replace")
                     if status in (401, 403):
                         raise ServiceFault(f"service refused the EHR's credentials ({status})", http_status=status)
                     if status == 412:
@@ -376,7 +400,7 @@ class CdsEngine:
                 if not _is_json(response.headers.get("content-type")):
                     kind = response.headers.get("content-type", "none")[:100]
                     raise ServiceFault(f"wrong content type ({kind}); expected application/json", http_status=status)
-                raw = await self._read(response, cap, truncate=False)
+                raw = _scrub(await self._read(response, cap, truncate=False), secrets)
         except httpx.TimeoutException:
             raise ServiceFault("service timed out") from None
         except httpx.ConnectError as exc:

@@ -127,6 +127,11 @@ class Doubles:
     async def behave(self, name: str, body: dict[str, Any]) -> Response:
         if name in self.answers:
             return JSONResponse(self.answers[name](body))
+        if name == "ok-echo":
+            # A careless (or hostile) service that echoes the credentials it was sent.
+            token = body.get("fhirAuthorization", {}).get("access_token", "")
+            jwt = self.received[-1].headers.get("authorization", "").removeprefix("Bearer ")
+            return JSONResponse({"cards": [card_for(name, detail=f"token {token} jwt {jwt}")], "echo": [token, jwt]})
         if name.startswith("ok"):
             return JSONResponse({"cards": [card_for(name, detail=f"prefetch: {sorted(body.get('prefetch', {}))}")]})
         if name == "slow":
@@ -160,6 +165,9 @@ class Doubles:
             return StreamingResponse(flood(), media_type="application/json")
         if name == "oversized-declared":
             return Response(b'{"cards": []}' + b" " * (2 * 1024 * 1024), media_type="application/json")
+        if name == "echo-error":
+            jwt = self.received[-1].headers.get("authorization", "")
+            return Response(f"bad credentials: {jwt}", status_code=500)
         if name == "redirect":
             return RedirectResponse("/cds-services/redirect-target", status_code=307)
         if name == "redirect-target":

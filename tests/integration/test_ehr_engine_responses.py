@@ -275,3 +275,23 @@ async def test_no_token_is_asked_for_when_the_fhir_base_would_carry_it_over_plai
     assert outcome.results[0].status == "error"
     assert outcome.results[0].reason == "the EHR's FHIR base URL is not https: no token is sent over it"
     assert asked == [] and found.received == []
+
+
+async def test_credentials_a_service_echoes_back_are_redacted_from_cards_and_records(
+    stack: EngineStack, doubles: tuple[Doubles, str]
+) -> None:
+    found, base = doubles
+    user, mine = stack.fhir.practitioner(0), stack.fhir.patient_of(0)
+    outcome = await stack.engine.run_hook(
+        stack.call(user, mine), [service(base, "ok-echo"), service(base, "echo-error", client_id="cds-b")]
+    )
+    echo, error = outcome.results
+    sent_token = found.to("ok-echo")[0].body["fhirAuthorization"]["access_token"]
+    sent_jwt = found.to("ok-echo")[0].headers["authorization"].removeprefix("Bearer ")
+    assert echo.status == "ok"
+    assert echo.response["echo"] == ["[redacted]", "[redacted]"]
+    assert echo.cards[0]["detail"] == "token [redacted] jwt [redacted]"
+    for text in (str(echo.response), str(echo.cards)):
+        assert sent_token not in text and sent_jwt not in text
+    assert error.reason == "service error (HTTP 500)"
+    assert error.response == "bad credentials: Bearer [redacted]"
