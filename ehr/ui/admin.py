@@ -121,7 +121,7 @@ def admin_router() -> APIRouter:
     async def keys(request: Request) -> Response:
         async def page(ui: UiState, session: Session) -> Response:
             rows = [r for r in await list_keys(ui.runtime.sessions) if r.service == ui.runtime.settings.service_name]
-            return render("admin_keys.html", title="Signing keys", session=session, keys=rows)
+            return render("admin_keys.html", title="Signing keys", session=session, keys=rows, overlap=ROTATION_OVERLAP)
 
         return await _admin(request, page)
 

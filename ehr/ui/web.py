@@ -8,6 +8,7 @@ HTML rendered by the API (`detailHtml`); the CSP is the second wall should a san
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
 import secrets
@@ -33,17 +34,27 @@ def csp(nonce: str) -> str:
 
 PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, Chromium sends `Origin: null` on form posts, and the EHR checks
+    # the Origin of every unsafe request. same-origin still tells no other site (an app, a card's
+    # link) which page, patient id included, the user came from.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin-allow-popups",
 }
 
 
+def _when(epoch: object) -> str:
+    """Seconds since the epoch as UTC date and time, for the admin tables."""
+    if isinstance(epoch, int | float) and not isinstance(epoch, bool):
+        return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return ""
+
+
 @functools.cache
 def templates() -> Environment:
-    return Environment(
-        loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), auto_reload=False
-    )
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), auto_reload=False)
+    env.filters["when"] = _when
+    return env
 
 
 def render(template: str, status: int = 200, **context: Any) -> HTMLResponse:

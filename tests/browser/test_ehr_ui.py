@@ -316,3 +316,47 @@ def test_a_card_with_malicious_markup_runs_no_script(stack: Stack, browser: Any)
         finally:
             for service in added.json().get("services", []):
                 admin.post(f"/api/services/{service['id']}/disable")
+
+
+def test_an_admin_enters_the_admin_token_once_and_manages_services_clients_and_keys(stack: Stack, browser: Any) -> None:
+    token = (stack.up.data_dir / "admin-token").read_text().strip()
+    with signed_in(browser, stack, stack.users[2]) as page:
+        page.goto(stack.ehr + "/admin/services")
+        assert page.url == stack.ehr + "/admin"  # not an admin yet: the token form
+        page.fill("#admin-token", "a guess")
+        page.click("#elevate")
+        assert "not the admin token" in page.locator("#error").inner_text()
+        page.fill("#admin-token", token)
+        page.click("#elevate")  # a real form post: CSRF token and the EHR's Origin
+        page.wait_for_url(stack.ehr + "/admin/services")
+        service = page.locator(".service[data-service='patient-greeting']")
+        service.wait_for()
+        assert "Status: enabled" in service.inner_text()
+        service.locator("button.toggle").click()
+        page.wait_for_function(
+            "() => document.querySelector(\".service[data-service='patient-greeting']\").innerText"
+            ".includes('Status: disabled')"
+        )
+        with stack.admin() as admin:
+            listed = {s["id"]: s for s in admin.get("/api/services").json()["services"]}
+            assert listed["patient-greeting"]["enabled"] is False
+        page.locator(".service[data-service='patient-greeting'] button.toggle").click()
+        page.wait_for_function(
+            "() => document.querySelector(\".service[data-service='patient-greeting']\").innerText"
+            ".includes('Status: enabled')"
+        )
+        shot(page, "admin-services")
+
+        page.goto(stack.ehr + "/admin/clients")
+        rows = page.locator("#clients tbody tr", has_text="smart-example")
+        assert f"{stack.smart_app}/launch" in rows.inner_text()
+        assert token not in page.content() and "secret_hash" not in page.content()  # never in the browser
+
+        page.goto(stack.ehr + "/admin/keys")
+        before = page.locator("#keys tbody tr").count()
+        page.click("#rotate")
+        page.wait_for_url(stack.ehr + "/admin/keys")
+        statuses = [r.inner_text() for r in page.locator("#keys tbody tr").all()]
+        assert len(statuses) == before + 1
+        assert sum("active" in s for s in statuses) == 1 and any("retiring" in s for s in statuses)
+        shot(page, "admin-keys")

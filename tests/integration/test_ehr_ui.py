@@ -95,7 +95,7 @@ async def test_pages_carry_a_csp_without_inline_script_and_are_never_framed(ehr:
     assert csp["frame-ancestors"] == "frame-ancestors 'none'"
     assert csp["object-src"] == "object-src 'none'" and csp["base-uri"] == "base-uri 'none'"
     assert page.headers["x-frame-options"] == "DENY"
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"  # no URL (patient ids) to other sites
     assert page.headers["cache-control"] == "no-store"
     assert "<script>" not in page.text and " on" not in page.text.split("<body>", 1)[1].split("=")[0]
 
