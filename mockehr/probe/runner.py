@@ -9,6 +9,7 @@ a time: verdicts must not depend on timing.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -201,8 +202,6 @@ def _control_hint(exchange: Exchange) -> str:
 
 
 def _services(body: str) -> list[dict[str, Any]]:
-    import json
-
     try:
         data = json.loads(body)
     except ValueError:
@@ -214,8 +213,6 @@ def _services(body: str) -> list[dict[str, Any]]:
 
 
 def _cards_uuid(body: str) -> str:
-    import json
-
     try:
         data = json.loads(body)
     except ValueError:
@@ -226,15 +223,18 @@ def _cards_uuid(body: str) -> str:
     return str(uuid.uuid4())
 
 
-async def probe(options: ProbeOptions, *, http: httpx.AsyncClient | None = None) -> Report:
-    """Run every check against the CDS Service whose discovery URL is `options.discovery_url`."""
+async def probe(options: ProbeOptions) -> Report:
+    """Run every check against the CDS Service whose discovery URL is `options.discovery_url`.
+
+    Outbound calls verify TLS against the system store plus the dev CA of the data directory.
+    """
     discovery_url = options.discovery_url.rstrip("/")
     key = load_or_create_key(options.data_dir / KEY_FILE)
-    async with serve_jwks(options.data_dir, key, options.jwks_port) as jwks:
-        if http is not None:
-            return await _probe(options, discovery_url, http, Forge(key, jwks, options.clock), jwks)
-        async with make_http_client(ca_file=options.data_dir / "ca.pem", timeout=options.timeout) as client:
-            return await _probe(options, discovery_url, client, Forge(key, jwks, options.clock), jwks)
+    async with (
+        serve_jwks(options.data_dir, key, options.jwks_port) as jwks,
+        make_http_client(ca_file=options.data_dir / "ca.pem", timeout=options.timeout) as client,
+    ):
+        return await _probe(options, discovery_url, client, Forge(key, jwks, options.clock), jwks)
 
 
 async def _probe(
