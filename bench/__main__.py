@@ -1,11 +1,14 @@
-"""`make bench`: measured figures for what the stack does today, as a table and as JSON.
+"""`make bench` (`python -m bench`): measured figures for the stack, as tables and as JSON.
 
-- jose: ES384 sign and verify per second (in-process; the cost under every token and CDS JWT).
-- load: FHIR transaction throughput (Synthea bundles through fhirserver.transaction) on SQLite
-  and PostgreSQL, resources per second.
-- http: requests per second and p50/p95 of /healthz and the JWKS endpoints of a stack started by
-  the supervisor (separate uvicorn processes), driven from this process over real TLS.
-Warm-up is excluded; every run is bounded in count and time.
+Groups (`--only`, default all):
+- tokens: client_credentials and token exchange per second (bench/stack_bench.py);
+- fhir: read, compartment search, `_include` and a Synthea transaction at concurrency 8 and 32,
+  on SQLite and PostgreSQL, each beside the floor measured in the same run; peak RSS per service;
+- scale: search latency and database size at 30, 300 and 3,000 synthetic patients;
+- hooks: EHR overhead of a hook call to no-op CDS Services (bench/hooks.py);
+- jose: ES384/ES256 sign and verify per second, in-process.
+Results: a table per group, and bench/results/bench-<when>.json with the machine, versions,
+configuration and every figure. The whole run takes under ten minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -16,57 +19,107 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
-import tempfile
+import sqlite3
+import ssl
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
-from common.clock import system_clock
-from common.jose import new_jti, sign_jwt, verify_jwt
-from common.keys import SigningKey, generate_key, public_jwk
-from common.tls import client_ssl_context
-
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = [
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "starlette",
+    "fastapi",
+    "sqlalchemy",
+    "asyncpg",
+    "aiosqlite",
+    "joserfc",
+    "cryptography",
+    "orjson",
+    "httpx",
+]
 console = Console()
 
 
-def _rate(fn: Callable[[], object], seconds: float = 2.0, warmup: int = 50) -> float:
-    for _ in range(warmup):
-        fn()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        count += 1
-    return count / (time.perf_counter() - start)
+# --- machine and versions -----------------------------------------------------------------------
 
 
-def bench_jose() -> dict[str, float]:
-    from joserfc.jwk import KeySet
-
-    key = generate_key("ES384")
-    signer = SigningKey(key.thumbprint(), "ES384", key)
-    keys = KeySet.import_key_set({"keys": [public_jwk(key, signer.kid, "ES384")]})
-
-    def claims() -> dict[str, Any]:
-        now = int(system_clock())
-        return {"iss": "https://ehr", "aud": "https://svc", "iat": now, "exp": now + 300, "jti": new_jti()}
-
-    token = sign_jwt(claims(), signer, typ="JWT")
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in line
+            ),
+            "",
+        )
+        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        mem_gb = round(int(mem.split()[1]) / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        mem_gb = 0.0
+    try:
+        wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
+    except OSError:
+        wrk_version = "missing"
+    versions = {name: _version(name) for name in PACKAGES}
+    versions.update(
+        {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "openssl": ssl.OPENSSL_VERSION}
+    )
+    versions["wrk"] = wrk_version
     return {
-        "es384_sign_per_s": _rate(lambda: sign_jwt(claims(), signer, typ="JWT")),
-        "es384_verify_per_s": _rate(
-            lambda: verify_jwt(
-                token, keys, algorithms=["ES384"], typ="JWT", issuer="https://ehr", audience="https://svc"
-            )
-        ),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
     }
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+# --- databases ------------------------------------------------------------------------------------
+
+
+async def _pg(url: str, sql: str) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://", 1), timeout=5)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def database(kind: str, pg_admin_url: str) -> Iterator[str | None]:
+    """None (the stack's SQLite file) or a fresh PostgreSQL database, dropped afterwards."""
+    if kind == "sqlite":
+        yield None
+        return
+    name = f"mockehr_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_pg(pg_admin_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_admin_url.rpartition("/")[0] + f"/{name}"
+    finally:
+        asyncio.run(_pg(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _fixtures() -> Path | None:
@@ -76,162 +129,165 @@ def _fixtures() -> Path | None:
     return None
 
 
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgresql://", "postgres://", 1), timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+# --- groups ---------------------------------------------------------------------------------------
 
 
-def bench_load(pg_admin_url: str, files: int) -> dict[str, float]:
-    from common.db import make_engine, make_sessionmaker
-    from mockehr import migrate
-    from mockehr.loader import load_files
+def bench_jose() -> dict[str, float]:
+    from joserfc.jwk import KeySet
 
-    folder = _fixtures()
-    if folder is None:
-        return {}
-    paths = sorted(folder.glob("*.json"), key=lambda p: (0 if "Information" in p.name else 1, p.name))[: files + 2]
-    results: dict[str, float] = {}
-    targets: list[tuple[str, str]] = []
-    tmp = tempfile.mkdtemp(prefix="mockehr-bench-")
-    targets.append(("sqlite", f"sqlite:///{tmp}/bench.db"))
-    pg_name = f"mockehr_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        asyncio.run(_pg_admin(pg_admin_url, f'CREATE DATABASE "{pg_name}"'))
-        targets.append(("postgresql", pg_admin_url.rpartition("/")[0] + f"/{pg_name}"))
-    except Exception as exc:  # noqa: BLE001 - PostgreSQL is optional for the benchmark
-        console.print(f"[yellow]PostgreSQL skipped: {type(exc).__name__}[/yellow]")
-    for name, url in targets:
-        migrate.upgrade(url)
+    from common.jose import new_jti, sign_jwt, verify_jwt
+    from common.keys import SigningKey, generate_key, public_jwk
 
-        async def run(url: str = url) -> tuple[int, float]:
-            engine = make_engine(url)
-            try:
-                start = time.perf_counter()
-                loaded = await load_files(make_sessionmaker(engine), paths)
-                return sum(r.created for r in loaded), time.perf_counter() - start
-            finally:
-                await engine.dispose()
+    def rate(fn: Callable[[], object], seconds: float = 1.0) -> float:
+        for _ in range(20):
+            fn()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            count += 1
+        return round(count / (time.perf_counter() - start))
 
-        created, seconds = asyncio.run(run())
-        results[f"load_{name}_resources_per_s"] = created / seconds
-    if len(targets) > 1:
-        asyncio.run(_pg_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
-    return results
+    out: dict[str, float] = {}
+    for alg in ("ES384", "ES256", "RS384"):
+        key = generate_key(alg)
+        signer = SigningKey(key.thumbprint(), alg, key)
+        keys = KeySet.import_key_set({"keys": [public_jwk(key, signer.kid, alg)]})
+        now = int(time.time())
+        claims = {"iss": "https://ehr", "aud": "https://svc", "iat": now, "exp": now + 300, "jti": new_jti()}
+        token = sign_jwt(claims, signer, typ="JWT")
+        out[f"{alg} sign/s"] = rate(lambda: sign_jwt(claims, signer, typ="JWT"))  # noqa: B023 - used at once
+        out[f"{alg} verify/s"] = rate(
+            lambda: verify_jwt(token, keys, algorithms=[alg], typ="JWT", issuer="https://ehr", audience="https://svc")  # noqa: B023
+        )
+    return out
 
 
-async def _drive(url: str, ca: Path, concurrency: int, seconds: float) -> dict[str, float]:
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(verify=client_ssl_context(ca), limits=limits, trust_env=False) as client:
-        for _ in range(50):
-            (await client.get(url)).raise_for_status()
-        deadline = time.perf_counter() + seconds
+def bench_stack(args: argparse.Namespace, groups: set[str]) -> dict[str, Any]:
+    from bench import stack_bench
 
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                (await client.get(url)).raise_for_status()
-                latencies.append(time.perf_counter() - start)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "req_per_s": len(latencies) / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p95_ms": latencies[int(len(latencies) * 0.95)] * 1000,
-    }
+    out: dict[str, Any] = {}
+    for kind in args.db:
+        with database(kind, args.pg) as url, stack_bench.running_stack(url, args.patients, args.workers) as running:
+            who = stack_bench.actors(running)
+            figures: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
+            if "tokens" in groups:
+                figures["tokens"] = stack_bench.token_issuance(running, who, args.seconds, (8, 32))
+            if "fhir" in groups:
+                figures["fhir"] = stack_bench.fhir_requests(running, who, args.seconds, args.workers)
+                figures["fhir"].update(
+                    stack_bench.fhir_transactions(running, who, _fixtures(), args.seconds, args.workers)
+                )
+            figures["memory"] = stack_bench.peak_memory(running)
+            figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+            if url is not None:
+                figures["database_version"] = asyncio.run(_pg(url, "SHOW server_version"))
+            out[kind] = figures
+    return out
 
 
-def bench_http(seconds: float) -> dict[str, dict[str, float]]:
-    from mockehr import setup, supervisor
-    from mockehr.stack import Stack
-
-    data_dir = Path(tempfile.mkdtemp(prefix="mockehr-bench-stack-"))
-    base = 31000 + os.getpid() % 1000 * 4
-    stack = Stack(data_dir=data_dir, base_port=base)
-    setup.check(stack, ports=True)
-    setup.prepare(stack, patients=3)
-    running = supervisor.start(stack)
-    try:
-        supervisor.wait_ready(stack, running)
-        ca = data_dir / "ca.pem"
-        return {
-            f"{name} c={c}": asyncio.run(_drive(stack.base_url(svc) + path, ca, c, seconds))
-            for name, svc, path in [("ehr /healthz", "ehr", "/healthz"), ("ehr JWKS", "ehr", "/.well-known/jwks.json")]
-            for c in (1, 8)
-        }
-    finally:
-        supervisor.stop(running)
+# --- output ---------------------------------------------------------------------------------------
 
 
-def bench_stack(pg_admin_url: str, seconds: int, patients: int) -> dict[str, Any]:
-    """Token issuance and FHIR throughput on PostgreSQL (a fresh database) or SQLite if it is down."""
-    from bench.stack_bench import run
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
-    name = f"mockehr_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        asyncio.run(_pg_admin(pg_admin_url, f'CREATE DATABASE "{name}"'))
-    except Exception:  # noqa: BLE001 - fall back to SQLite
-        return {f"sqlite {k}": v for k, v in run(None, seconds, patients).items()}
-    try:
-        return {
-            f"postgresql {k}": v
-            for k, v in run(pg_admin_url.rpartition("/")[0] + f"/{name}", seconds, patients).items()
-        }
-    finally:
-        asyncio.run(_pg_admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+def _table(title: str, rows: dict[str, dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        return
+    table = Table("", *columns, title=title, title_justify="left")
+    for name, figures in rows.items():
+        table.add_row(name, *(_fmt(figures.get(c, "")) for c in columns))
+    console.print(table)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    for kind, figures in report.get("stack", {}).items():
+        _table(
+            f"token issuance ({kind}, tokens/s)",
+            figures.get("tokens", {}),
+            ["req_per_s", "p50_ms", "p95_ms", "p99_ms", "requests", "errors"],
+        )
+        _table(
+            f"FHIR ({kind}; floor = bare Starlette, same bytes, same run)",
+            figures.get("fhir", {}),
+            ["req_per_s", "p50_ms", "p95_ms", "floor_req_per_s", "ratio_to_floor", "errors"],
+        )
+        _table(
+            f"peak RSS ({kind}, MB)", figures.get("memory", {}), ["peak_rss_mb_max", "peak_rss_mb_total", "processes"]
+        )
+    if report.get("scale"):
+        _table(
+            "scale (SQLite, in-process compartment search _count=10)",
+            {f"{row['patients']} patients": row for row in report["scale"]},
+            ["resources", "load_s", "load_resources_per_s", "search_p50_ms", "search_p95_ms", "database_mb"],
+        )
+    if report.get("hooks"):
+        _table(
+            "hook overhead (EHR total minus the service's own time)",
+            report["hooks"].get("results", {}),
+            [
+                "hooks_per_s",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "overhead_p50_ms",
+                "overhead_p95_ms",
+                "direct_p50_ms",
+                "ratio_to_direct",
+                "errors",
+            ],
+        )
+    if report.get("jose"):
+        _table("JOSE in-process (per second)", {"rate": report["jose"]}, list(report["jose"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per HTTP figure")
-    parser.add_argument("--files", type=int, default=10, help="Synthea patient bundles to load")
+    parser.add_argument(
+        "--only", action="append", choices=["tokens", "fhir", "scale", "hooks", "jose"], help="repeatable"
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per figure")
+    parser.add_argument("--db", action="append", choices=["sqlite", "postgresql"], help="default: both")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("MOCKEHR_BENCH_WORKERS", "2")))
+    parser.add_argument("--patients", type=int, default=30, help="synthetic patients in the benchmarked stack")
+    parser.add_argument("--scale", default="30,300,3000", help="patient counts of the scale benchmark")
     parser.add_argument(
         "--pg", default=os.environ.get("MOCKEHR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
-    parser.add_argument("--only", choices=["all", "stack", "scale"], default="all", help="run one group only")
-    parser.add_argument("--patients", type=int, default=30, help="synthetic patients in the benchmarked stack")
     args = parser.parse_args()
-
+    args.db = args.db or ["sqlite", "postgresql"]
+    groups = set(args.only or ["tokens", "fhir", "scale", "hooks", "jose"])
+    started = time.monotonic()
     report: dict[str, Any] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "config": vars(args),
+        "machine": machine(),
+        "config": {**vars(args), "groups": sorted(groups)},
     }
-    if args.only == "all":
+    if "jose" in groups:
         report["jose"] = bench_jose()
-        report["load"] = bench_load(args.pg, args.files)
-        report["http"] = bench_http(args.seconds)
-    if args.only in ("all", "stack"):
-        report["stack"] = bench_stack(args.pg, int(args.seconds), args.patients)
-    if args.only in ("all", "scale"):
+    if groups & {"tokens", "fhir"}:
+        report["stack"] = bench_stack(args, groups)
+    if "scale" in groups:
         from bench.scale import run as run_scale
 
-        # 3,000 patients take ~15 min to load here: only when the scale group runs on its own.
-        report["scale"] = run_scale((30, 300, 3000) if args.only == "scale" else (30, 300))
+        report["scale"] = run_scale(tuple(int(n) for n in args.scale.split(",")))
+    if "hooks" in groups:
+        from bench.hooks import run as run_hooks
 
-    table = Table("benchmark", "figure", title="mockehr benchmarks", title_justify="left")
-    for name, value in {**report.get("jose", {}), **report.get("load", {})}.items():
-        table.add_row(name, f"{value:,.0f}")
-    for name, figures in {**report.get("http", {}), **report.get("stack", {})}.items():
-        table.add_row(name, "  ".join(f"{k} {v:,.2f}" for k, v in figures.items()))
-    for row in report.get("scale", []):
-        table.add_row(
-            f"scale {row['patients']} patients", "  ".join(f"{k} {v}" for k, v in row.items() if k != "patients")
-        )
-    console.print(table)
+        report["hooks"] = run_hooks(args)
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    print_report(report)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{report['when'].replace(':', '')}.json"
-    path.write_text(json.dumps(report, indent=2))
-    console.print(f"written {path}")
+    path.write_text(json.dumps(report, indent=2, default=str))
+    console.print(f"{report['elapsed_s']} s; written {path}")
 
 
 if __name__ == "__main__":

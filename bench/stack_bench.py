@@ -1,51 +1,125 @@
-"""Benchmarks against a running stack: FHIR authorized read and compartment search (wrk from a
-separate process), token issuance (client_credentials and token exchange, async driver).
+"""Benchmarks against a running stack (the supervisor's separate uvicorn processes, real TLS):
 
-The stack is started by the supervisor (separate uvicorn processes over TLS) on PostgreSQL or
-SQLite; warm-up requests are excluded; every run is bounded in time.
+- FHIR: authorized read, compartment search `_count=10`, the same with `_include`, at
+  concurrency 8 and 32 (wrk from a separate process), and a transaction of a Synthea patient
+  Bundle (an async httpx driver: each upload is ~200 kB), each next to the floor — a bare
+  Starlette endpoint serving the same bytes, started with the same uvicorn flags in the same run;
+- token issuance: client_credentials and token exchange (wrk POSTing pre-signed, single-use
+  assertions, so the load generator never signs while measuring);
+- memory: peak RSS (VmHWM) of every service process after the load.
+
+Warm-up requests are excluded; every run is bounded in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
-import shutil
+import os
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 from authserver import clients
 from authserver.clients import Client
+from bench import wrk
 from common.db import make_engine, make_sessionmaker
 from common.jose import new_jti, sign_jwt
 from common.keys import KeyStore, SigningKey, generate_key, public_jwk
 from common.tls import client_ssl_context
 from mockehr import setup, supervisor
-from mockehr.stack import Stack
+from mockehr.stack import SERVICES, Stack
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+EXCHANGE_SCOPE = "patient/Patient.rs patient/Observation.rs patient/Encounter.rs"
+BACKEND_ID = "bench-backend"
+
+
+@dataclass
+class Running:
+    stack: Stack
+    processes: list[supervisor.Running]
+
+    @property
+    def ca(self) -> Path:
+        return self.stack.data_dir / "ca.pem"
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(verify=client_ssl_context(self.ca), trust_env=False, timeout=60.0, **kwargs)
 
 
 @contextmanager
-def running_stack(db_url: str | None, patients: int) -> Iterator[Stack]:
+def running_stack(db_url: str | None, patients: int, workers: int) -> Iterator[Running]:
     data_dir = Path(tempfile.mkdtemp(prefix="mockehr-bench-"))
-    stack = Stack(data_dir=data_dir, base_port=33000 + (uuid.uuid4().int % 500) * 4, database_url=db_url)
+    stack = Stack(data_dir=data_dir, base_port=33000 + (uuid.uuid4().int % 500) * 8, database_url=db_url)
     setup.check(stack, ports=True)
     setup.prepare(stack, patients=patients)
-    running = supervisor.start(stack)
+    saved = {k: os.environ.get(k) for k in ("MOCKEHR_FHIR_WORKERS", "MOCKEHR_AUTH_WORKERS")}
+    os.environ.update({k: str(workers) for k in saved})
     try:
-        supervisor.wait_ready(stack, running)
-        yield stack
+        processes = supervisor.start(stack)
     finally:
-        supervisor.stop(running)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    try:
+        supervisor.wait_ready(stack, processes)
+        yield Running(stack, processes)
+    finally:
+        supervisor.stop(processes)
+
+
+@contextmanager
+def floor_server(stack: Stack, bodies: dict[str, bytes], workers: int) -> Iterator[str]:
+    """The bare endpoint on the stack's spare port, same uvicorn flags and TLS; yields its base URL."""
+    folder = Path(tempfile.mkdtemp(prefix="mockehr-floor-"))
+    for name, body in bodies.items():
+        (folder / f"{name}.json").write_bytes(body)
+    port = stack.base_port + 7
+    tls = stack.data_dir.resolve() / "tls"
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.floor:create_app", "--host", stack.host]
+    argv += ["--port", str(port), "--ssl-certfile", str(tls / "server.pem")]
+    argv += ["--ssl-keyfile", str(tls / "server-key.pem"), "--no-server-header", "--no-proxy-headers"]
+    argv += ["--timeout-graceful-shutdown", "2"]
+    argv += ["--workers", str(workers)] if workers > 1 else []
+    env = {**os.environ, "MOCKEHR_BENCH_FLOOR_DIR": str(folder)}
+    # Its access log goes to a file, like the services' logs (supervisor): same work per request.
+    log = open(folder / "floor.log", "ab")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    base = f"https://{stack.public_host}:{port}/floor"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/read", verify=client_ssl_context(stack.data_dir / "ca.pem"), timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+# --- clients, assertions and tokens -----------------------------------------------------------
 
 
 async def _register_backend(stack: Stack) -> SigningKey:
@@ -57,11 +131,11 @@ async def _register_backend(stack: Stack) -> SigningKey:
             await clients.register(
                 session,
                 Client(
-                    "bench-backend",
+                    BACKEND_ID,
                     "backend",
                     "bench",
                     "private_key_jwt",
-                    "system/*.rs",
+                    "system/*.cruds",
                     False,
                     True,
                     jwks={"keys": [public_jwk(key, signer.kid, "ES384")]},
@@ -82,129 +156,230 @@ async def _ehr_signer(stack: Stack) -> SigningKey:
 
 def _assertion(client_id: str, signer: SigningKey, token_url: str) -> str:
     now = int(time.time())
-    return sign_jwt(
-        {"iss": client_id, "sub": client_id, "aud": token_url, "iat": now, "exp": now + 60, "jti": new_jti()},
-        signer,
-        typ="JWT",
-    )
+    claims = {"iss": client_id, "sub": client_id, "aud": token_url, "iat": now, "exp": now + 120, "jti": new_jti()}
+    return sign_jwt(claims, signer, typ="JWT")
 
 
-def _exchange_form(stack: Stack, ehr: SigningKey, user: str, patient: str) -> dict[str, str]:
+@dataclass
+class Actors:
+    backend: SigningKey
+    ehr: SigningKey
+    user: str  # the demo practitioner's fhirUser
+    patient: str
+
+    def backend_form(self, token_url: str, scope: str = "system/*.rs") -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "scope": scope,
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": _assertion(BACKEND_ID, self.backend, token_url),
+        }
+
+    def exchange_form(self, token_url: str, fhir_base: str) -> dict[str, str]:
+        """What the EHR sends to get a CDS Service's token (issue 3, RFC 8693)."""
+        now = int(time.time())
+        claims = {"iss": "ehr", "sub": self.user, "aud": token_url, "iat": now, "exp": now + 60, "jti": new_jti()}
+        return {
+            "grant_type": TOKEN_EXCHANGE,
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": _assertion("ehr", self.ehr, token_url),
+            "subject_token": sign_jwt(claims, self.ehr, typ="user+jwt"),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "cds_service": "cds-example",
+            "patient": self.patient,
+            "resource": fhir_base,
+            "scope": EXCHANGE_SCOPE,
+        }
+
+
+def actors(running: Running) -> Actors:
+    stack = running.stack
+    users = json.loads((stack.data_dir / "demo-users.json").read_text())
+    user = next(iter(users.values()))
+    backend, ehr = asyncio.run(_register_backend(stack)), asyncio.run(_ehr_signer(stack))
+    return Actors(backend, ehr, user["fhirUser"], user["patients"][0])
+
+
+def _token(running: Running, form: dict[str, str]) -> str:
+    url = f"{running.stack.base_url('authserver')}/token"
+    response = httpx.post(url, data=form, verify=client_ssl_context(running.ca), trust_env=False, timeout=30)
+    response.raise_for_status()
+    token: str = response.json()["access_token"]
+    return token
+
+
+# --- token issuance -----------------------------------------------------------------------------
+
+
+def token_issuance(running: Running, who: Actors, seconds: float, concurrencies: tuple[int, ...]) -> dict[str, Any]:
+    """Tokens per second: wrk POSTs pre-signed forms, each used exactly once (fresh jti)."""
+    stack = running.stack
     token_url = f"{stack.base_url('authserver')}/token"
-    now = int(time.time())
-    user_assertion = sign_jwt(
-        {"iss": "ehr", "sub": user, "aud": token_url, "iat": now, "exp": now + 30, "jti": new_jti()},
-        ehr,
-        typ="user+jwt",
-    )
-    return {
-        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-        "client_assertion_type": JWT_BEARER,
-        "client_assertion": _assertion("ehr", ehr, token_url),
-        "subject_token": user_assertion,
-        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-        "cds_service": "cds-example",
-        "patient": patient,
-        "resource": stack.url("fhirserver"),
-        "scope": "patient/Patient.rs patient/Observation.rs",
+    fhir = stack.url("fhirserver")
+    kinds: dict[str, Callable[[], dict[str, str]]] = {
+        "client_credentials": lambda: who.backend_form(token_url),
+        "token_exchange": lambda: who.exchange_form(token_url, fhir),
     }
+    out: dict[str, Any] = {}
+    for name, form in kinds.items():
+        for c in concurrencies:
+            # Enough single-use bodies for 1,500 tokens/s; a warm-up of 50 first (excluded).
+            warm = Path(tempfile.mkstemp(suffix=".txt")[1])
+            warm.write_text("\n".join(urlencode(form()) for _ in range(50)) + "\n")
+            wrk.run(token_url, connections=min(c, 8), seconds=1, bodies=warm, warmup=0)
+            path = Path(tempfile.mkstemp(suffix=".txt")[1])
+            path.write_text("\n".join(urlencode(form()) for _ in range(int(1500 * seconds))) + "\n")
+            out[f"{name} c={c}"] = wrk.run(token_url, connections=c, seconds=seconds, bodies=path, warmup=0)
+    return out
 
 
-async def _issuance(stack: Stack, forms: Any, concurrency: int, seconds: float) -> dict[str, float]:
-    """Tokens per second with `concurrency` clients; each request carries fresh assertions."""
-    url = f"{stack.base_url('authserver')}/token"
+# --- FHIR ----------------------------------------------------------------------------------------
+
+
+def fhir_requests(running: Running, who: Actors, seconds: float, workers: int) -> dict[str, Any]:
+    """Read, compartment search, search with _include at c=8 and c=32, each with its floor."""
+    stack = running.stack
+    token_url = f"{stack.base_url('authserver')}/token"
+    fhir = stack.url("fhirserver")
+    # The token a CDS Service gets from the EHR (token exchange): every request is audited.
+    token = _token(running, who.exchange_form(token_url, fhir))
+    headers = {"Authorization": f"Bearer {token}"}
+    p = who.patient
+    cases = {
+        "read": f"{fhir}/Patient/{p}",
+        "search": f"{fhir}/Observation?patient={p}&_count=10",
+        "include": f"{fhir}/Observation?patient={p}&_count=10&_include=Observation:encounter",
+    }
+    bodies: dict[str, bytes] = {}
+    with httpx.Client(verify=client_ssl_context(running.ca), trust_env=False) as client:
+        for name, url in cases.items():
+            response = client.get(url, headers=headers)
+            response.raise_for_status()
+            bodies[name] = response.content
+    out: dict[str, Any] = {}
+    with floor_server(stack, bodies, workers) as floor:
+        for name, url in cases.items():
+            for c in (8, 32):
+                measured = wrk.run(url, connections=c, seconds=seconds, headers=headers)
+                base = wrk.run(f"{floor}/{name}", connections=c, seconds=seconds)
+                measured["floor_req_per_s"] = base["req_per_s"]
+                measured["floor_p95_ms"] = base["p95_ms"]
+                measured["ratio_to_floor"] = round(measured["req_per_s"] / base["req_per_s"], 3)
+                out[f"{name} c={c}"] = measured
+    return out
+
+
+def _synthea(fixtures: Path | None) -> tuple[list[bytes], bytes] | None:
+    """(the hospital and practitioner bundles, the smallest patient bundle) of the Synthea fixtures."""
+    if fixtures is None:
+        return None
+    files = sorted(fixtures.glob("*.json"))
+    setup_files = [f.read_bytes() for f in files if "Information" in f.name]
+    patients = [f for f in files if "Information" not in f.name]
+    smallest = min(patients, key=lambda f: len(json.loads(f.read_bytes())["entry"]))
+    return setup_files, smallest.read_bytes()
+
+
+async def _drive_posts(
+    running: Running, url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
+) -> dict[str, Any]:
     latencies: list[float] = []
-    failures = 0
+    errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        verify=client_ssl_context(stack.data_dir / "ca.pem"), limits=limits, trust_env=False
-    ) as client:
-        for _ in range(20):  # warm-up, excluded
-            (await client.post(url, data=forms())).raise_for_status()
+    headers = {**headers, "Content-Type": "application/fhir+json"}
+    async with running.client(limits=limits) as client:
+        (await client.post(url, content=body, headers=headers)).raise_for_status()  # warm-up
         deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
-            nonlocal failures
+            nonlocal errors
             while time.perf_counter() < deadline:
-                form = forms()
                 start = time.perf_counter()
-                response = await client.post(url, data=form)
-                if response.status_code != 200:
-                    failures += 1
+                response = await client.post(url, content=body, headers=headers)
                 latencies.append(time.perf_counter() - start)
+                errors += response.status_code >= 300
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     latencies.sort()
     return {
-        "tokens_per_s": (len(latencies) - failures) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p95_ms": latencies[int(len(latencies) * 0.95)] * 1000,
-        "failures": failures,
+        "req_per_s": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "p95_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))] * 1000, 1),
+        "requests": len(latencies),
+        "errors": errors,
     }
 
 
-def _wrk(url: str, token: str, connections: int, seconds: int, ca: Path) -> dict[str, float]:
-    """wrk (Debian) from a separate process; it does not verify TLS, which costs it nothing here."""
-    if shutil.which("wrk") is None:
+def fhir_transactions(
+    running: Running, who: Actors, fixtures: Path | None, seconds: float, workers: int
+) -> dict[str, Any]:
+    """A Synthea patient Bundle as one transaction (POST /fhir), with a backend's system token."""
+    synthea = _synthea(fixtures)
+    if synthea is None:
         return {}
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"Authorization: Bearer {token}", url],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-
-    def ms(m: re.Match[str] | None) -> float:
-        if m is None:
-            return float("nan")
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    return {
-        "req_per_s": rps,
-        "p50_ms": ms(p50),
-        "p99_ms": ms(p99),
-        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-    }
+    setup_bundles, bundle = synthea
+    stack = running.stack
+    fhir = stack.url("fhirserver")
+    token = _token(running, who.backend_form(f"{stack.base_url('authserver')}/token", "system/*.cruds"))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    with httpx.Client(verify=client_ssl_context(running.ca), trust_env=False, timeout=120) as client:
+        for body in setup_bundles:  # the practitioners and organizations the patients' bundles name
+            client.post(fhir, content=body, headers=headers).raise_for_status()
+        response = client.post(fhir, content=bundle, headers=headers)
+        response.raise_for_status()
+    entries = len(json.loads(bundle)["entry"])
+    out: dict[str, Any] = {}
+    with floor_server(stack, {"transaction": response.content}, workers) as floor:
+        for c in (8, 32):
+            measured = asyncio.run(_drive_posts(running, fhir, bundle, headers, c, seconds))
+            base = asyncio.run(_drive_posts(running, f"{floor}/transaction", bundle, {}, c, seconds))
+            measured["resources_per_s"] = round(measured["req_per_s"] * entries, 1)
+            measured["floor_req_per_s"] = base["req_per_s"]
+            measured["ratio_to_floor"] = round(measured["req_per_s"] / base["req_per_s"], 4)
+            out[f"transaction ({entries} entries) c={c}"] = measured
+    return out
 
 
-def run(db_url: str | None, seconds: int, patients: int) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    with running_stack(db_url, patients) as stack:
-        backend = asyncio.run(_register_backend(stack))
-        ehr = asyncio.run(_ehr_signer(stack))
-        users = json.loads((stack.data_dir / "demo-users.json").read_text())
-        user = next(iter(users.values()))
-        patient = user["patients"][0]
-        token_url = f"{stack.base_url('authserver')}/token"
-        ca = stack.data_dir / "ca.pem"
+# --- memory -------------------------------------------------------------------------------------
 
-        def backend_form() -> dict[str, str]:
-            return {
-                "grant_type": "client_credentials",
-                "scope": "system/*.rs",
-                "client_assertion_type": JWT_BEARER,
-                "client_assertion": _assertion("bench-backend", backend, token_url),
-            }
 
-        results["client_credentials c=8"] = asyncio.run(_issuance(stack, backend_form, 8, seconds))
-        results["token_exchange c=8"] = asyncio.run(
-            _issuance(stack, lambda: _exchange_form(stack, ehr, user["fhirUser"], patient), 8, seconds)
-        )
-        exchanged = httpx.post(
-            token_url, data=_exchange_form(stack, ehr, user["fhirUser"], patient), verify=client_ssl_context(ca)
-        ).json()
-        token = exchanged["access_token"]
-        fhir = stack.url("fhirserver")
-        for connections in (8, 32):
-            results[f"fhir read c={connections}"] = _wrk(f"{fhir}/Patient/{patient}", token, connections, seconds, ca)
-            results[f"fhir compartment search _count=10 c={connections}"] = _wrk(
-                f"{fhir}/Observation?patient={patient}&_count=10", token, connections, seconds, ca
-            )
-    return results
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_memory(running: Running) -> dict[str, Any]:
+    """Peak RSS per service: the uvicorn process, and each worker process when there are several."""
+    out: dict[str, Any] = {}
+    names = {s.name for s in SERVICES}
+    for process in running.processes:
+        if process.name not in names:
+            continue
+        pids = [process.process.pid, *_children(process.process.pid)]
+        peaks = [_peak_rss_mb(pid) for pid in pids]
+        out[process.name] = {
+            "peak_rss_mb_max": max(peaks),
+            "peak_rss_mb_total": round(sum(peaks), 1),
+            "processes": len(pids),
+        }
+    return out
