@@ -553,11 +553,19 @@ def services_add(
         Path | None, typer.Option("--client-cert", help="Mutual TLS: the certificate the EHR presents")
     ] = None,
     client_key: Annotated[Path | None, typer.Option("--client-key", help="Mutual TLS: its private key")] = None,
+    keep_existing: Annotated[
+        bool, typer.Option("--keep-existing", help="Change nothing if this discovery URL is already registered")
+    ] = False,
+    compose_names: Annotated[
+        bool, typer.Option("--compose-names", help="Reach the EHR by its compose name (https://ehr:9000)")
+    ] = False,
     base_port: BasePort = None,
     data_dir: DataDir = None,
     json_out: Json = False,
 ) -> None:
     """Discover a CDS Service and allow-list it with what you approve (non-interactive)."""
+    import dataclasses
+
     from mockehr.cds import EhrApi, add_body, print_registration
 
     def body() -> Any:
@@ -574,11 +582,21 @@ def services_add(
             client_cert=client_cert,
             client_key=client_key,
         )
-        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+        stack = dataclasses.replace(_stack(data_dir, base_port=base_port), compose_names=compose_names)
+        with EhrApi(stack) as api:
+            if keep_existing and any(
+                s["discoveryUrl"] == discovery_url.rstrip("/") for s in api.call("GET", "/api/services")["services"]
+            ):
+                return None
             return api.call("POST", "/api/services", payload)
 
     registration = _run(body)
-    if json_out:
+    if registration is None:
+        if json_out:
+            out.print_json(json.dumps({"unchanged": True, "discoveryUrl": discovery_url}))
+        else:
+            out.print(f"{discovery_url} is already registered; nothing changed", highlight=False)
+    elif json_out:
         out.print_json(json.dumps(registration))
     else:
         print_registration(out, registration)

@@ -66,6 +66,9 @@ def test_up_allow_lists_the_example_cds_service_with_its_prefetch(stack: UpProce
     greeting = services["patient-greeting"]
     assert (greeting["discoveryUrl"], greeting["clientId"], greeting["enabled"]) == (discovery, "cds-example", True)
     assert greeting["approvedPrefetch"] == greeting["announcedPrefetch"] != {}
+    again = _cli(stack, "services", "add", discovery, "--approve-all-prefetch", "--keep-existing")
+    assert again.returncode == 0, again.stderr
+    assert "already registered; nothing changed" in again.stdout
 
 
 def test_patient_view_for_a_demo_user_returns_the_example_services_cards(stack: UpProcess) -> None:
