@@ -200,19 +200,20 @@ def api_router() -> APIRouter:
         registry: Registry = request.app.state.registry
         services = await registry.enabled_for(hook, body.services)
         call = HookCall(hook, str(uuid.uuid4()), user_ref, body.patientId, context)
+        # The session's own token stands for the user only when the hook fires for that user (an
+        # admin session naming someone else gets a user assertion for them instead).
+        user_token = principal.session_token if user_ref == principal.user_ref else None
         results: list[dict[str, Any]] = []
         if services:
             engine: HookEngine = request.app.state.engine
-            outcome = await engine.run_hook(call, services, user_token=principal.session_token)
+            outcome = await engine.run_hook(call, services, user_token=user_token)
             await exchange_log.record(runtime.sessions, outcome, int(runtime.clock()))
             by_id = {s.service_id: s for s in services}
             actions: CardActions = request.app.state.card_actions
             for result in outcome.results:
                 applied = None
                 if result.service_id in by_id:
-                    applied = await apply_system_actions(
-                        actions, by_id[result.service_id], call, result, principal.session_token
-                    )
+                    applied = await apply_system_actions(actions, by_id[result.service_id], call, result, user_token)
                 results.append(result_json(result, applied))
         return JSONResponse({"hookInstance": call.hook_instance, "hook": hook, "services": results})
 

@@ -160,3 +160,21 @@ async def test_a_patient_outside_the_users_reach_yields_no_cards_and_a_recorded_
         assert service["status"] == "error" and service["cards"] == []
         assert "token exchange refused" in service["reason"]
     assert h.cds.calls("/cds-services/greeting") == []
+
+
+async def test_an_admin_session_firing_for_another_user_never_lends_its_own_token(h: EhrHarness) -> None:
+    me, other = h.fhir.practitioner(0), h.fhir.practitioner(1)
+
+    async def resolver(_request: Request) -> Principal:
+        return Principal(user_ref=me, is_admin=True, session_token="the-admins-own-session-token")
+
+    h.ehr_app.state.session_resolver = resolver
+    response = await h.ehr.post("/api/hooks/patient-view", json={"userId": other, "patientId": h.fhir.patient_of(1)})
+    assert response.status_code == 200
+    assert {s["status"] for s in response.json()["services"]} == {"ok"}  # a user assertion for `other`
+    (sent, _) = (h.cds.calls("/cds-services/greeting") + h.cds.calls("/cds-services/second"))[:2]
+    token = claims_of(sent.body["fhirAuthorization"]["access_token"])
+    assert token["fhirUser"].endswith(other) and token["patient"] == h.fhir.patient_of(1)
+    own = await h.ehr.post("/api/hooks/patient-view", json={"userId": me, "patientId": h.fhir.patient_of(0)})
+    # For its own user the session token is used: this one is not a real token, so it is refused.
+    assert {s["status"] for s in own.json()["services"]} == {"error"}
