@@ -110,7 +110,7 @@ def signin_router() -> APIRouter:
         ui = ui_state(request)
         session = ui.read(request)
         form = await request.form()
-        if session is not None and not csrf_ok(session, form.get(CSRF_FIELD)):
+        if session is not None and (not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request)):
             return render("error.html", 403, title="Sign-out refused", message="The form has expired. Reload the page.")
         if session is not None:
             if session.refresh_token:

@@ -228,6 +228,8 @@ async def test_sign_out_needs_the_csrf_token(ehr: httpx.AsyncClient, settings: E
     assert refused.status_code == 403 and SESSION_COOKIE not in set_cookies(refused)
     refused = await ehr.post("/logout")
     assert refused.status_code == 403
+    cross = await ehr.post("/logout", data={"csrf": "csrf-secret-of-this-session"}, headers={"Origin": "null"})
+    assert cross.status_code == 403
     done = await ehr.post("/logout", data={"csrf": "csrf-secret-of-this-session"})
     assert done.status_code == 303
     assert "max-age=0" in set_cookies(done)[SESSION_COOKIE].lower()
