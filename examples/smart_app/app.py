@@ -114,7 +114,12 @@ def _patient_name(patient: Mapping[str, Any]) -> str:
     return f"Patient/{patient.get('id')}"
 
 
-def create_app(settings: SmartAppSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+def create_app(
+    settings: SmartAppSettings | None = None,
+    *,
+    clock: Clock = system_clock,
+    transport: httpx.AsyncBaseTransport | None = None,  # tests: the FHIR and authorization servers
+) -> FastAPI:
     settings = settings or load_settings(SmartAppSettings)
     pending: dict[str, Pending] = {}
     jwks: dict[str, JwksCache] = {}
@@ -122,7 +127,12 @@ def create_app(settings: SmartAppSettings | None = None, *, clock: Clock = syste
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.service_name)
-        async with make_http_client(ca_file=settings.ca_path, timeout=settings.http_timeout_seconds) as http:
+        client = (
+            httpx.AsyncClient(transport=transport, follow_redirects=False)
+            if transport is not None
+            else make_http_client(ca_file=settings.ca_path, timeout=settings.http_timeout_seconds)
+        )
+        async with client as http:
             app.state.http = http
             yield
 
