@@ -8,11 +8,13 @@ Every token is a JWT signed with the authserver's current key, header `typ: at+j
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from authserver.models import IssuedTokenRow, RevocationRow
 from common.errors import TokenInvalidError
@@ -21,6 +23,18 @@ from common.keys import KeyStore
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+
+
+@asynccontextmanager
+async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session whose statements each commit on their own: no BEGIN and COMMIT round trips.
+
+    For units of work that are one statement (a lookup, one INSERT), which are atomic by
+    themselves; the caller ends a write with `await session.commit()` (which then only flushes).
+    """
+    async with sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 @dataclass(frozen=True)
