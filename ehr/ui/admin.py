@@ -23,6 +23,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from common.keys import list_keys, rotate
+from ehr.authserver_admin import AuthserverAdmin
+from ehr.errors import UpstreamFailed
 from ehr.ui.oauth import OAuthFailure
 from ehr.ui.pages import Page, with_session
 from ehr.ui.session import CSRF_FIELD, Session, csrf_ok
@@ -90,10 +92,11 @@ def admin_router() -> APIRouter:
     @router.get("/admin/clients")
     async def clients(request: Request) -> Response:
         async def page(ui: UiState, session: Session) -> Response:
+            registry: AuthserverAdmin = request.app.state.authserver_admin
             try:
-                found = await ui.auth.clients(ui.runtime.settings.admin_secret())
-            except OAuthFailure as exc:
-                return render("error.html", 503, title="Try again", message=str(exc), session=session)
+                found = await registry.list_clients()
+            except UpstreamFailed as exc:
+                return render("error.html", 503, title="Try again", message=exc.message, session=session)
             return render("admin_clients.html", title="OAuth clients", session=session, clients=found)
 
         return await _admin(request, page)

@@ -21,7 +21,12 @@ FHIR_JSON = "application/fhir+json"
 
 
 class FhirUnavailable(Exception):
-    """The FHIR server could not answer (network, 5xx, or a token it refused)."""
+    """The FHIR server could not answer (network, 5xx, an unexpected status)."""
+
+
+class FhirUnauthorized(Exception):
+    """The FHIR server refused the user's token (revoked, or the user's grant ended): the session
+    is over."""
 
 
 def display_name(resource: Mapping[str, Any]) -> str:
@@ -127,6 +132,8 @@ class FhirReader:
             raise FhirUnavailable(type(exc).__name__) from None
         if response.status_code in (404, 410):
             return None
+        if response.status_code == 401:
+            raise FhirUnauthorized
         if response.status_code != 200:
             raise FhirUnavailable(f"FHIR server answered {response.status_code}")
         try:

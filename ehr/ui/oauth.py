@@ -158,23 +158,6 @@ class AuthClient:
             raise OAuthFailure("The authorization server did not register the launch.")
         return launch
 
-    async def smart_apps(self, admin_token: str) -> list[dict[str, Any]]:
-        """The active SMART apps (authserver admin API), for matching a card link's launch URL."""
-        return [c for c in await self.clients(admin_token) if c.get("kind") == "smart-app" and c.get("active")]
-
-    async def clients(self, admin_token: str) -> list[dict[str, Any]]:
-        try:
-            response = await self.http.get(
-                self.config.authserver_url + "/admin/clients", headers={"Authorization": f"Bearer {admin_token}"}
-            )
-            body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            body = None
-        items = body.get("clients") if isinstance(body, dict) else body
-        if not isinstance(items, list):
-            raise OAuthFailure("The client registry could not be read.")
-        return [c for c in items if isinstance(c, dict)]
-
     async def disable_client(self, admin_token: str, client_id: str) -> bool:
         try:
             response = await self.http.post(

@@ -15,7 +15,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from ehr.ui.chart import FHIR_ID, FhirReader, FhirUnavailable
+from ehr.authserver_admin import AuthserverAdmin
+from ehr.errors import UpstreamFailed
+from ehr.ui.chart import FHIR_ID, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.oauth import OAuthFailure
 from ehr.ui.orders import LAB_TESTS, MEDICATIONS
 from ehr.ui.session import CSRF_HEADER, SESSION_COOKIE, Session, csrf_ok
@@ -33,13 +35,22 @@ async def with_session(request: Request, page: Page) -> Response:
     session = ui.read(request)
     fresh = await ui.fresh(session) if session is not None else None
     if fresh is None:
-        response: Response = RedirectResponse("/login?" + urlencode({"next": request.url.path}), status_code=303)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _sign_in_again(request)
     fresh = fresh.touched(ui.now())
-    response = await page(ui, fresh)
+    try:
+        response = await page(ui, fresh)
+    except FhirUnauthorized:
+        response = _sign_in_again(request)
+        ui.box.clear(response, SESSION_COOKIE)
+        return response
     if not any(c.startswith(SESSION_COOKIE + "=") for c in response.headers.getlist("set-cookie")):
         ui.write(response, fresh)  # unless the page wrote a changed session itself
+    return response
+
+
+def _sign_in_again(request: Request) -> Response:
+    response = RedirectResponse("/login?" + urlencode({"next": request.url.path}), status_code=303)
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -137,17 +148,22 @@ def pages_router() -> APIRouter:
         if request_body is None:
             return JSONResponse({"error": "invalid_request", "message": "url and patientId are required"}, 400)
         url, patient, encounter, app_context = request_body
+        registry: AuthserverAdmin = request.app.state.authserver_admin
         try:
-            apps = await ui.auth.smart_apps(ui.runtime.settings.admin_secret())
-        except OAuthFailure:
+            apps = await registry.list_clients()
+        except UpstreamFailed:
             return JSONResponse({"error": "unavailable", "message": "the app registry could not be read"}, 503)
-        app = next((a for a in apps if a.get("launch_url") == url), None)
+        app = next(
+            (a for a in apps if a.get("kind") == "smart-app" and a.get("active") and a.get("launch_url") == url), None
+        )
         if app is None:
             return JSONResponse({"error": "forbidden", "message": "not the launch URL of a registered SMART app"}, 403)
         try:
             visible = await _reader(ui, session).chart_visible(patient)
         except FhirUnavailable:
             return JSONResponse({"error": "unavailable", "message": "the FHIR server could not answer"}, 503)
+        except FhirUnauthorized:
+            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
         if not visible:
             return JSONResponse({"error": "not_found", "message": "no such patient"}, 404)
         context: dict[str, Any] = {"client_id": app["client_id"], "user": session.user_ref, "patient": patient}
