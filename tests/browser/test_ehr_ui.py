@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -357,3 +358,37 @@ def test_an_admin_enters_the_admin_token_once_and_manages_services_clients_and_k
         assert len(statuses) == before + 1
         assert sum("active" in s for s in statuses) == 1 and any("retiring" in s for s in statuses)
         shot(page, "admin-keys")
+
+
+def test_a_card_dismissed_with_a_reason_sends_feedback_and_the_inspector_shows_the_exchange_redacted(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[0]
+    with signed_in(browser, stack, user) as page:
+        page.goto(f"{stack.ehr}/patients/{user.patients[0]}")
+        card = page.locator(".hook-result[data-hook='patient-view'] .card.critical").first
+        card.wait_for()
+        feedback: list[Any] = []
+        page.on("response", lambda r: feedback.append(r) if r.url.endswith("/api/feedback") else None)
+        card.locator("button.dismiss").click()
+        reasons = page.locator("#dismiss-reason option").all_inner_texts()
+        assert len(reasons) > 1  # the card's overrideReasons, after "(no reason)"
+        page.select_option("#dismiss-reason", index=1)
+        page.fill("#dismiss-comment", "discussed with the patient")
+        page.click("#dismiss-ok")
+        page.wait_for_selector(".card.dismissed")
+        assert "Dismissed (feedback sent)" in card.locator(".card-status").inner_text()
+        sent = json.loads(feedback[0].request.post_data)
+        assert sent["outcome"] == "overridden" and sent["overrideReason"]["display"] == reasons[1]
+        assert sent["userComment"] == "discussed with the patient" and feedback[0].status == 200
+
+        page.goto(stack.ehr + "/exchanges")
+        row = page.locator(".exchange-row", has_text="abnormal-results").first
+        row.click()
+        detail = page.locator("#exchange-detail")
+        detail.wait_for()
+        text = detail.inner_text()
+        assert '"access_token": "[redacted]"' in text
+        assert "Timings (ms):" in text and "total_ms" in text
+        assert re.search(r"eyJ[A-Za-z0-9_-]{10,}\.", text) is None  # no JWT anywhere on the page
+        shot(page, "exchanges")
