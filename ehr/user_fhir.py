@@ -65,7 +65,10 @@ class UserFhir:
             if error in ("invalid_grant", "invalid_scope"):
                 raise Forbidden("the user may not change this patient's record")
             raise UpstreamFailed(f"the authorization server refused a token for the user ({error})")
-        return str(response.json()["access_token"])
+        try:
+            return str(response.json()["access_token"])
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamFailed("the authorization server answered without a token") from None
 
     @asynccontextmanager
     async def as_user(self, user_ref: str, patient_id: str, session_token: str | None) -> AsyncIterator[str]:
