@@ -3,11 +3,13 @@ JSON API and its error handlers. Everything is built in the lifespan (nothing at
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from common.clock import Clock
 from common.http import make_http_client
@@ -25,6 +27,7 @@ from ehr.suggestions import CardActions
 from ehr.user_fhir import UserFhir
 
 NO_STORE = {"Cache-Control": "no-store"}
+log = logging.getLogger("ehr.api")
 
 
 class CdsWiring:
@@ -55,6 +58,15 @@ class CdsWiring:
         async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
             body = {"error": exc.code, "message": exc.message}
             return JSONResponse(body, status_code=exc.status, headers=NO_STORE)
+
+        @app.exception_handler(Exception)
+        async def unexpected(request: Request, exc: Exception) -> Response:
+            # A bug: logged with its traceback (redacted) by the server; the caller gets no trace.
+            log.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+            if not request.url.path.startswith("/api/"):
+                return PlainTextResponse("Internal Server Error", status_code=500)
+            body = {"error": "server_error", "message": "the EHR failed to handle this request; see its log"}
+            return JSONResponse(body, status_code=500, headers=NO_STORE)
 
         @app.exception_handler(RequestValidationError)
         async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -178,3 +178,21 @@ async def test_an_admin_session_firing_for_another_user_never_lends_its_own_toke
     own = await h.ehr.post("/api/hooks/patient-view", json={"userId": me, "patientId": h.fhir.patient_of(0)})
     # For its own user the session token is used: this one is not a real token, so it is refused.
     assert {s["status"] for s in own.json()["services"]} == {"error"}
+
+
+async def test_an_unexpected_failure_is_json_without_a_trace(h: EhrHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    async def broken() -> list[object]:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(h.ehr_app.state.registry, "list_all", broken)
+    transport = httpx.ASGITransport(app=h.ehr_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="https://ehr.test") as client:
+        response = await client.get("/api/services", headers=h.admin)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "server_error",
+        "message": "the EHR failed to handle this request; see its log",
+    }
+    assert "secret internal detail" not in response.text and "Traceback" not in response.text
