@@ -47,6 +47,7 @@ class CdsDouble:
     answers: dict[str, Callable[[dict[str, Any]], Response]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     discovery_status: list[int] = field(default_factory=list)  # statuses to answer first, in order
+    discovery_body: tuple[bytes, str] | None = None  # a raw discovery answer (body, content type)
 
     def calls(self, path: str) -> list[Received]:
         return [r for r in self.received if r.path == path]
@@ -64,7 +65,11 @@ class CdsDouble:
         async def discovery(request: Request) -> Response:
             await remember(request)
             if self.discovery_status:
-                return Response(status_code=self.discovery_status.pop(0))
+                status = self.discovery_status.pop(0)
+                headers = {"Location": "https://elsewhere.test/cds-services"} if 300 <= status < 400 else {}
+                return Response(status_code=status, headers=headers)
+            if self.discovery_body is not None:
+                return Response(self.discovery_body[0], media_type=self.discovery_body[1])
             return JSONResponse({"services": self.services})
 
         @app.post("/cds-services/{service_id}")

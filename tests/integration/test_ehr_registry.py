@@ -151,6 +151,31 @@ async def test_discovery_is_not_retried_after_a_4xx(h: EhrHarness) -> None:
     assert await _client(h, "cds-double") is None
 
 
+async def test_a_redirect_at_discovery_is_never_followed(h: EhrHarness) -> None:
+    h.cds.discovery_status = [302]
+    response = await h.add_service(approveAllPrefetch=True)
+    assert response.status_code == 502
+    assert response.json()["message"] == f"discovery at {DISCOVERY} answered 302: redirects are not followed"
+    assert len(h.cds.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ((b"<html>not json</html>", "text/html"), f"discovery at {DISCOVERY} did not answer JSON"),
+        ((b'{"services": [' + b'{"x": 1},' * 150_000 + b"]}", "application/json"), "exceeds 1048576 bytes"),
+    ],
+)
+async def test_a_discovery_answer_that_is_not_json_or_too_big_is_refused(
+    h: EhrHarness, body: tuple[bytes, str], message: str
+) -> None:
+    h.cds.discovery_body = body
+    response = await h.add_service(approveAllPrefetch=True)
+    assert response.status_code == 502
+    assert message in response.json()["message"]
+    assert await _rows(h) == []
+
+
 @pytest.mark.parametrize(
     "services",
     [
