@@ -269,7 +269,7 @@ class Registry:
         else:
             types = sorted({t for p in prefetch.values() for t in map(template_resource_type, p.values()) if t})
             if not types:
-                raise InvalidRequest("no scope: name the scopes to approve (no approved prefetch names a resource type)")
+                raise InvalidRequest("no scope: name the scopes to approve (no approved prefetch reads a type)")
             scope = check_scope(f"patient/{t}.rs" for t in types)
         for service in chosen:
             check_loopback_opt_in(f"{base}/{service.id}", approval.allow_http_loopback)
@@ -292,6 +292,16 @@ class Registry:
                 row.client_cert_file, row.client_key_file = approval.client_cert_file, approval.client_key_file
                 row.enabled = True
                 rows.append(row)
+            # A service this discovery URL no longer announces is never called again.
+            announced = {(s.id, s.hook) for s in discovered}
+            for gone in (
+                await session.execute(select(CdsServiceRow).where(CdsServiceRow.discovery_url == base))
+            ).scalars():
+                if (gone.cds_id, gone.hook) not in announced and gone.enabled:
+                    gone.enabled, gone.updated_at = False, now
+                    registration.skipped.append(
+                        {"id": gone.id, "hook": gone.hook, "reason": "no longer announced; disabled"}
+                    )
             await session.flush()
             registration.services = [service_json(r) for r in rows]
         return registration

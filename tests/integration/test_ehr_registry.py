@@ -151,6 +151,17 @@ async def test_discovery_is_not_retried_after_a_4xx(h: EhrHarness) -> None:
     assert await _client(h, "cds-double") is None
 
 
+async def test_a_service_no_longer_announced_is_disabled_when_the_url_is_added_again(h: EhrHarness) -> None:
+    assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
+    h.cds.services = [greeting_service()]
+    again = await h.add_service(approveAllPrefetch=True)
+    assert again.status_code == 201, again.text
+    assert again.json()["skipped"] == [
+        {"id": "med-check", "hook": "order-sign", "reason": "no longer announced; disabled"}
+    ]
+    assert {r.id: r.enabled for r in await _rows(h)} == {"greeting": True, "med-check": False}
+
+
 async def test_a_redirect_at_discovery_is_never_followed(h: EhrHarness) -> None:
     h.cds.discovery_status = [302]
     response = await h.add_service(approveAllPrefetch=True)
