@@ -170,6 +170,7 @@ async def _measure(running: Running, discovery: str, user: str, patient: str, se
                         all_ok,
                     )
                     own = await _own_time(client, discovery)
+                    phases = await _phases(client, ehr, headers) if c == 1 else {}
                     # The service's own time per hook: its handler time for each of the hook's calls.
                     own_p50 = statistics.median(own) * count if own else 0.0
                     own_p95 = _pct(own, 0.95) * count if own else 0.0
@@ -185,7 +186,22 @@ async def _measure(running: Running, discovery: str, user: str, patient: str, se
                         "direct_p50_ms": round(statistics.median(direct[c]) * 1000, 2),
                         "ratio_to_direct": round(p50 / (statistics.median(direct[c]) * 1000), 1),
                         "errors": errors,
+                        **phases,
                     }
+    return out
+
+
+async def _phases(client: httpx.AsyncClient, ehr: str, headers: dict[str, str]) -> dict[str, float]:
+    """Median per phase of the EHR's own timings (its exchange log) over the latest exchanges."""
+    response = await client.get(f"{ehr}/api/exchanges", headers=headers, params={"limit": 50})
+    if response.status_code != 200:
+        return {}
+    timings = [e.get("timings") or {} for e in response.json().get("exchanges", [])]
+    out: dict[str, float] = {}
+    for phase in ("token_ms", "prefetch_ms", "call_ms", "revoke_ms", "total_ms"):
+        values = [t[phase] for t in timings if isinstance(t.get(phase), int | float)]
+        if values:
+            out[f"phase_{phase}"] = round(statistics.median(values), 2)
     return out
 
 

@@ -25,6 +25,7 @@ Escaping (search.html#escaping): `\\,` `\\|` `\\$` and `\\\\` in values.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -734,12 +735,12 @@ async def search(
     if rtype not in SUPPORTED_TYPES:
         raise FhirError([Issue(f"resource type {rtype!r} is not searchable", code="not-supported")])
     await storage.flush_index(session)
-    plan = _plan(rtype, params, restriction, base_url, page_size_default, page_size_max)
+    plan = _cached_plan(rtype, params, restriction, base_url, page_size_default, page_size_max)
     controls, offset = plan.controls, max(offset, 0)
     counted = controls.total != "none" or controls.summary == "count"
     if controls.summary == "count" or controls.count == 0:
         total = int((await session.execute(plan.count())).scalar_one()) if counted else None
-        return SearchResult([], [], total, plan.unknown, offset, controls.count)
+        return SearchResult([], [], total, list(plan.unknown), offset, controls.count)
     rows = (await session.execute(plan.page(offset, with_total=counted))).all()
     resources = [_loads(row[0]) for row in rows]
     total = None
@@ -754,7 +755,7 @@ async def search(
         _shape(resources, controls),
         _shape(included, controls, main=False),
         total,
-        plan.unknown,
+        list(plan.unknown),
         offset,
         controls.count,
     )
@@ -828,16 +829,66 @@ class _Plan:
     unknown: list[str]
     order: list[Any]
 
+    statements: dict[tuple[int, bool] | None, Select[Any]] = field(default_factory=dict)
+
     def count(self) -> Select[Any]:
-        return select(func.count()).select_from(ResourceRow).where(*self.where)
+        stmt = self.statements.get(None)
+        if stmt is None:
+            stmt = self.statements[None] = select(func.count()).select_from(ResourceRow).where(*self.where)
+        return stmt
 
     def page(self, offset: int, *, with_total: bool = False) -> Select[Any]:
         """The page's resources, and with `with_total` the number of all matches on every row
         (`count(*) OVER ()`, computed before LIMIT/OFFSET)."""
+        stmt = self.statements.get((offset, with_total))
+        if stmt is not None:
+            return stmt
         columns: list[Any] = [ResourceRow.content]
         if with_total:
             columns.append(func.count().over())
-        return select(*columns).where(*self.where).order_by(*self.order).offset(offset).limit(self.controls.count)
+        stmt = select(*columns).where(*self.where).order_by(*self.order).offset(offset).limit(self.controls.count)
+        if len(self.statements) < _PAGES_KEPT:
+            self.statements[(offset, with_total)] = stmt
+        return stmt
+
+
+# Built plans, by everything a plan is a pure function of (the query and the restriction). The
+# same query for the same patient recurs (each hook's prefetch, paging, a chart's views): it then
+# costs neither building the statement (~1 ms of SQLAlchemy constructs) nor its cache key.
+PLANS_KEPT = 512
+_PAGES_KEPT = 8
+_PLANS: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
+
+
+def _restriction_key(r: Restriction | None) -> tuple[Any, ...] | None:
+    if r is None:
+        return None
+    return (
+        r.allowed_patient_ids,
+        tuple(tuple(group) for group in r.extra_filters),
+        r.types,
+        tuple(sorted((t, tuple(tuple(g) for g in f)) for t, f in r.type_filters.items())),
+    )
+
+
+def _cached_plan(
+    rtype: str,
+    params: list[tuple[str, str]],
+    restriction: Restriction | None,
+    base_url: str,
+    default: int,
+    maximum: int,
+) -> _Plan:
+    key = (rtype, tuple((str(n), str(v)) for n, v in params), _restriction_key(restriction), base_url, default, maximum)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        _PLANS.move_to_end(key)
+        return plan
+    plan = _plan(rtype, params, restriction, base_url, default, maximum)
+    _PLANS[key] = plan
+    if len(_PLANS) > PLANS_KEPT:
+        _PLANS.popitem(last=False)
+    return plan
 
 
 def _plan(
