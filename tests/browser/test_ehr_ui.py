@@ -183,6 +183,8 @@ def test_a_smart_link_on_a_card_launches_the_app_with_the_patient_and_the_app_co
         assert "metformin" in active  # the seed's diabetic patient: a duplicate draft gives a card
         page.select_option("#order-kind", "medication")
         page.select_option("#order-item", label="24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet")
+        page.click("#order-select")  # order-select: the selection alone already gets a card
+        page.locator(".hook-result[data-hook='order-select'] .card").first.wait_for()
         page.click("#order-sign")
         link = page.locator(".hook-result[data-hook='order-sign'] button.smart-link").first
         link.wait_for()
