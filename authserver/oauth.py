@@ -107,7 +107,7 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         patient = _one(form, "patient")
         if not patient:
             raise InvalidRequestError("patient is required")
-        async with runtime.sessions() as session:
+        async with tokens.autocommit(runtime.sessions) as session:  # lookups only: no BEGIN/ROLLBACK
             # No cds_service: the EHR asks for a token for itself as the user (token_exchange.py).
             cds_service = _one(form, "cds_service")
             service = check_service(await clients.get(session, cds_service)) if cds_service else None
