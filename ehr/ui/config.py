@@ -18,7 +18,6 @@ class UiConfig:
     base_url: str
     authserver_url: str
     fhir_base_url: str
-    secure_cookies: bool
     # A session ends after this long without a page view, and at the latest after `absolute`.
     idle_seconds: int = 1800
     absolute_seconds: int = 8 * 3600
@@ -33,7 +32,6 @@ class UiConfig:
             base_url=settings.base_url,
             authserver_url=settings.authserver_url.rstrip("/"),
             fhir_base_url=settings.fhir_base_url.rstrip("/"),
-            secure_cookies=settings.tls,
         )
 
     @property

@@ -84,9 +84,8 @@ def _unb64(text: str) -> bytes:
 class CookieBox:
     """Seals and opens the UI's cookies."""
 
-    def __init__(self, kek: bytes, *, secure: bool = True) -> None:
+    def __init__(self, kek: bytes) -> None:
         self._key = derive_key(kek)
-        self.secure = secure
 
     def seal(self, name: str, payload: dict[str, Any]) -> str:
         value = _b64(encrypt(self._key, json.dumps(payload, separators=(",", ":")).encode(), name.encode()))
@@ -109,13 +108,13 @@ class CookieBox:
             self.seal(name, payload),
             max_age=max_age,
             path="/",
-            secure=self.secure,
+            secure=True,
             httponly=True,
             samesite="lax",
         )
 
     def clear(self, response: Response, name: str) -> None:
-        response.delete_cookie(name, path="/", secure=self.secure, httponly=True, samesite="lax")
+        response.delete_cookie(name, path="/", secure=True, httponly=True, samesite="lax")
 
 
 def session_payload(session: Session) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def ui_state(request: Request) -> UiState:
         config: UiConfig = request.app.state.ui_config
         state = UiState(
             config=config,
-            box=CookieBox(runtime.settings.kek(), secure=True),
+            box=CookieBox(runtime.settings.kek()),
             auth=AuthClient(config, runtime.http, runtime.signing_keys, runtime.clock),
             runtime=runtime,
         )

@@ -35,7 +35,7 @@ class FakeAuth:
 
 
 def state(auth: FakeAuth, clock: FrozenClock) -> UiState:
-    config = UiConfig("https://ehr.test", "https://auth.test", "https://fhir.test/fhir", secure_cookies=True)
+    config = UiConfig("https://ehr.test", "https://auth.test", "https://fhir.test/fhir")
     runtime: Any = SimpleNamespace(clock=clock)
     fake: Any = auth
     return UiState(config, CookieBox(b"\x00" * 32), fake, runtime)
