@@ -29,6 +29,12 @@
         notes.push(`${service.serviceId}: ${service.reason || "no answer"}`);
         continue;
       }
+      for (const dropped of service.dropped || []) {
+        notes.push(`${service.serviceId}: card ${dropped.index} not shown (${dropped.reason})`);
+      }
+      if (service.systemActionsResult && !service.systemActionsResult.applied) {
+        notes.push(`${service.serviceId}: systemActions not applied (${service.systemActionsResult.reason})`);
+      }
       for (const card of service.cards || []) {
         const indicator = INDICATORS.includes(card.indicator) ? card.indicator : "info";
         groups[indicator].push({ card, serviceId: service.serviceId, hookInstance: result.hookInstance });
