@@ -190,8 +190,11 @@ def create_app(
             read_only=True,
         )
 
-    @app.get("/fhir/{rtype}")
-    async def search_get(rtype: str, request: Request) -> Response:
+    # The two hottest routes are plain Starlette routes: their parameters are plain strings, and
+    # FastAPI's per-request dependency solving and validation would cost more than the guard.
+    async def search_get(request: Request) -> Response:
+        _get_only(request)
+        rtype: str = request.path_params["rtype"]
         params = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != "_format"]
         return await guarded(
             request,
@@ -200,6 +203,8 @@ def create_app(
             target=f"{rtype}?{request.url.query}",
             read_only=True,
         )
+
+    app.router.add_route("/fhir/{rtype}", search_get, methods=["GET"])
 
     @app.post("/fhir/{rtype}/_search")
     async def search_post(rtype: str, request: Request) -> Response:
@@ -224,8 +229,10 @@ def create_app(
             read_only=True,
         )
 
-    @app.get("/fhir/{rtype}/{rid}")
-    async def read(rtype: str, rid: str, request: Request) -> Response:
+    async def read(request: Request) -> Response:
+        _get_only(request)
+        rtype: str = request.path_params["rtype"]
+        rid: str = request.path_params["rid"]
         return await guarded(
             request,
             lambda s, c: rest.read(s, c, rtype, rid),
@@ -233,6 +240,8 @@ def create_app(
             target=f"{rtype}/{rid}",
             read_only=True,
         )
+
+    app.router.add_route("/fhir/{rtype}/{rid}", read, methods=["GET"])
 
     @app.get("/fhir/{rtype}/{rid}/_history")
     async def history_instance(rtype: str, rid: str, request: Request) -> Response:
@@ -273,6 +282,12 @@ def create_app(
         )
 
     return app
+
+
+def _get_only(request: Request) -> None:
+    """Starlette routes also take HEAD for GET; these answer it as before: 405."""
+    if request.method != "GET":
+        raise StarletteHTTPException(status_code=405)
 
 
 def _cors_methods(path: str) -> str | None:

@@ -113,11 +113,10 @@ class AuditWriter:
             return 0
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         try:
+            events = [{**audit_event(rec), "id": storage.new_id()} for rec in records]
             async with self._sessions() as session, session.begin():
-                for rec in records:
-                    event = audit_event(rec)
-                    event["id"] = storage.new_id()
-                    await storage.write(session, event, method="POST", now=now, is_new=True)
+                # New ids: one multi-row INSERT per table for the whole batch.
+                await storage.bulk_create(session, events, now=now, method="POST")
         except Exception:
             for rec in records:  # not lost: tried again at the next flush
                 self.record(rec)

@@ -108,7 +108,12 @@ async def write(
 
 
 async def bulk_create(
-    session: AsyncSession, resources: list[dict[str, Any]], *, now: dt.datetime, batch: int = 2000
+    session: AsyncSession,
+    resources: list[dict[str, Any]],
+    *,
+    now: dt.datetime,
+    batch: int = 2000,
+    method: str = "PUT",
 ) -> int:
     """Store resources that do not exist yet (version 1), in multi-row INSERTs of `batch` rows.
 
@@ -139,7 +144,7 @@ async def bulk_create(
         content = dumps(stored)
         key = {"resource_type": stored["resourceType"], "id": stored["id"], "version_id": 1, "last_updated": now}
         current.append({**key, "deleted": False, "content": content})
-        versions.append({**key, "method": "PUT", "content": content})
+        versions.append({**key, "method": method, "content": content})
         for table, rows in index_rows(stored).items():
             indexes.setdefault(table, []).extend(rows)
         if len(current) >= batch:
