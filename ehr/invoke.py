@@ -25,7 +25,9 @@ except HTTP connection pools: prefetch, tokens and JWTs are made fresh for every
 
 Revocation happens after the service answered (or failed) and before the hook returns, within
 what is left of the total deadline; if that is not enough it finishes in the background (the
-hook never waits past its deadline; the token is revoked regardless).
+hook never waits past its deadline; the token is revoked regardless). A token exchange that the
+deadline interrupts keeps running shielded, and the token it yields is revoked on arrival, so a
+token issued "too late" is never left live.
 """
 
 from __future__ import annotations
@@ -303,13 +305,7 @@ class CdsEngine:
             progress.phase = "token exchange"
             t0 = time.perf_counter()
             try:
-                token = await self.tokens.exchange(
-                    service_client_id=service.client_id,
-                    patient=call.patient_id,
-                    scope=service.scope,
-                    user_ref=call.user_ref,
-                    user_token=user_token,
-                )
+                token = await self._exchange_token(call, service, user_token)
             except TokenExchangeError as exc:
                 raise ServiceFault(f"no FHIR token for this service: {exc.reason}") from None
             finally:
@@ -359,6 +355,41 @@ class CdsEngine:
             result.notes.append("systemActions ignored: not allowed for this service")
         else:
             result.system_actions = validated.system_actions
+
+    async def _exchange_token(self, call: HookCall, service: ServiceConfig, user_token: str | None) -> ExchangedToken:
+        """The per-call token, shielded from the deadline: when the deadline (or a cancelled
+        request) interrupts the exchange, the authorization server may still issue the token;
+        it is then revoked as soon as it arrives, so no live token is ever left unaccounted."""
+        task = asyncio.create_task(
+            self.tokens.exchange(
+                service_client_id=service.client_id,
+                patient=call.patient_id,
+                scope=service.scope,
+                user_ref=call.user_ref,
+                user_token=user_token,
+            )
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._revoke_when_issued(task)
+            raise
+
+    def _revoke_when_issued(self, task: asyncio.Task[ExchangedToken]) -> None:
+        """Revoke the token of an exchange whose caller gave up, once (if) it is issued."""
+
+        async def late() -> str | None:
+            try:
+                token = await task
+            except Exception:  # noqa: BLE001 - no token was issued: nothing to revoke
+                return None
+            return await self._revoke_logged(token.access_token)
+
+        self._track(asyncio.create_task(late()))
+
+    def _track(self, task: asyncio.Task[str | None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date()
@@ -434,8 +465,7 @@ class CdsEngine:
     async def _revoke(self, access_token: str, result: ServiceResult, total_deadline: float) -> None:
         t0 = time.perf_counter()
         task = asyncio.create_task(self._revoke_logged(access_token))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._track(task)
         remaining = total_deadline - asyncio.get_running_loop().time()
         try:
             failure = await asyncio.wait_for(asyncio.shield(task), timeout=max(remaining, 0.0))

@@ -224,6 +224,7 @@ async def engine_stack(
     smart_urls: Callable[[], Any] | None = None,
     max_response_bytes: int = 1024 * 1024,
     service_http: httpx.AsyncClient | None = None,
+    wrap_auth: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
 ) -> AsyncIterator[EngineStack]:
     """fhirharness + the EHR's key (registered as client `ehr`) + two CDS Service clients + the engine."""
     async with fhir_harness(tmp_path, database_url) as fhir:
@@ -255,7 +256,7 @@ async def engine_stack(
         # The engine reaches the in-process authorization and FHIR servers through ASGI mounts.
         http = httpx.AsyncClient(
             mounts={
-                AUTH: httpx.ASGITransport(app=fhir.auth_app),
+                AUTH: (wrap_auth or (lambda t: t))(httpx.ASGITransport(app=fhir.auth_app)),
                 FHIR_ORIGIN: httpx.ASGITransport(app=fhir.fhir_app),
             },
             follow_redirects=False,

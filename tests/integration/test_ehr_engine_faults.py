@@ -8,10 +8,13 @@ under test here is the engine's handling of the service, not the database.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ehr.exchange import ServiceResult
@@ -176,3 +179,45 @@ async def test_a_412_is_recorded_and_not_retried(stack: EngineStack, doubles: tu
     assert outcome.results[0].reason == "service lacks data it needs (412)"
     assert outcome.results[0].response == '{"error":"need Observation prefetch"}'
     assert len(found.to("precondition")) == 1
+
+
+class _HeldTokenAnswers(httpx.AsyncBaseTransport):
+    """The authorization server issues the token but its answer is held until `release`: the
+    deadline of the hook strikes while the exchange is in flight."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.issued: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path == "/token" and b"token-exchange" in request.content:
+            body = await response.aread()
+            self.issued.append(json.loads(body)["access_token"])
+            await self.release.wait()
+            return httpx.Response(response.status_code, headers=response.headers, content=body)
+        return response
+
+
+async def test_a_token_issued_after_the_deadline_struck_is_revoked_when_it_arrives(
+    tmp_path: Path, fresh_db: str, doubles: tuple[Doubles, str]
+) -> None:
+    found, base = doubles
+    held: list[_HeldTokenAnswers] = []
+
+    def hold(inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        held.append(_HeldTokenAnswers(inner))
+        return held[0]
+
+    async with engine_stack(tmp_path, fresh_db, total_deadline=0.5, wrap_auth=hold) as stack:
+        found.received.clear()
+        user, mine = stack.fhir.practitioner(0), stack.fhir.patient_of(0)
+        outcome = await stack.engine.run_hook(stack.call(user, mine), [service(base, "ok-a")])
+        [result] = outcome.results
+        assert result.status == "error"
+        assert result.reason == "no answer within the hook's total deadline (0.5 s) (during token exchange)"
+        assert found.to("ok-a") == []  # the service was never called
+        [token] = held[0].issued  # the authorization server did issue a token...
+        held[0].release.set()  # ...which reaches the EHR only now
+        await assert_revoked(stack, token)  # and is revoked on arrival
