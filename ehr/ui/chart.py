@@ -170,6 +170,14 @@ class FhirReader:
         patient = await self._get(f"Patient/{patient_id}")
         return patient is not None and patient.get("id") == patient_id
 
+    async def encounter_of(self, patient_id: str, encounter_id: str) -> bool:
+        """Whether the user may see this Encounter and it is this patient's."""
+        if not FHIR_ID.fullmatch(encounter_id):
+            return False
+        encounter = await self._get(f"Encounter/{encounter_id}")
+        subject = (encounter or {}).get("subject")
+        return isinstance(subject, dict) and subject.get("reference") == f"Patient/{patient_id}"
+
     async def chart(self, patient_id: str) -> Chart | None:
         """The chart, or None when the user may not see this patient (or it does not exist)."""
         if not FHIR_ID.fullmatch(patient_id):

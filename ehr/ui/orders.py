@@ -2,8 +2,9 @@
 
 The browser builds the draft order (a MedicationRequest or ServiceRequest with status `draft`)
 from these codes and sends it as `draftOrders` with order-select and order-sign (CDS Hooks 2.0
-hooks "order-select" and "order-sign"); nothing is written to the FHIR server by signing a draft
-here — the order exists only as the hooks' context, as in a real EHR before it commits it.
+hooks "order-select" and "order-sign"). The draft is never stored: it exists only as the hooks'
+context until the user confirms the signature, and then the EHR writes the order it builds
+itself from the same code (ehr/ui/signing.py), never a resource the browser sent.
 """
 
 from __future__ import annotations
@@ -37,3 +38,9 @@ LAB_TESTS: tuple[Orderable, ...] = (
     Orderable(LOINC, "58410-2", "CBC panel - Blood by Automated count"),
     Orderable(LOINC, "6301-6", "INR in Platelet poor plasma by Coagulation assay"),
 )
+
+
+def orderable(kind: str, system: str, code: str) -> Orderable | None:
+    """The offered item of this kind with this code, or None (nothing else can be ordered)."""
+    offered = MEDICATIONS if kind == "medication" else LAB_TESTS if kind == "lab" else ()
+    return next((o for o in offered if o.system == system and o.code == code), None)

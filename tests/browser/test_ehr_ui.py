@@ -394,3 +394,105 @@ def test_a_card_dismissed_with_a_reason_sends_feedback_and_the_inspector_shows_t
         assert "Timings (ms):" in text and "total_ms" in text
         assert re.search(r"eyJ[A-Za-z0-9_-]{10,}\.", text) is None  # no JWT anywhere on the page
         shot(page, "exchanges")
+
+
+def _sign(page: Any, kind: str, label: str) -> dict[str, Any]:
+    """Choose an item, press Sign: order-sign fires with the draft; its answer is returned."""
+    page.select_option("#order-kind", kind)
+    page.select_option("#order-item", label=label)
+    with page.expect_response(lambda r: r.url.endswith("/api/hooks/order-sign")) as fired:
+        page.click("#order-sign")
+    page.locator("#signature:not([hidden])").wait_for()
+    answer: dict[str, Any] = fired.value.json()
+    return answer
+
+
+def test_accepting_remove_the_draft_on_a_duplicate_therapy_card_discards_it_and_writes_nothing(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[0]
+    with signed_in(browser, stack, user) as page:
+        patient = user.patients[0]
+        page.goto(f"{stack.ehr}/patients/{patient}")
+        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        before = page.locator("#medications tr").count()
+        answer = _sign(page, "medication", "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet")
+        card = page.locator(".hook-result[data-hook='order-sign'] .card", has_text="Duplicate therapy").first
+        card.wait_for()
+        remove = card.locator("button.accept", has_text="Remove the draft")
+        assert remove.count() == 1
+        shot(page, "order-sign-review")
+        # Confirming before the warning card is decided is refused.
+        page.click("#order-confirm")
+        page.wait_for_function("() => document.querySelector('#signature-text').innerText.startsWith('Not signed')")
+        assert "decide every critical and warning card" in page.locator("#signature-text").inner_text()
+
+        remove.click()
+        page.wait_for_selector(".hook-result[data-hook='order-sign'] .card.accepted")
+        assert page.locator("#signature").is_hidden()
+        assert page.locator("#order-status").inner_text() == "The draft was removed; nothing was ordered."
+        shot(page, "order-sign-removed")
+        # Signing that draft now is refused by the EHR itself, whatever the browser does.
+        draft = answer_draft(answer)
+        status = page.evaluate(
+            """async (body) => {
+                const csrf = document.querySelector('meta[name=csrf-token]').content;
+                const r = await fetch('/ui/orders', {method: 'POST', headers: {'Content-Type': 'application/json',
+                    'X-CSRF-Token': csrf}, body: JSON.stringify(body)});
+                return [r.status, await r.json()]; }""",
+            {
+                "patientId": patient,
+                "hookInstance": answer["hookInstance"],
+                "draftId": draft,
+                "kind": "medication",
+                "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                "code": "860975",
+            },
+        )
+        assert status[0] == 409 and "removed this draft" in status[1]["message"]
+        page.reload()
+        assert page.locator("#medications tr").count() == before
+        assert draft not in page.content()
+
+
+def answer_draft(answer: dict[str, Any]) -> str:
+    """The draft's id, from the card's remove suggestion (`MedicationRequest/<draft id>`)."""
+    for service in answer["services"]:
+        for card in service["cards"]:
+            for suggestion in card.get("suggestions", []):
+                for action in suggestion.get("actions", []):
+                    if action.get("type") == "delete":
+                        return str(action["resourceId"]).removeprefix("MedicationRequest/")
+    raise AssertionError(f"no remove suggestion in {answer}")
+
+
+def test_signing_a_harmless_order_writes_it_as_the_user_and_cancelling_writes_nothing(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[1]
+    with signed_in(browser, stack, user) as page:
+        patient = user.patients[1]
+        page.goto(f"{stack.ehr}/patients/{patient}")
+        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        assert "INR in Platelet" not in page.locator("#orders").inner_text()
+
+        _sign(page, "lab", "INR in Platelet poor plasma by Coagulation assay")
+        page.click("#order-cancel")
+        assert page.locator("#order-status").inner_text() == "Cancelled; nothing was ordered."
+        page.reload()
+        assert "INR in Platelet" not in page.locator("#orders").inner_text()
+
+        _sign(page, "lab", "CBC panel - Blood by Automated count")
+        assert "No CDS concerns" in page.locator("#signature-text").inner_text()
+        with page.expect_response(lambda r: r.url.endswith("/ui/orders")) as signed:
+            page.click("#order-confirm")
+        written = signed.value.json()
+        assert signed.value.status == 201 and written["resourceType"] == "ServiceRequest"
+        assert written["status"] == "active"
+        page.wait_for_function("() => document.querySelector('#orders').innerText.includes('CBC panel')")
+        assert page.locator("#order-status").inner_text().startswith(f"Signed: ServiceRequest/{written['id']}")
+        shot(page, "order-signed")
+        page.reload()
+        row = page.locator(f"#orders tr[data-id='{written['id']}']")
+        assert "CBC panel" in row.inner_text() and "active" in row.inner_text()
+        assert "INR in Platelet" not in page.locator("#orders").inner_text()

@@ -109,6 +109,9 @@
       setStatus(node, `Accepted: ${suggestion.label || "suggestion"}`);
       node.classList.add("accepted");
       for (const b of node.querySelectorAll("button")) b.disabled = true;
+      // A suggestion deleting the draft being signed: that draft was never stored (the FHIR
+      // server's delete of it changed nothing), so accepting it means discarding the draft.
+      if (pending && removesDraft(suggestion, pending.ref)) endSignature("The draft was removed; nothing was ordered.");
       await refreshSections();
     } catch (error) {
       button.disabled = false;
@@ -212,21 +215,68 @@
     };
   }
 
+  // --- signing: order-sign, the cards decided, then the order written (POST /ui/orders) ----
+  const signature = document.getElementById("signature");
+  const signatureText = document.getElementById("signature-text");
+  const confirmButton = document.getElementById("order-confirm");
+  let pending = null; // {ref, draftId, kind, system, code, hookInstance}
+
+  function removesDraft(suggestion, ref) {
+    return (suggestion.actions || []).some((action) => action.type === "delete" &&
+      (Array.isArray(action.resourceId) ? action.resourceId : [action.resourceId]).includes(ref));
+  }
+
+  function endSignature(message) {
+    pending = null;
+    draftId = null; // the next order is a new draft
+    signature.hidden = true;
+    orderStatus.textContent = message;
+  }
+
   async function fireOrder(hook) {
     const draft = draftOrder();
     const context = { draftOrders: { resourceType: "Bundle", type: "collection", entry: [{ resource: draft }] } };
     if (hook === "order-select") context.selections = [`${draft.resourceType}/${draft.id}`];
     orderStatus.textContent = `Calling ${hook}…`;
     try {
-      show(hook, await fire(hook, context));
-      orderStatus.textContent = hook === "order-sign" ? "Signed (the draft was sent to order-sign)." : "";
+      const result = await fire(hook, context);
+      show(hook, result);
+      if (hook !== "order-sign") { orderStatus.textContent = ""; return; }
+      const [system, code] = item.value.split("|");
+      pending = { ref: `${draft.resourceType}/${draft.id}`, draftId: draft.id, kind: kind.value, system, code,
+        hookInstance: result.hookInstance };
+      const cards = (result.services || []).reduce((n, s) => n + (s.cards || []).length, 0);
+      orderStatus.textContent = "";
+      signatureText.textContent = cards
+        ? `Review the ${cards} card(s) above: accept a suggestion or dismiss with a reason, then confirm the signature of ${item.selectedOptions[0].textContent}.`
+        : `No CDS concerns. Confirm the signature of ${item.selectedOptions[0].textContent}.`;
+      confirmButton.disabled = false;
+      signature.hidden = false;
     } catch (error) {
       orderStatus.textContent = `${hook} failed: ${error.message}`;
     }
   }
 
-  kind.addEventListener("change", syncItems);
-  item.addEventListener("change", () => { draftId = null; });
+  async function confirmSignature() {
+    if (!pending) return;
+    confirmButton.disabled = true;
+    const body = { patientId, hookInstance: pending.hookInstance, draftId: pending.draftId, kind: pending.kind,
+      system: pending.system, code: pending.code };
+    if (encounterId) body.encounterId = encounterId;
+    try {
+      const written = await api("POST", "/ui/orders", body);
+      endSignature(`Signed: ${written.resourceType}/${written.id} (${written.status}).`);
+      await refreshSections();
+    } catch (error) {
+      confirmButton.disabled = false;
+      signatureText.textContent = `Not signed: ${error.message}`;
+    }
+  }
+
+  kind.addEventListener("change", () => { syncItems(); if (pending) endSignature("Cancelled; nothing was ordered."); });
+  item.addEventListener("change", () => { draftId = null; if (pending) endSignature("Cancelled; nothing was ordered."); });
+  confirmButton.addEventListener("click", confirmSignature);
+  document.getElementById("order-cancel").addEventListener("click", () => endSignature("Cancelled; nothing was ordered."));
   document.getElementById("order-select").addEventListener("click", () => fireOrder("order-select"));
   document.getElementById("order-sign").addEventListener("click", () => fireOrder("order-sign"));
   syncItems();
