@@ -68,7 +68,12 @@ def admin_router() -> APIRouter:
                 return _forbidden()
             presented = form.get("admin_token")
             expected = ui.runtime.settings.admin_secret()
-            if not isinstance(presented, str) or not hmac.compare_digest(presented.encode(), expected.encode()):
+            if (
+                not isinstance(presented, str)
+                or not presented
+                or not expected
+                or not hmac.compare_digest(presented.encode(), expected.encode())
+            ):
                 return render(
                     "admin_signin.html",
                     403,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from ehr.settings import EhrSettings
 from ehr.ui.admin import admin_router
@@ -15,6 +18,15 @@ from ehr.ui.state import resolve_session
 from ehr.ui.web import STATIC
 
 
+class _Static(StaticFiles):
+    """The UI's scripts and stylesheet, never content-sniffed into something else."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
 def install_ui(app: FastAPI, settings: EhrSettings) -> None:
     app.state.ui_config = UiConfig.of(settings)
     app.state.session_resolver = resolve_session
@@ -22,4 +34,4 @@ def install_ui(app: FastAPI, settings: EhrSettings) -> None:
     app.include_router(pages_router())
     app.include_router(signing_router())
     app.include_router(admin_router())
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", _Static(directory=STATIC), name="static")

@@ -166,6 +166,14 @@ def pages_router() -> APIRouter:
             return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
         if not visible:
             return JSONResponse({"error": "not_found", "message": "no such patient"}, 404)
+        try:
+            # The encounter goes into the app's token response: it must be this patient's.
+            if encounter and not await _reader(ui, session).encounter_of(patient, encounter):
+                return JSONResponse(
+                    {"error": "invalid_request", "message": "that encounter is not this patient's"}, 400
+                )
+        except FhirUnavailable:
+            return JSONResponse({"error": "unavailable", "message": "the FHIR server could not answer"}, 503)
         context: dict[str, Any] = {"client_id": app["client_id"], "user": session.user_ref, "patient": patient}
         if encounter:
             context["encounter"] = encounter

@@ -39,6 +39,7 @@ PAGE_HEADERS = {
     # link) which page, patient id included, the user came from.
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin-allow-popups",
 }
 
