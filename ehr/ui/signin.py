@@ -46,7 +46,8 @@ def signin_router() -> APIRouter:
     async def home(request: Request) -> Response:
         if ui_state(request).read(request) is not None:
             return _no_store(RedirectResponse("/patients", status_code=303))
-        return render("signed_out.html", title="mockehr EHR")
+        ui = ui_state(request)
+        return render("signed_out.html", title="mockehr EHR", authserver_login=ui.config.authserver_url + "/login")
 
     @router.get("/login")
     async def login(request: Request) -> Response:
