@@ -8,8 +8,9 @@ Authentication comes first, before any body is read: the admin token or a UI ses
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -27,6 +28,15 @@ from ehr.suggestions import CardActions, CardRef
 MAX_BODY_BYTES = 2 * 1024 * 1024
 USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
 UUIDISH = r"^[A-Za-z0-9\-._:]{1,128}$"
+# A registry key: a discovery id (ehr/discovery.py SERVICE_ID_PATTERN), maybe with ".hook-N".
+SERVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._~:-]{0,127}$"
+# A card's or suggestion's uuid as the service chose it: printable, no control characters (a NUL
+# would otherwise reach the database, where PostgreSQL refuses it).
+CARD_ID = r"^[^\x00-\x1f\x7f]{1,128}$"
+PATIENT_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+HOOK_NAME = r"^[a-z][a-z0-9-]{0,63}$"
+# Timestamps are stored as 32-bit integers (epoch seconds).
+MAX_TIMESTAMP = 2**31 - 1
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,17 +57,17 @@ class _Body(BaseModel):
 
 class HookRequest(_Body):
     userId: str | None = Field(default=None, pattern=USER_REF)
-    patientId: str = Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")
-    encounterId: str | None = Field(default=None, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    patientId: str = Field(pattern=PATIENT_ID)
+    encounterId: str | None = Field(default=None, pattern=PATIENT_ID)
     context: dict[str, Any] = Field(default_factory=dict)
-    services: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    services: list[Annotated[str, Field(pattern=SERVICE_ID)]] | None = Field(default=None, min_length=1, max_length=50)
 
 
 class AcceptRequest(_Body):
     hookInstance: str = Field(pattern=UUIDISH)
-    serviceId: str = Field(min_length=1, max_length=128)
-    cardUuid: str = Field(min_length=1, max_length=128)
-    suggestionUuid: str = Field(min_length=1, max_length=128)
+    serviceId: str = Field(pattern=SERVICE_ID)
+    cardUuid: str = Field(pattern=CARD_ID)
+    suggestionUuid: str = Field(pattern=CARD_ID)
     userId: str | None = Field(default=None, pattern=USER_REF)
 
 
@@ -71,8 +81,8 @@ class Coding(BaseModel):
 
 class FeedbackRequest(_Body):
     hookInstance: str = Field(pattern=UUIDISH)
-    serviceId: str = Field(min_length=1, max_length=128)
-    cardUuid: str = Field(min_length=1, max_length=128)
+    serviceId: str = Field(pattern=SERVICE_ID)
+    cardUuid: str = Field(pattern=CARD_ID)
     outcome: str = Field(pattern=r"^overridden$")
     overrideReason: Coding | None = None
     userComment: str | None = Field(default=None, max_length=2000)
@@ -110,10 +120,31 @@ def validation_message(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+async def read_capped(request: Request, cap: int = MAX_BODY_BYTES) -> bytes:
+    """The body, read in chunks and refused as soon as it passes `cap` (a huge body is never
+    held in memory whole, whatever Content-Length claims)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise InvalidRequest(f"the body exceeds {cap} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise InvalidRequest(f"the body exceeds {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def service_id_or_404(service_id: str) -> str:
+    """A path's service id; one that cannot be a registry key is simply not found."""
+    if not re.fullmatch(SERVICE_ID, service_id):
+        raise NotFound(f"no CDS Service {service_id[:128]!r}")
+    return service_id
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"the body exceeds {MAX_BODY_BYTES} bytes")
+    raw = await read_capped(request)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -240,10 +271,10 @@ def api_router() -> APIRouter:
     async def exchanges(
         principal: PrincipalDep,
         runtime: RuntimeDep,
-        patientId: str | None = Query(default=None, max_length=64),
-        serviceId: str | None = Query(default=None, max_length=128),
-        hook: str | None = Query(default=None, max_length=64),
-        before: int | None = Query(default=None, ge=1),
+        patientId: str | None = Query(default=None, pattern=PATIENT_ID),
+        serviceId: str | None = Query(default=None, pattern=SERVICE_ID),
+        hook: str | None = Query(default=None, pattern=HOOK_NAME),
+        before: int | None = Query(default=None, ge=1, le=MAX_TIMESTAMP),
         limit: int = Query(default=50, ge=1, le=500),
     ) -> JSONResponse:
         user = None if principal.is_admin else (principal.user_ref or "")
@@ -260,7 +291,9 @@ def api_router() -> APIRouter:
 
     @router.get("/exchanges/{hook_instance}")
     async def exchange(hook_instance: str, principal: PrincipalDep, runtime: RuntimeDep) -> JSONResponse:
-        rows = await exchange_log.exchange_rows(runtime.sessions, hook_instance[:128])
+        if not re.fullmatch(UUIDISH, hook_instance):
+            raise NotFound("no such exchange")
+        rows = await exchange_log.exchange_rows(runtime.sessions, hook_instance)
         if not principal.is_admin:
             rows = [r for r in rows if r.user_ref is not None and r.user_ref == principal.user_ref]
         if not rows:
@@ -295,6 +328,7 @@ def api_router() -> APIRouter:
 
     @router.patch("/services/{service_id}")
     async def patch_service(service_id: str, request: Request, _admin: AdminDep) -> JSONResponse:
+        service_id = service_id_or_404(service_id)
         body = await parse_body(request, ServicePatch)
         registry: Registry = request.app.state.registry
         return JSONResponse(await registry.update(service_id, body.model_dump(exclude_unset=True)))
@@ -302,6 +336,6 @@ def api_router() -> APIRouter:
     @router.post("/services/{service_id}/disable")
     async def disable_service(service_id: str, request: Request, _admin: AdminDep) -> JSONResponse:
         registry: Registry = request.app.state.registry
-        return JSONResponse(await registry.disable(service_id))
+        return JSONResponse(await registry.disable(service_id_or_404(service_id)))
 
     return router

@@ -196,3 +196,52 @@ async def test_an_unexpected_failure_is_json_without_a_trace(h: EhrHarness, monk
         "message": "the EHR failed to handle this request; see its log",
     }
     assert "secret internal detail" not in response.text and "Traceback" not in response.text
+
+
+async def test_hostile_identifiers_and_numbers_get_a_json_4xx_on_every_database_never_a_500(h: EhrHarness) -> None:
+    # A NUL reaches PostgreSQL as an encoding error and an out-of-range integer as an overflow
+    # (SQLite) or an int32 error (PostgreSQL): both must stop at the API as a clear 4xx.
+    user, patient = h.fhir.practitioner(0), h.fhir.patient_of(0)
+    calls: list[tuple[str, str, object]] = [
+        ("GET", "/api/exchanges/a%00b", None),
+        ("GET", "/api/exchanges?serviceId=a%00", None),
+        ("GET", "/api/exchanges?patientId=a%00", None),
+        ("GET", "/api/exchanges?hook=a%00", None),
+        ("GET", "/api/exchanges?before=99999999999999999999999999", None),
+        ("PATCH", "/api/services/a%00", {}),
+        ("POST", "/api/services/a%00/disable", None),
+        ("POST", "/api/hooks/patient-view", {"userId": user, "patientId": patient, "services": ["greeting\u0000"]}),
+        ("POST", "/api/suggestions/accept", {"hookInstance": "a", "serviceId": "a\u0000", "cardUuid": "c",
+                                             "suggestionUuid": "s"}),
+        ("POST", "/api/suggestions/accept", {"hookInstance": "a", "serviceId": "greeting", "cardUuid": "c\u0000",
+                                             "suggestionUuid": "s"}),
+        ("POST", "/api/feedback", {"hookInstance": "a", "serviceId": "greeting", "cardUuid": "c\u0000",
+                                   "outcome": "overridden"}),
+    ]  # fmt: skip
+    for method, path, body in calls:
+        response = await h.ehr.request(method, path, json=body, headers=h.admin)
+        assert response.status_code in (400, 404), (path, body, response.status_code)
+        assert response.json()["error"] in ("invalid_request", "not_found"), (path, body)
+    assert h.cds.calls("/cds-services/greeting") == []
+
+
+async def test_a_body_over_the_cap_is_refused_whether_streamed_or_declared(h: EhrHarness) -> None:
+    from ehr.api import MAX_BODY_BYTES
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # No Content-Length: the cap must hold while streaming.
+        yield b'{"patientId": "x", "context": {"pad": "'
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    streamed = await h.ehr.post("/api/hooks/patient-view", content=chunks(), headers=h.admin)
+    assert streamed.status_code == 400
+    assert streamed.json() == {"error": "invalid_request", "message": f"the body exceeds {MAX_BODY_BYTES} bytes"}
+    declared = await h.ehr.post(
+        "/api/hooks/patient-view",
+        content=b"{}",
+        headers={**h.admin, "Content-Length": str(MAX_BODY_BYTES + 1)},
+    )
+    assert declared.status_code == 400
+    assert h.cds.calls("/cds-services/greeting") == []
