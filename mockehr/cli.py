@@ -50,7 +50,8 @@ Db = Annotated[
 ]
 Redis = Annotated[str | None, typer.Option("--redis", help="Redis URL (env MOCKEHR_REDIS_URL)")]
 BasePort = Annotated[
-    int | None, typer.Option("--base-port", help="First of four ports (env MOCKEHR_BASE_PORT; default 9000)")
+    int | None,
+    typer.Option("--base-port", help="The EHR's port; the others use +1 to +5 (env MOCKEHR_BASE_PORT; default 9000)"),
 ]
 Host = Annotated[
     str | None, typer.Option("--host", help="Interface to listen on (env MOCKEHR_HOST; default 127.0.0.1)")
