@@ -5,8 +5,9 @@ strictly and sanitized before anything reaches a clinician.
   optional array of Actions.
 - Each card is validated on its own: an invalid card is dropped with a recorded reason, the
   others are kept. Rules: `summary` < 140 characters, `indicator` info|warning|critical,
-  `source.label` required, `uuid` (if any) a string unique in the response (feedback names a
-  card by it: a repeat is dropped), `suggestions` need `selectionBehavior`
+  `source.label` required, `uuid` (if any) a printable string of ≤ 128 characters unique in
+  the response (feedback names a card by it: a repeat is dropped), suggestion uuids unique in
+  their card (accepting names one by it), `suggestions` need `selectionBehavior`
   at-most-one|any — an unknown value makes the card an error (dropped). A card with suggestions
   but no `selectionBehavior` (the spec says it MUST be given; some services omit it) is kept and
   treated as `at-most-one`, the restrictive choice, with a note.
@@ -36,6 +37,9 @@ from ehr.markdown import MarkdownRenderer, escape_text, https_host
 # card is dropped.
 MAX_SUMMARY = 139
 MAX_SUMMARY_INPUT = 1024
+# A card's or suggestion's uuid comes back in feedback and in the EHR's own API: bounded and
+# printable (no control characters, which PostgreSQL would refuse when the decision is recorded).
+UUID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
 
 
 class _Model(BaseModel):
@@ -79,7 +83,7 @@ class Action(_Model):
 
 class Suggestion(_Model):
     label: str = Field(min_length=1)
-    uuid: str | None = None
+    uuid: str | None = Field(default=None, pattern=UUID_PATTERN)
     isRecommended: bool | None = None
     actions: list[Action] | None = None
 
@@ -99,7 +103,7 @@ class Link(_Model):
 
 
 class Card(_Model):
-    uuid: str | None = None
+    uuid: str | None = Field(default=None, pattern=UUID_PATTERN)
     summary: str = Field(min_length=1, max_length=MAX_SUMMARY_INPUT)
     detail: str | None = None
     indicator: Literal["info", "warning", "critical"]
@@ -109,6 +113,15 @@ class Card(_Model):
     overrideReasons: list[OverrideReason] | None = None
     links: list[Link] | None = None
     extension: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _suggestion_uuids_unique(self) -> Card:
+        # Accepting names a suggestion by uuid: with a repeat, the clinician could click one
+        # suggestion's label and have another suggestion's actions applied.
+        uuids = [s.uuid for s in self.suggestions or [] if s.uuid is not None]
+        if len(uuids) != len(set(uuids)):
+            raise ValueError("two suggestions share one uuid")
+        return self
 
     @field_validator("summary")
     @classmethod

@@ -305,3 +305,29 @@ def test_a_card_repeating_an_earlier_cards_uuid_is_dropped() -> None:
     result = validator().validate({"cards": [card(uuid="u1"), card(uuid="u1", summary="other"), card(uuid="u2")]})
     assert [c["uuid"] for c in result.cards] == ["u1", "u2"]
     assert [(d.index, d.reason) for d in result.dropped] == [(1, "uuid repeats card 0")]
+
+
+def test_a_card_whose_suggestions_share_a_uuid_is_dropped() -> None:
+    # Otherwise the clinician clicks "Add a reminder" and the EHR applies the other suggestion's
+    # actions (accepting names a suggestion by uuid).
+    harmless = {"label": "Add a reminder", "uuid": "s1", "actions": []}
+    harmful = {
+        "label": "Stop warfarin",
+        "uuid": "s1",
+        "actions": [{"type": "delete", "description": "stop", "resourceId": "MedicationRequest/1"}],
+    }
+    result = validator().validate(
+        {"cards": [card(uuid="c1", selectionBehavior="any", suggestions=[harmful, harmless]), card(uuid="c2")]}
+    )
+    assert [c["uuid"] for c in result.cards] == ["c2"]
+    assert [(d.index, d.reason) for d in result.dropped] == [(0, "two suggestions share one uuid")]
+
+
+@pytest.mark.parametrize("bad", ["a\u0000b", "line\nbreak", "x" * 129, ""])
+def test_a_card_or_suggestion_uuid_must_be_short_printable_text(bad: str) -> None:
+    suggestion = {"label": "Do it", "uuid": bad}
+    result = validator().validate(
+        {"cards": [card(uuid=bad), card(uuid="c2", selectionBehavior="any", suggestions=[suggestion]), card(uuid="c3")]}
+    )
+    assert [c["uuid"] for c in result.cards] == ["c3"]
+    assert [d.index for d in result.dropped] == [0, 1]
