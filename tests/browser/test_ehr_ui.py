@@ -313,6 +313,17 @@ def test_a_card_with_malicious_markup_runs_no_script(stack: Stack, browser: Any)
                 evil_cards = page.locator(".card[data-service='evil']")
                 hrefs = [a.get_attribute("href") or "" for a in evil_cards.locator("a").all()]
                 assert all(h.startswith("https://") for h in hrefs), hrefs
+
+                # The exchange inspector shows the same hostile response as JSON text, never as markup.
+                page.goto(stack.ehr + "/exchanges")
+                page.locator(".exchange-row", has_text="evil").first.click()
+                detail = page.locator("#exchange-detail")
+                detail.wait_for()
+                page.wait_for_timeout(500)
+                shot(page, "malicious-exchange")
+                assert "<script>window.__pwned" in detail.inner_text()
+                assert detail.locator("script, img, svg, iframe, a, [onerror], [onload]").count() == 0
+                assert page.evaluate("window.__pwned") is None and dialogs == []
         finally:
             for service in added.json().get("services", []):
                 admin.post(f"/api/services/{service['id']}/disable")
@@ -496,3 +507,48 @@ def test_signing_a_harmless_order_writes_it_as_the_user_and_cancelling_writes_no
         row = page.locator(f"#orders tr[data-id='{written['id']}']")
         assert "CBC panel" in row.inner_text() and "active" in row.inner_text()
         assert "INR in Platelet" not in page.locator("#orders").inner_text()
+
+
+def test_another_users_cards_exchanges_and_order_sign_calls_look_missing_to_a_session(
+    stack: Stack, browser: Any
+) -> None:
+    owner, intruder = stack.users[0], stack.users[1]
+    with signed_in(browser, stack, owner) as page:
+        page.goto(f"{stack.ehr}/patients/{owner.patients[0]}")
+        with page.expect_response(lambda r: r.url.endswith("/api/hooks/patient-view")) as fired:
+            page.wait_for_selector(".hook-result[data-hook='patient-view'] .card")
+        answer = fired.value.json()
+    service = next(s for s in answer["services"] if any(c.get("suggestions") for c in s["cards"]))
+    card = next(c for c in service["cards"] if c.get("suggestions"))
+    with signed_in(browser, stack, intruder) as page:
+        calls = page.evaluate(
+            """async ([hookInstance, serviceId, card, patientId]) => {
+                const csrf = document.querySelector('meta[name=csrf-token]').content;
+                const post = (path, body) => fetch(path, {method: 'POST', headers: {'Content-Type': 'application/json',
+                    'X-CSRF-Token': csrf}, body: JSON.stringify(body)}).then((r) => r.status);
+                return {
+                    inspector: (await fetch(`/api/exchanges/${hookInstance}`)).status,
+                    accept: await post('/api/suggestions/accept', {hookInstance, serviceId, cardUuid: card.uuid,
+                        suggestionUuid: card.suggestions[0].uuid}),
+                    feedback: await post('/api/feedback', {hookInstance, serviceId, cardUuid: card.uuid,
+                        outcome: 'overridden'}),
+                    chart: (await fetch(`/patients/${patientId}`)).status,
+                    listed: (await (await fetch('/api/exchanges')).json()).exchanges
+                        .some((e) => e.hookInstance === hookInstance),
+                };
+            }""",
+            [answer["hookInstance"], service["serviceId"], card, owner.patients[1]],
+        )
+        assert calls == {"inspector": 404, "accept": 404, "feedback": 404, "chart": 404, "listed": False}
+    # The owner's card is still undecided: the intruder's attempts changed nothing.
+    with signed_in(browser, stack, owner) as page:
+        status = page.evaluate(
+            """async ([hookInstance, serviceId, cardUuid]) => {
+                const csrf = document.querySelector('meta[name=csrf-token]').content;
+                const r = await fetch('/api/feedback', {method: 'POST', headers: {'Content-Type': 'application/json',
+                    'X-CSRF-Token': csrf}, body: JSON.stringify({hookInstance, serviceId, cardUuid,
+                    outcome: 'overridden'})});
+                return r.status; }""",
+            [answer["hookInstance"], service["serviceId"], card["uuid"]],
+        )
+        assert status == 200
