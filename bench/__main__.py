@@ -48,7 +48,7 @@ PACKAGES = [
     "orjson",
     "httpx",
 ]
-console = Console()
+console = Console(width=max(160, Console().width))
 
 
 # --- machine and versions -----------------------------------------------------------------------

@@ -170,7 +170,8 @@ async def _measure(running: Running, discovery: str, user: str, patient: str, se
                         all_ok,
                     )
                     own = await _own_time(client, discovery)
-                    phases = await _phases(client, ehr, headers) if c == 1 else {}
+                    # This case's exchanges are the latest len(latencies) × count in the log.
+                    phases = await _phases(client, ehr, headers, len(latencies) * count) if c == 1 else {}
                     # The service's own time per hook: its handler time for each of the hook's calls.
                     own_p50 = statistics.median(own) * count if own else 0.0
                     own_p95 = _pct(own, 0.95) * count if own else 0.0
@@ -191,9 +192,10 @@ async def _measure(running: Running, discovery: str, user: str, patient: str, se
     return out
 
 
-async def _phases(client: httpx.AsyncClient, ehr: str, headers: dict[str, str]) -> dict[str, float]:
+async def _phases(client: httpx.AsyncClient, ehr: str, headers: dict[str, str], latest: int) -> dict[str, float]:
     """Median per phase of the EHR's own timings (its exchange log) over the latest exchanges."""
-    response = await client.get(f"{ehr}/api/exchanges", headers=headers, params={"limit": 50})
+    limit = max(1, min(500, latest))
+    response = await client.get(f"{ehr}/api/exchanges", headers=headers, params={"limit": limit})
     if response.status_code != 200:
         return {}
     timings = [e.get("timings") or {} for e in response.json().get("exchanges", [])]

@@ -226,10 +226,12 @@ def token_issuance(running: Running, who: Actors, seconds: float, concurrencies:
             # Enough single-use bodies for 1,500 tokens/s; a warm-up of 50 first (excluded).
             warm = Path(tempfile.mkstemp(suffix=".txt")[1])
             warm.write_text("\n".join(urlencode(form()) for _ in range(50)) + "\n")
-            wrk.run(token_url, connections=min(c, 8), seconds=1, bodies=warm, warmup=0)
+            wrk.run(token_url, connections=min(c, 8), seconds=1, bodies=warm, warmup=0, ca=running.ca)
             path = Path(tempfile.mkstemp(suffix=".txt")[1])
             path.write_text("\n".join(urlencode(form()) for _ in range(int(1500 * seconds))) + "\n")
-            out[f"{name} c={c}"] = wrk.run(token_url, connections=c, seconds=seconds, bodies=path, warmup=0)
+            out[f"{name} c={c}"] = wrk.run(
+                token_url, connections=c, seconds=seconds, bodies=path, warmup=0, ca=running.ca
+            )
     return out
 
 
@@ -260,8 +262,8 @@ def fhir_requests(running: Running, who: Actors, seconds: float, workers: int) -
     with floor_server(stack, bodies, workers) as floor:
         for name, url in cases.items():
             for c in (8, 32):
-                measured = wrk.run(url, connections=c, seconds=seconds, headers=headers)
-                base = wrk.run(f"{floor}/{name}", connections=c, seconds=seconds)
+                measured = wrk.run(url, connections=c, seconds=seconds, headers=headers, ca=running.ca)
+                base = wrk.run(f"{floor}/{name}", connections=c, seconds=seconds, ca=running.ca)
                 measured["floor_req_per_s"] = base["req_per_s"]
                 measured["floor_p95_ms"] = base["p95_ms"]
                 measured["ratio_to_floor"] = round(measured["req_per_s"] / base["req_per_s"], 3)
