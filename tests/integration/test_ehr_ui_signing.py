@@ -286,3 +286,9 @@ async def test_with_services_enabled_for_order_sign_a_signature_without_their_ca
     answer = await ehr.sign(body(draft_id(), str(uuid.uuid4())))
     assert answer.status_code == 409 and "sign through order-sign first" in answer.json()["message"]
     assert ehr.fhir.requests == []
+
+
+async def test_a_patient_outside_the_users_list_gets_no_order(ehr: Ehr) -> None:
+    answer = await ehr.sign(body(draft_id(), str(uuid.uuid4()), patientId="pat-9"))
+    assert answer.status_code == 404 and answer.json()["error"] == "not_found"
+    assert ehr.fhir.writes == []
