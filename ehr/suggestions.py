@@ -7,7 +7,10 @@ together as ONE FHIR transaction (all or nothing), as the user, inside the patie
 Only what the EHR itself recorded can be acted on: the card is looked up by uuid in the logged,
 validated response of that hookInstance and service, and the suggestion by uuid inside it, so
 a forged card or suggestion (or one of another user's exchange) is refused. A card gets one
-decision, recorded before anything is applied, so a suggestion is never applied twice.
+decision, recorded before anything is applied, so a suggestion is never applied twice. The
+claim is released only when nothing can have been written (the token was refused, the FHIR
+server was never reached, or it answered the atomic transaction with an error); when the answer
+is lost after sending, the decision stays, recorded as of unknown outcome, and no feedback is sent.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.clock import Clock
-from ehr.errors import Conflict, Forbidden, InvalidRequest, NotFound, UpstreamFailed
+from ehr.errors import ApiError, Conflict, Forbidden, InvalidRequest, NotFound, UpstreamFailed
 from ehr.exchange_log import exchange_rows
 from ehr.feedback import Delivery, FeedbackSender, FeedbackTarget, accepted_entry, overridden_entry
 from ehr.models import CdsCardOutcomeRow, CdsExchangeRow, CdsServiceRow
 from ehr.principal import Principal
-from ehr.user_fhir import UserFhir
+from ehr.user_fhir import TransactionOutcomeUnknown, UserFhir
 
 MAX_ACTIONS = 100
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -214,9 +217,18 @@ class CardActions:
         session_token = principal.session_token if not principal.is_admin else None
         try:
             summary = await self.apply(user_ref, row.patient_id, session_token, actions)
-        except BaseException:
+        except TransactionOutcomeUnknown as exc:
+            # The FHIR server may have applied it: the decision stays recorded, so a retry can
+            # never apply the suggestion a second time; no feedback claims an outcome we lack.
+            await self._finish(claim, {"transaction": None, "error": exc.message}, Delivery(None, "not sent"))
+            raise
+        except ApiError:
+            # Refused before anything was written (token refused, FHIR server unreachable, or
+            # the transaction answered with an error and, being atomic, applied nothing): the
+            # user may still decide.
             await self._release(claim)
             raise
+        # Anything else (a bug, a cancelled request) leaves the claim: never risk a double apply.
         delivery = await self._send(ref.service_id, accepted_entry(ref.card_uuid, [suggestion_uuid], self._clock))
         await self._finish(claim, {"transaction": summary}, delivery)
         return {"outcome": "accepted", "transaction": summary, "feedback": delivery.as_json()}

@@ -34,6 +34,10 @@ from ehr.fhir_token import (
 WRITE_SCOPE = "patient/*.cruds"
 
 
+class TransactionOutcomeUnknown(UpstreamFailed):
+    """The transaction was sent but no answer came back: it may or may not have been applied."""
+
+
 class UserFhir:
     def __init__(self, http: httpx.AsyncClient, tokens: TokenExchangeClient, *, fhir_base_url: str) -> None:
         self._http = http
@@ -93,8 +97,15 @@ class UserFhir:
                     "Accept": "application/fhir+json",
                 },
             )
-        except httpx.HTTPError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Never connected: nothing was sent, so nothing was applied.
             raise UpstreamFailed(f"the FHIR server is unreachable ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            # Sent (at least in part) and the answer lost: the FHIR server may have committed it.
+            raise TransactionOutcomeUnknown(
+                f"the FHIR server's answer to the transaction was lost ({type(exc).__name__}); "
+                "it may have been applied: check the record before acting again"
+            ) from None
         try:
             body: Any = response.json()
         except ValueError:

@@ -8,13 +8,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ehr.principal import Principal
 from tests.integration.authharness import claims_of
-from tests.integration.ehrharness import DISCOVERY, CdsDouble, EhrHarness, card, ehr_harness, greeting_service
+from tests.integration.ehrharness import (
+    DISCOVERY,
+    CdsDouble,
+    EhrHarness,
+    Router,
+    card,
+    ehr_harness,
+    greeting_service,
+)
 
 REASONS = [
     {"system": "http://example.org/reasons", "code": "patient-declined", "display": "Patient declined"},
@@ -230,3 +239,67 @@ async def test_system_actions_are_applied_only_for_a_service_allowed_to(h: EhrHa
     assert response.json()["services"][0]["systemActionsResult"]["applied"] is True
     (created,) = await _observations(h, patient, "system action")
     assert created["subject"] == {"reference": f"Patient/{patient}"}
+
+
+async def test_a_transaction_whose_answer_is_lost_is_never_applied_twice(
+    h: EhrHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The FHIR server commits the transaction, then the connection drops before its answer
+    # arrives. Releasing the card would let the user (or a retrying client) apply it again.
+    hook_instance = await _fire(h)
+    forward = Router.handle_async_request
+
+    async def commit_then_drop(self: Router, request: httpx.Request) -> httpx.Response:
+        response = await forward(self, request)
+        if request.url.host == "fhir.test" and request.method == "POST" and request.url.path == "/fhir":
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return response
+
+    monkeypatch.setattr(Router, "handle_async_request", commit_then_drop)
+    lost = await _accept(h, hook_instance)
+    assert lost.status_code == 502 and lost.json()["error"] == "upstream_error"
+    assert "may have been applied" in lost.json()["message"]
+    monkeypatch.undo()
+    again = await _accept(h, hook_instance)
+    assert again.status_code == 409, again.text
+    assert len(await _observations(h, h.fhir.patient_of(0), "follow-up noted")) == 1
+    assert h.cds.calls("/cds-services/greeting/feedback") == []  # no outcome claimed that we lack
+
+
+async def test_a_suggestion_cannot_update_or_delete_another_patients_resource_by_id(h: EhrHarness) -> None:
+    # The service names a resource of another patient of the same user by id: the FHIR server
+    # treats it as absent from this patient's compartment, and nothing changes.
+    other = h.fhir.patient_of(0, 1)
+    token = await h.fhir.token("system/*.cruds")
+    created = await h.fhir.client.post(
+        "/fhir/Observation", json=_observation(other, "theirs"), headers={"Authorization": f"Bearer {token}"}
+    )
+    assert created.status_code == 201, created.text
+    target = created.json()
+    hijacked = {**target, "subject": {"reference": f"Patient/{h.fhir.patient_of(0)}"}, "code": {"text": "moved"}}
+    update = [{"type": "update", "description": "move", "resource": hijacked}]
+    delete = [{"type": "delete", "description": "erase", "resourceId": [f"Observation/{target['id']}"]}]
+    h.cds.answers["greeting"] = lambda _body: JSONResponse(
+        {
+            "cards": [
+                card(
+                    "card-1",
+                    selectionBehavior="at-most-one",
+                    suggestions=[
+                        {"label": "Move", "uuid": "sugg-update", "actions": update},
+                        {"label": "Erase", "uuid": "sugg-delete", "actions": delete},
+                    ],
+                )
+            ]
+        }
+    )
+    for suggestion in ("sugg-update", "sugg-delete"):
+        hook_instance = await _fire(h)
+        response = await _accept(h, hook_instance, suggestion=suggestion)
+        if response.status_code == 200:  # a delete of what this token cannot see answers like success
+            assert suggestion == "sugg-delete"
+        else:
+            assert response.status_code in (403, 404, 502), response.text
+    (still,) = await _observations(h, other, "theirs")
+    assert still["meta"]["versionId"] == target["meta"]["versionId"]
+    assert await _observations(h, h.fhir.patient_of(0), "moved") == []
