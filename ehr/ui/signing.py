@@ -200,8 +200,14 @@ async def _create(http: httpx.AsyncClient, base: str, token: str, resource: dict
                 "If-None-Exist": f"identifier={identifier['system']}|{identifier['value']}",
             },
         )
-    except httpx.HTTPError as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise Refused(503, "unavailable", f"the FHIR server could not be reached ({type(exc).__name__})") from None
+    except httpx.HTTPError as exc:
+        # Sent, and the answer lost: it may be stored. Confirming again is safe, because the
+        # draft's identifier with If-None-Exist never stores the same order twice.
+        raise Refused(
+            503, "unavailable", f"the FHIR server's answer was lost ({type(exc).__name__}); confirm again"
+        ) from None
     if response.status_code == 401:
         raise FhirUnauthorized
     if response.status_code in (403, 404):

@@ -507,6 +507,18 @@ def test_signing_a_harmless_order_writes_it_as_the_user_and_cancelling_writes_no
         row = page.locator(f"#orders tr[data-id='{written['id']}']")
         assert "CBC panel" in row.inner_text() and "active" in row.inner_text()
         assert "INR in Platelet" not in page.locator("#orders").inner_text()
+        # Confirming the same signature again (a double click, a lost answer) orders nothing more.
+        again = page.evaluate(
+            """async (body) => {
+                const csrf = document.querySelector('meta[name=csrf-token]').content;
+                const r = await fetch('/ui/orders', {method: 'POST', headers: {'Content-Type': 'application/json',
+                    'X-CSRF-Token': csrf}, body});
+                return [r.status, await r.json()]; }""",
+            signed.value.request.post_data,
+        )
+        assert again[0] == 200 and again[1]["id"] == written["id"] and again[1]["created"] is False
+        page.reload()
+        assert page.locator("#orders tr", has_text="CBC panel").count() == 1
 
 
 def test_another_users_cards_exchanges_and_order_sign_calls_look_missing_to_a_session(

@@ -40,9 +40,13 @@ class FakeFhir:
     """Patient pat-1 and its Encounter enc-1 are visible; Encounter enc-x is another patient's."""
 
     requests: list[httpx.Request] = field(default_factory=list)
+    lose_next_write: bool = False
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if request.method == "POST" and self.lose_next_write:
+            self.lose_next_write = False
+            raise httpx.ReadTimeout("the answer was lost", request=request)
         path = request.url.path.removeprefix("/fhir/")
         if request.method == "GET" and path == f"Patient/{PATIENT}":
             return httpx.Response(200, json={"resourceType": "Patient", "id": PATIENT})
@@ -292,3 +296,16 @@ async def test_a_patient_outside_the_users_list_gets_no_order(ehr: Ehr) -> None:
     answer = await ehr.sign(body(draft_id(), str(uuid.uuid4()), patientId="pat-9"))
     assert answer.status_code == 404 and answer.json()["error"] == "not_found"
     assert ehr.fhir.writes == []
+
+
+async def test_a_lost_answer_asks_to_confirm_again_and_the_retry_names_the_same_order(ehr: Ehr) -> None:
+    draft, hook_instance = draft_id(), str(uuid.uuid4())
+    await ehr.store(exchange(hook_instance, draft, []))
+    ehr.fhir.lose_next_write = True
+    lost = await ehr.sign(body(draft, hook_instance))
+    assert lost.status_code == 503 and "confirm again" in lost.json()["message"]
+    assert (await ehr.sign(body(draft, hook_instance))).status_code == 201
+    posts = [r for r in ehr.fhir.requests if r.method == "POST"]
+    # If-None-Exist on the draft's identifier: the FHIR server stores the order at most once.
+    assert len(posts) == 2 and posts[0].headers["if-none-exist"] == posts[1].headers["if-none-exist"]
+    assert json.loads(posts[0].content) == json.loads(posts[1].content)
