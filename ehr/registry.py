@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,11 +162,25 @@ def check_deadline(seconds: float) -> float:
 
 
 def check_client_certificate(cert: str | None, key: str | None) -> tuple[str | None, str | None]:
+    """Mutual TLS files named by the administrator: absolute paths to regular files that load as
+    a PEM certificate chain and its private key. Anything else (a relative path, a directory, a
+    device, /etc/passwd) is refused before it is stored, with a message that never quotes the
+    file's content."""
     if (cert is None) != (key is None):
         raise InvalidRequest("mutual TLS needs both a client certificate and its key")
+    if cert is None or key is None:
+        return None, None
     for path in (cert, key):
-        if path is not None and not Path(path).is_file():
+        if not Path(path).is_absolute():
+            raise InvalidRequest(f"the client certificate and key need absolute paths, not {path!r}")
+        if not Path(path).is_file():
             raise InvalidRequest(f"no such file: {path}")
+    try:
+        ssl.create_default_context(ssl.Purpose.SERVER_AUTH).load_cert_chain(certfile=cert, keyfile=key)
+    except (OSError, ssl.SSLError, ValueError):
+        raise InvalidRequest(
+            "the client certificate and key do not load as a PEM certificate chain and its private key"
+        ) from None
     return cert, key
 
 

@@ -65,3 +65,26 @@ async def test_a_client_certificate_without_its_key_is_refused(tmp_path: Path, d
         assert response.status_code == 400
         assert response.json()["message"] == "mutual TLS needs both a client certificate and its key"
         assert h.cds.received == []
+
+
+async def test_client_certificate_paths_that_are_not_a_certificate_and_key_are_refused_without_their_content(
+    tmp_path: Path, database_url: str
+) -> None:
+    ensure_ca(tmp_path)
+    client = issue_certificate(tmp_path, ["ehr.test"], CertPaths(tmp_path / "ehr.pem", tmp_path / "ehr-key.pem"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:do-not-echo\n")
+    cases = [
+        ({"clientCertFile": str(secret), "clientKeyFile": str(secret)}, "do not load as a PEM certificate"),
+        ({"clientCertFile": str(client.cert), "clientKeyFile": str(secret)}, "do not load as a PEM certificate"),
+        ({"clientCertFile": str(client.key), "clientKeyFile": str(client.key)}, "do not load as a PEM certificate"),
+        ({"clientCertFile": str(tmp_path), "clientKeyFile": str(client.key)}, "no such file"),
+        ({"clientCertFile": "client/cert.pem", "clientKeyFile": "client/key.pem"}, "absolute paths"),
+    ]
+    async with ehr_harness(tmp_path, database_url) as h:
+        for files, message in cases:
+            response = await h.add_service(approveAllPrefetch=True, **files)
+            assert response.status_code == 400, files
+            assert message in response.json()["message"], files
+            assert "do-not-echo" not in response.text
+        assert h.cds.received == []  # nothing is discovered with a refused certificate
