@@ -564,3 +564,24 @@ def test_another_users_cards_exchanges_and_order_sign_calls_look_missing_to_a_se
             [answer["hookInstance"], service["serviceId"], card["uuid"]],
         )
         assert status == 200
+
+
+def test_removing_the_draft_from_an_order_select_card_discards_it_before_any_signature(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[0]
+    with signed_in(browser, stack, user) as page:
+        page.goto(f"{stack.ehr}/patients/{user.patients[0]}")
+        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        before = page.locator("#medications tr").count()
+        page.select_option("#order-kind", "medication")
+        page.select_option("#order-item", label="24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet")
+        page.click("#order-select")
+        card = page.locator(".hook-result[data-hook='order-select'] .card", has_text="Duplicate therapy").first
+        card.locator("button.accept", has_text="Remove the draft").click()
+        page.wait_for_function(
+            "() => document.querySelector('#order-status').innerText === 'The draft was removed; nothing was ordered.'"
+        )
+        assert page.locator("#signature").is_hidden()
+        page.reload()
+        assert page.locator("#medications tr").count() == before

@@ -111,7 +111,9 @@
       for (const b of node.querySelectorAll("button")) b.disabled = true;
       // A suggestion deleting the draft being signed: that draft was never stored (the FHIR
       // server's delete of it changed nothing), so accepting it means discarding the draft.
-      if (pending && removesDraft(suggestion, pending.ref)) endSignature("The draft was removed; nothing was ordered.");
+      // (order-select's cards may remove the draft too, before any signature.)
+      const current = pending ? pending.ref : draftRef();
+      if (current && removesDraft(suggestion, current)) endSignature("The draft was removed; nothing was ordered.");
       await refreshSections();
     } catch (error) {
       button.disabled = false;
@@ -190,6 +192,11 @@
     }
     if (item.selectedOptions[0] && item.selectedOptions[0].hidden && first) item.value = first.value;
     draftId = null;
+  }
+
+  function draftRef() {
+    if (!draftId) return null;
+    return `${kind.value === "medication" ? "MedicationRequest" : "ServiceRequest"}/${draftId}`;
   }
 
   function draftOrder() {
