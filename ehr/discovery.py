@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -83,6 +84,10 @@ def check_discovery_url(url: str, *, allow_http_loopback: bool) -> str:
         raise DiscoveryFailed(f"the discovery URL must be https{hint}") from None
     if "?" in url or "#" in url:
         raise DiscoveryFailed("the discovery URL may not carry a query or a fragment")
+    if "@" in urlsplit(url).netloc:
+        # Credentials in the URL would be stored in the registry, shown by the API and put in
+        # every JWT's aud; the CDS Client JWT is how the EHR authenticates.
+        raise DiscoveryFailed("the discovery URL may not carry user information (user:password@)")
     return url.rstrip("/")
 
 

@@ -135,6 +135,21 @@ async def test_discovery_is_https_only_and_plain_http_only_to_loopback_by_opt_in
     assert h.cds.received == []
 
 
+async def test_a_discovery_url_carrying_credentials_is_refused_before_any_call(h: EhrHarness) -> None:
+    # user:password@ would be stored in the registry, shown by the API and placed in every JWT's aud.
+    for url in ("https://admin:s3cret@cds.test/cds-services", "https://token@cds.test/cds-services"):
+        response = await h.ehr.post(
+            "/api/services", json={"discoveryUrl": url, "approveAllPrefetch": True}, headers=h.admin
+        )
+        assert response.status_code == 502
+        assert response.json() == {
+            "error": "discovery_failed",
+            "message": "the discovery URL may not carry user information (user:password@)",
+        }
+    assert h.cds.received == []
+    assert (await h.ehr.get("/api/services", headers=h.admin)).json()["services"] == []
+
+
 async def test_discovery_is_retried_after_5xx_with_a_fresh_jwt(h: EhrHarness) -> None:
     h.cds.discovery_status = [503, 502]
     assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
