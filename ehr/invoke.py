@@ -296,11 +296,7 @@ class CdsEngine:
             check_outbound_url(self.settings.fhir_base_url, allow_loopback_http=not self.settings.tls)
         except ValueError:
             raise ServiceFault("the EHR's FHIR base URL is not https: no token is sent over it") from None
-        body: dict[str, Any] = {
-            "hook": call.hook,
-            "hookInstance": call.hook_instance,
-            "fhirServer": self.settings.fhir_base_url,
-        }
+        body: dict[str, Any] = {"hook": call.hook, "hookInstance": call.hook_instance}
         if call.user_ref or user_token:
             progress.phase = "token exchange"
             t0 = time.perf_counter()
@@ -312,6 +308,9 @@ class CdsEngine:
                 result.timings.token_ms = _ms(t0)
             progress.token = token
             result.token_scope = token.scope
+            # 2.0 §HTTP Request: fhirServer goes with fhirAuthorization (and only then: without
+            # a token the service has nothing to present there, and the EHR names no server).
+            body["fhirServer"] = self.settings.fhir_base_url
             body["fhirAuthorization"] = token.fhir_authorization(service.client_id)
             body["context"] = context
             if service.prefetch:

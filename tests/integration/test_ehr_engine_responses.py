@@ -231,6 +231,7 @@ async def test_a_hook_without_a_user_gets_no_token_and_no_prefetch(
     assert result.status == "ok"
     [received] = found.to("ok-a")
     assert "fhirAuthorization" not in received.body and "prefetch" not in received.body
+    assert "fhirServer" not in received.body  # only ever sent with fhirAuthorization
     assert received.body["context"] == context
     assert result.timings.token_ms is None and result.token_scope is None
 
