@@ -17,6 +17,7 @@ and revokes it at `{authserver}/revoke` (authenticated the same way) once the se
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,18 @@ def _oauth_error(response: httpx.Response) -> str:
         detail = f": {description}" if isinstance(description, str) and description else ""
         return f"{body['error']}{detail}"[:300]
     return f"HTTP {response.status_code}"
+
+
+def _unusable(token: ExchangedToken, patient: str) -> str | None:
+    """Why an issued token cannot go into `fhirAuthorization`, or None."""
+    if token.token_type.lower() != "bearer" or not token.access_token or token.expires_in <= 0:
+        return "token exchange answered without a usable bearer token"
+    if token.patient is not None and token.patient != patient:
+        return "token exchange answered for another patient"
+    # CDS Hooks 2.0 §fhirAuthorization: `patient` is REQUIRED whenever patient/ scopes are granted.
+    if token.patient is None and any(s.startswith("patient/") for s in token.scope.split()):
+        return "token exchange granted patient/ scopes without naming the patient"
+    return None
 
 
 class TokenExchangeClient:
@@ -175,10 +188,13 @@ class TokenExchangeClient:
             )
         except (ValueError, KeyError, TypeError):
             raise TokenExchangeError("token exchange answered without a usable token") from None
-        if token.token_type.lower() != "bearer" or not token.access_token or token.expires_in <= 0:
-            raise TokenExchangeError("token exchange answered without a usable bearer token")
-        if token.patient is not None and token.patient != patient:
-            raise TokenExchangeError("token exchange answered for another patient")
+        problem = _unusable(token, patient)
+        if problem is not None:
+            # The token was issued all the same: it is revoked, never left live unused.
+            if token.access_token:
+                with contextlib.suppress(TokenExchangeError):
+                    await self.revoke(token.access_token)
+            raise TokenExchangeError(problem)
         return token
 
     async def revoke(self, access_token: str) -> None:

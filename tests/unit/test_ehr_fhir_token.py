@@ -139,6 +139,27 @@ async def test_a_refused_or_unusable_exchange_is_an_error_with_a_reason(
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({**GOOD, "patient": "p2"}, "token exchange answered for another patient"),
+        ({k: v for k, v in GOOD.items() if k != "patient"},
+         "token exchange granted patient/ scopes without naming the patient"),
+        ({**GOOD, "token_type": "DPoP"}, "token exchange answered without a usable bearer token"),
+    ],
+)  # fmt: skip
+async def test_an_issued_token_the_ehr_will_not_use_is_revoked_at_once(
+    key: tuple[SigningKey, Any], body: Any, reason: str
+) -> None:
+    fake = FakeAuth(200, body)
+    with pytest.raises(TokenExchangeError) as caught:
+        await client(fake, key[0]).exchange(
+            service_client_id="cds-a", patient="p1", scope="patient/Patient.rs", user_ref="Practitioner/d1"
+        )
+    assert caught.value.reason == reason
+    assert [(url, form["token"]) for url, form in fake.forms if url.endswith("/revoke")] == [(f"{AUTH}/revoke", "at-1")]
+
+
 async def test_without_a_user_no_token_is_asked_for(key: tuple[SigningKey, Any]) -> None:
     fake = FakeAuth()
     with pytest.raises(TokenExchangeError, match="no user"):
