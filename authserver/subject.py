@@ -61,6 +61,10 @@ async def user_from_access_token(
     row = await tokens.record(session, str(claims["jti"]))
     if row is None or row.revoked_at is not None or row.client_id != actor.client_id:
         raise InvalidGrantError("subject_token is not a live token of this client")
+    if row.grant.startswith("token-exchange"):
+        # A token the EHR got for itself for one patient (token_exchange.py) must not become a
+        # key to the user's other patients: only the user's own session token stands for them.
+        raise InvalidGrantError("subject_token is itself an exchanged token; present the user's own token")
     user = await users.by_username(session, str(claims.get("sub", "")))
     if user is None:
         raise InvalidGrantError("subject_token names no active user")

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from authserver.models import IssuedTokenRow
-from tests.integration.authharness import EXCHANGE, FHIR, TT_JWT, Harness, claims_of, running_authserver
+from tests.integration.authharness import EXCHANGE, FHIR, TT_ACCESS, TT_JWT, Harness, claims_of, running_authserver
 
 
 @pytest.fixture
@@ -96,3 +96,23 @@ async def test_a_named_but_unknown_cds_service_is_still_refused(auth: Harness) -
     response = await auth.exchange(cds_service="no-such-service")
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+
+
+async def test_the_ehrs_patient_bound_token_cannot_be_exchanged_again_for_another_patient(auth: Harness) -> None:
+    # If the EHR's token for one patient leaked, it must not open the user's other patients.
+    own = await _self_exchange(auth, patient="p-a1")
+    assert own.status_code == 200, own.text
+    for cds_service in (None, "cds-a"):
+        form = {
+            "grant_type": EXCHANGE,
+            "subject_token": own.json()["access_token"],
+            "subject_token_type": TT_ACCESS,
+            "patient": "p-a2",
+            "resource": FHIR,
+            **auth.client_auth("ehr"),
+        }
+        if cds_service:
+            form["cds_service"] = cds_service
+        response = await auth.token(form)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_grant"
