@@ -6,7 +6,9 @@ Context identifiers follow the hook definitions exactly: `patientId` and `encoun
 the user is (Practitioner, PractitionerRole, Patient, RelatedPerson), `selections` and
 `dispatchedOrders` are relative references. FHIR resources carried in the context (draftOrders,
 appointments, fulfillmentTasks) are checked with fhir.resources' R4B models, plus the required
-`status` binding of the order types (fhir.resources does not check code bindings).
+`status` binding of the order types (fhir.resources does not check code bindings), and must be
+about the patient in context (a `subject`/`patient`/`for` or an Appointment participant naming
+another Patient is refused).
 """
 
 from __future__ import annotations
@@ -111,6 +113,31 @@ def check_bundle(bundle: Any, where: str, *, entry_types: frozenset[str] | None 
     return bundle
 
 
+def _patient_references(resource: dict[str, Any]) -> list[str]:
+    """The Patient references a resource of a hook's context makes about whom it is for:
+    `subject`/`patient` (orders, Task `for`), and an Appointment's participant actors."""
+    refs: list[Any] = [resource.get(k) for k in ("subject", "patient", "for")]
+    if resource.get("resourceType") == "Appointment":
+        refs += [p.get("actor") for p in resource.get("participant") or [] if isinstance(p, dict)]
+    found = [r.get("reference") for r in refs if isinstance(r, dict)]
+    return [r for r in found if isinstance(r, str) and r.startswith("Patient/")]
+
+
+def check_same_patient(resources: list[Any], patient_id: str, where: str) -> None:
+    """Every resource in the context is about the patient in context: an order (or appointment,
+    or task) for another patient would have the service reason about the wrong person."""
+    for i, resource in enumerate(resources):
+        if not isinstance(resource, dict):
+            continue
+        others = sorted({r for r in _patient_references(resource) if r != f"Patient/{patient_id}"})
+        if others:
+            raise ValueError(f"{where}[{i}] is for {others[0]}, not the patient in context")
+
+
+def _entries(bundle: dict[str, Any]) -> list[Any]:
+    return [e.get("resource") for e in bundle.get("entry", []) if isinstance(e, dict)]
+
+
 def bundle_references(bundle: dict[str, Any]) -> set[str]:
     refs: set[str] = set()
     for entry in bundle.get("entry", []):
@@ -151,6 +178,7 @@ class OrderSelectContext(HookContext):
     @model_validator(mode="after")
     def _check(self) -> OrderSelectContext:
         check_bundle(self.draftOrders, "draftOrders", entry_types=ORDER_TYPES)
+        check_same_patient(_entries(self.draftOrders), self.patientId, "draftOrders.entry")
         missing = set(self.selections) - bundle_references(self.draftOrders)
         if missing:
             raise ValueError(f"selections not found in draftOrders: {sorted(missing)}")
@@ -168,6 +196,7 @@ class OrderSignContext(HookContext):
     @model_validator(mode="after")
     def _check(self) -> OrderSignContext:
         check_bundle(self.draftOrders, "draftOrders", entry_types=ORDER_TYPES)
+        check_same_patient(_entries(self.draftOrders), self.patientId, "draftOrders.entry")
         return self
 
 
@@ -186,6 +215,7 @@ class OrderDispatchContext(HookContext):
             check_resource(task, f"fulfillmentTasks[{i}]")
             if task["resourceType"] != "Task":
                 raise ValueError(f"fulfillmentTasks[{i}] is not a Task")
+        check_same_patient(list(self.fulfillmentTasks or []), self.patientId, "fulfillmentTasks")
         return self
 
 
@@ -208,6 +238,7 @@ class AppointmentBookContext(HookContext):
     @model_validator(mode="after")
     def _check(self) -> AppointmentBookContext:
         check_bundle(self.appointments, "appointments", entry_types=APPOINTMENT_TYPES)
+        check_same_patient(_entries(self.appointments), self.patientId, "appointments.entry")
         return self
 
 

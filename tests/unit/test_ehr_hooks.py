@@ -246,3 +246,46 @@ def test_every_hook_accepts_its_minimal_context() -> None:
 def test_absent_optional_fields_are_omitted_not_null() -> None:
     sent = validate_context("patient-view", {"userId": "Practitioner/1", "patientId": "p", "encounterId": None})
     assert sent == {"userId": "Practitioner/1", "patientId": "p"}
+
+
+def test_context_resources_about_another_patient_are_refused() -> None:
+    # A draft order, appointment or task for someone else would have the service reason (and
+    # suggest) about the wrong person while the EHR shows the patient in context.
+    def order(patient: str) -> dict[str, Any]:
+        return {
+            "resourceType": "MedicationRequest",
+            "id": "m1",
+            "status": "draft",
+            "intent": "order",
+            "medicationCodeableConcept": {"text": "warfarin"},
+            "subject": {"reference": f"Patient/{patient}"},
+        }
+
+    def bundle(resource: dict[str, Any]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": resource}]}
+
+    appointment = {
+        "resourceType": "Appointment",
+        "id": "a1",
+        "status": "proposed",
+        "participant": [{"status": "needs-action", "actor": {"reference": "Patient/other"}}],
+    }
+    task = {"resourceType": "Task", "status": "requested", "intent": "order", "for": {"reference": "Patient/other"}}
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("order-sign", {"userId": "Practitioner/1", "patientId": "p", "draftOrders": bundle(order("other"))},
+         "context: draftOrders.entry[0] is for Patient/other, not the patient in context"),
+        ("order-select", {"userId": "Practitioner/1", "patientId": "p", "selections": ["MedicationRequest/m1"],
+                          "draftOrders": bundle(order("other"))},
+         "context: draftOrders.entry[0] is for Patient/other, not the patient in context"),
+        ("appointment-book", {"userId": "Practitioner/1", "patientId": "p", "appointments": bundle(appointment)},
+         "context: appointments.entry[0] is for Patient/other, not the patient in context"),
+        ("order-dispatch", {"patientId": "p", "dispatchedOrders": ["MedicationRequest/m1"],
+                            "performer": "Organization/o", "fulfillmentTasks": [task]},
+         "context: fulfillmentTasks[0] is for Patient/other, not the patient in context"),
+    ]  # fmt: skip
+    for hook, context, reason in cases:
+        with pytest.raises(HookContextError) as caught:
+            validate_context(hook, context)
+        assert caught.value.reason == reason, hook
+    same = {"userId": "Practitioner/1", "patientId": "p", "draftOrders": bundle(order("p"))}
+    assert validate_context("order-sign", same) == same
