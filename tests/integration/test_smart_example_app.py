@@ -50,6 +50,7 @@ class Servers:
     id_token_claims: Callable[[dict[str, Any]], dict[str, Any]] = lambda claims: claims
     token_extra: dict[str, Any] = field(default_factory=dict)
     smart_configuration: httpx.Response | None = None
+    token_error: httpx.Response | None = None
 
     def id_token(self) -> str:
         now = int(time.time())
@@ -83,6 +84,8 @@ class Servers:
             return httpx.Response(200, json={"keys": [public_jwk(self.key.key, self.key.kid, self.key.alg)]})
         if url == f"{AUTH}/token":
             self.token_forms.append({k: v[0] for k, v in parse_qs(request.content.decode()).items()})
+            if self.token_error is not None:
+                return self.token_error
             return httpx.Response(
                 200,
                 json={
@@ -322,6 +325,24 @@ async def test_an_id_token_that_does_not_answer_this_launch_is_refused(
     answer = await app.get("/callback", params={"code": "c-1", "state": query["state"], "iss": AUTH})
     assert answer.status_code == 400 and "Ann Lee" not in answer.text
     assert f"{FHIR}/Patient/{PATIENT}" not in servers.calls  # nothing read with the token
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        pytest.param(httpx.Response(400, json={"error": "invalid_grant"}), id="invalid_grant"),
+        pytest.param(httpx.Response(200, json={"token_type": "Bearer"}), id="no-access-token"),
+        pytest.param(httpx.Response(200, text="<html>"), id="not-json"),
+    ],
+)
+async def test_a_code_the_authorization_server_does_not_redeem_ends_the_launch_with_a_page(
+    app: httpx.AsyncClient, servers: Servers, refusal: httpx.Response
+) -> None:
+    servers.token_error = refusal
+    query = await launch(app, servers)
+    answer = await app.get("/callback", params={"code": "c-1", "state": query["state"], "iss": AUTH})
+    assert answer.status_code == 400 and "could not be redeemed" in answer.text
+    assert len(servers.token_forms) == 1 and f"{FHIR}/Patient/{PATIENT}" not in servers.calls
 
 
 async def test_a_token_response_without_an_id_token_is_refused(app: httpx.AsyncClient, servers: Servers) -> None:
