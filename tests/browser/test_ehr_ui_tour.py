@@ -116,7 +116,12 @@ def test_the_readme_two_minute_tour_works_as_written(up: UpProcess) -> None:
 
         # Step 5: Accept: Order: Hemoglobin A1c… → the order appears under Service requests.
         accept = page.get_by_role("button", name=re.compile(r"^Accept: Order: Hemoglobin A1c"))
-        accept.first.click()
+        with page.expect_response(lambda r: r.url.endswith("/api/suggestions/accept")) as accepted:
+            accept.first.click()
+        applied = accepted.value.json()
+        assert accepted.value.status == 200 and applied["outcome"] == "accepted"
+        assert applied["transaction"][0]["status"].startswith("201")  # one FHIR transaction, as the user
+        assert applied["feedback"]["status"] == 200, applied  # `accepted` feedback reached the service
         page.wait_for_function(
             "() => document.querySelector('#orders').innerText.includes('Hemoglobin A1c')", timeout=TIMEOUT
         )
@@ -176,6 +181,7 @@ def test_the_readme_two_minute_tour_works_as_written(up: UpProcess) -> None:
         detail.wait_for()
         text = detail.inner_text()
         assert "Request sent" in text and "Response received" in text and "Timings (ms):" in text
+        assert '"access_token": "[redacted]"' in text
         for phase in ("token", "prefetch", "call", "revoke"):
             assert phase in text, phase
         assert re.search(r"eyJ[A-Za-z0-9_-]{10,}\.", text) is None
