@@ -107,10 +107,16 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         patient = _one(form, "patient")
         if not patient:
             raise InvalidRequestError("patient is required")
-        async with tokens.autocommit(runtime.sessions) as session:  # lookups only: no BEGIN/ROLLBACK
-            # No cds_service: the EHR asks for a token for itself as the user (token_exchange.py).
-            cds_service = _one(form, "cds_service")
-            service = check_service(await clients.get(session, cds_service)) if cds_service else None
+        # No cds_service: the EHR asks for a token for itself as the user (token_exchange.py).
+        cds_service = _one(form, "cds_service")
+        service = None
+        if cds_service:
+            async with tokens.autocommit(runtime.sessions) as session:  # one lookup: no BEGIN/ROLLBACK
+                service = check_service(await clients.get(session, cds_service))
+        # subject_user records the assertion's jti through a session of its own before it reads
+        # through this one, which takes its connection only then: a request never holds one pooled
+        # connection while it waits for another (which deadlocks once requests outnumber the pool).
+        async with runtime.sessions() as session:
             user = await subject_user(
                 session,
                 _one(form, "subject_token"),

@@ -92,15 +92,19 @@ async def _httpx(
         async def one(measure: bool) -> None:
             nonlocal errors, sent
             start = time.perf_counter()
-            if forms:
-                body = forms[min(sent, len(forms) - 1)]
-                sent += 1
-                response = await client.post(url, content=body, headers=post_headers)
-            else:
-                response = await client.get(url, headers=headers)
+            try:
+                if forms:
+                    body = forms[min(sent, len(forms) - 1)]
+                    sent += 1
+                    response = await client.post(url, content=body, headers=post_headers)
+                else:
+                    response = await client.get(url, headers=headers)
+                failed = response.status_code >= 400
+            except httpx.HTTPError:  # counted like wrk counts timeouts and socket errors
+                failed = True
             if measure:
                 latencies.append(time.perf_counter() - start)
-                errors += response.status_code >= 400
+                errors += failed
 
         async def loop(until: float, measure: bool) -> None:
             while time.perf_counter() < until:
