@@ -107,11 +107,18 @@ class FeedbackSender:
                 async with httpx.AsyncClient(
                     verify=ctx, timeout=self._http.timeout, follow_redirects=False, trust_env=False
                 ) as http:
-                    response = await http.post(url, json=body, headers=headers)
+                    status = await _post_status(http, url, body, headers)
             else:
-                response = await self._http.post(url, json=body, headers=headers)
+                status = await _post_status(self._http, url, body, headers)
         except httpx.HTTPError as exc:
             return Delivery(None, f"the service could not be reached ({type(exc).__name__})")
-        if 200 <= response.status_code < 300:
-            return Delivery(response.status_code)
-        return Delivery(response.status_code, f"the service answered HTTP {response.status_code}")
+        if 200 <= status < 300:
+            return Delivery(status)
+        return Delivery(status, f"the service answered HTTP {status}")
+
+
+async def _post_status(http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> int:
+    """POST and return only the status: the answer's body is never read, so a service cannot
+    make the EHR hold an unbounded feedback answer in memory."""
+    async with http.stream("POST", url, json=body, headers=headers) as response:
+        return response.status_code
