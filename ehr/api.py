@@ -35,8 +35,8 @@ SERVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._~:-]{0,127}$"
 CARD_ID = r"^[^\x00-\x1f\x7f]{1,128}$"
 PATIENT_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 HOOK_NAME = r"^[a-z][a-z0-9-]{0,63}$"
-# Timestamps are stored as 32-bit integers (epoch seconds).
-MAX_TIMESTAMP = 2**31 - 1
+# Exchange row ids (the `before` cursor) are 32-bit integers in the database.
+MAX_ROW_ID = 2**31 - 1
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -274,7 +274,7 @@ def api_router() -> APIRouter:
         patientId: str | None = Query(default=None, pattern=PATIENT_ID),
         serviceId: str | None = Query(default=None, pattern=SERVICE_ID),
         hook: str | None = Query(default=None, pattern=HOOK_NAME),
-        before: int | None = Query(default=None, ge=1, le=MAX_TIMESTAMP),
+        before: int | None = Query(default=None, ge=1, le=MAX_ROW_ID),
         limit: int = Query(default=50, ge=1, le=500),
     ) -> JSONResponse:
         user = None if principal.is_admin else (principal.user_ref or "")
