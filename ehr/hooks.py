@@ -22,6 +22,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 USER_TYPES = ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
+# Resources and references one context may carry: each resource is validated with the R4B models
+# (CPU on the event loop), so an unbounded Bundle would let one caller stall the EHR.
+MAX_CONTEXT_ITEMS = 100
 
 # Required bindings of `status` on the request resources a draft order can be (FHIR R4 value sets
 # request-status / medicationrequest-status), which the pydantic models do not enforce.
@@ -103,6 +106,8 @@ def check_bundle(bundle: Any, where: str, *, entry_types: frozenset[str] | None 
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):
         raise ValueError(f"{where}.entry must be an array")
+    if len(entries) > MAX_CONTEXT_ITEMS:
+        raise ValueError(f"{where} has more than {MAX_CONTEXT_ITEMS} entries")
     for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         checked = check_resource(resource, f"{where}.entry[{i}].resource")
@@ -172,7 +177,7 @@ class OrderSelectContext(HookContext):
     userId: UserReference
     patientId: FhirId
     encounterId: FhirId | None = None
-    selections: list[Reference] = Field(min_length=1)
+    selections: list[Reference] = Field(min_length=1, max_length=MAX_CONTEXT_ITEMS)
     draftOrders: dict[str, Any]
 
     @model_validator(mode="after")
@@ -205,9 +210,9 @@ class OrderDispatchContext(HookContext):
 
     has_user: ClassVar[bool] = False
     patientId: FhirId
-    dispatchedOrders: list[Reference] = Field(min_length=1)
+    dispatchedOrders: list[Reference] = Field(min_length=1, max_length=MAX_CONTEXT_ITEMS)
     performer: Reference
-    fulfillmentTasks: list[dict[str, Any]] | None = None
+    fulfillmentTasks: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_CONTEXT_ITEMS)
 
     @model_validator(mode="after")
     def _check(self) -> OrderDispatchContext:

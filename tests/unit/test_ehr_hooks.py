@@ -289,3 +289,25 @@ def test_context_resources_about_another_patient_are_refused() -> None:
         assert caught.value.reason == reason, hook
     same = {"userId": "Practitioner/1", "patientId": "p", "draftOrders": bundle(order("p"))}
     assert validate_context("order-sign", same) == same
+
+
+def test_a_context_carrying_too_many_resources_is_refused_before_validating_them() -> None:
+    from ehr.hooks import MAX_CONTEXT_ITEMS
+
+    order = {"resourceType": "ServiceRequest", "status": "draft", "intent": "order"}
+    entries = [{"resource": {**order, "id": f"s{i}"}} for i in range(MAX_CONTEXT_ITEMS + 1)]
+    context = {
+        "userId": "Practitioner/1",
+        "patientId": "p",
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": entries},
+    }
+    with pytest.raises(HookContextError) as caught:
+        validate_context("order-sign", context)
+    assert caught.value.reason == f"context: draftOrders has more than {MAX_CONTEXT_ITEMS} entries"
+    dispatch = {
+        "patientId": "p",
+        "dispatchedOrders": [f"ServiceRequest/s{i}" for i in range(MAX_CONTEXT_ITEMS + 1)],
+        "performer": "Organization/o",
+    }
+    with pytest.raises(HookContextError, match="dispatchedOrders"):
+        validate_context("order-dispatch", dispatch)
