@@ -40,6 +40,11 @@ MAX_SUMMARY_INPUT = 1024
 # A card's or suggestion's uuid comes back in feedback and in the EHR's own API: bounded and
 # printable (no control characters, which PostgreSQL would refuse when the decision is recorded).
 UUID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+# A 1 MiB answer could hold 300 000 tiny (invalid) cards or one megabyte of markdown: the EHR
+# examines at most this many array items and renders at most this much detail per card, so a
+# hostile service cannot spend the EHR's CPU (every item is still accounted for in `dropped`).
+MAX_EXAMINED = 200
+MAX_DETAIL = 64 * 1024
 
 
 class _Model(BaseModel):
@@ -105,7 +110,7 @@ class Link(_Model):
 class Card(_Model):
     uuid: str | None = Field(default=None, pattern=UUID_PATTERN)
     summary: str = Field(min_length=1, max_length=MAX_SUMMARY_INPUT)
-    detail: str | None = None
+    detail: str | None = Field(default=None, max_length=MAX_DETAIL)
     indicator: Literal["info", "warning", "critical"]
     source: Source
     suggestions: list[Suggestion] | None = None
@@ -208,7 +213,7 @@ class CardValidator:
             raise ResponseError("the response has no cards array")
         result = ValidatedResponse()
         uuids: dict[str, int] = {}
-        for index, raw in enumerate(cards):
+        for index, raw in enumerate(cards[:MAX_EXAMINED]):
             if len(result.cards) >= self._max_cards:
                 result.dropped.append(DroppedCard(index, f"more than {self._max_cards} cards"))
                 continue
@@ -224,11 +229,17 @@ class CardValidator:
             if "uuid" in card:
                 uuids[card["uuid"]] = index
             result.cards.append(card)
+        if len(cards) > MAX_EXAMINED:
+            result.dropped.append(
+                DroppedCard(MAX_EXAMINED, f"{len(cards) - MAX_EXAMINED} more cards not examined (over {MAX_EXAMINED})")
+            )
         actions = body.get("systemActions")
         if actions is not None:
             if not isinstance(actions, list):
                 raise ResponseError("systemActions is not an array")
-            for index, raw in enumerate(actions):
+            if len(actions) > MAX_EXAMINED:
+                result.notes.append(f"systemActions beyond the first {MAX_EXAMINED} dropped unexamined")
+            for index, raw in enumerate(actions[:MAX_EXAMINED]):
                 try:
                     result.system_actions.append(Action.model_validate(raw).model_dump(exclude_none=True))
                 except ValidationError as exc:

@@ -331,3 +331,25 @@ def test_a_card_or_suggestion_uuid_must_be_short_printable_text(bad: str) -> Non
     )
     assert [c["uuid"] for c in result.cards] == ["c3"]
     assert [d.index for d in result.dropped] == [0, 1]
+
+
+def test_a_flood_of_tiny_cards_is_examined_only_up_to_a_bound_and_accounted_for() -> None:
+    from ehr.cards import MAX_EXAMINED
+
+    body = {"cards": [{} for _ in range(100_000)] + [card(uuid="late")], "systemActions": [{}] * 100_000}
+    result = validator().validate(body)
+    assert result.cards == []  # "late" is beyond what is examined
+    assert len(result.dropped) == MAX_EXAMINED + 1
+    summary = result.dropped[-1]
+    assert summary.reason == f"{100_001 - MAX_EXAMINED} more cards not examined (over {MAX_EXAMINED})"
+    assert f"systemActions beyond the first {MAX_EXAMINED} dropped unexamined" in result.notes
+    assert len([n for n in result.notes if n.startswith("systemActions[")]) == MAX_EXAMINED
+
+
+def test_a_card_with_an_oversized_detail_is_dropped_unrendered() -> None:
+    from ehr.cards import MAX_DETAIL
+
+    result = validator().validate({"cards": [card(uuid="big", detail="[" * (MAX_DETAIL + 1)), card(uuid="ok")]})
+    assert [c["uuid"] for c in result.cards] == ["ok"]
+    assert [d.index for d in result.dropped] == [0]
+    assert result.dropped[0].reason.startswith("detail:")
