@@ -171,6 +171,6 @@ async def _admin(request: Request, page: Page) -> Response:
 async def _admin_write(request: Request, page: Page) -> Response:
     """A form post: no session means sign in again (nothing is done), like a page view."""
     ui = ui_state(request)
-    if ui.read(request) is None:
+    if await ui.read(request) is None:
         return _see_other("/login")
     return await with_session(request, page)

@@ -32,7 +32,7 @@ Page = Callable[[UiState, Session], Awaitable[Response]]
 async def with_session(request: Request, page: Page) -> Response:
     """Run `page` for the signed-in user (token refreshed, idle timeout slid), else go sign in."""
     ui = ui_state(request)
-    session = ui.read(request)
+    session = await ui.read(request)
     fresh = await ui.fresh(session) if session is not None else None
     if fresh is None:
         return _sign_in_again(request)
@@ -135,7 +135,7 @@ def pages_router() -> APIRouter:
         a patient the user may see (checked here with the user's token, and again by the
         authserver)."""
         ui = ui_state(request)
-        session = ui.read(request)
+        session = await ui.read(request)
         if session is None or session.access_expires_at <= ui.now():
             return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
         if not csrf_ok(session, request.headers.get(CSRF_HEADER)) or not ui.same_origin(request):

@@ -53,6 +53,7 @@ class Session:
     created_at: int
     seen_at: int
     is_admin: bool = False
+    sid: str = ""  # random; recorded at sign-out so a copy of the cookie is refused (signouts.py)
 
     def touched(self, now: int) -> Session:
         return replace(self, seen_at=now)
@@ -131,6 +132,8 @@ def session_from(data: dict[str, Any] | None, now: int, idle: int, absolute: int
         return None
     if not isinstance(session.created_at, int) or not isinstance(session.seen_at, int):
         return None
+    if not isinstance(session.sid, str) or not session.sid:
+        return None  # a cookie from before session ids: sign in again
     if now - session.seen_at > idle or now - session.created_at > absolute:
         return None
     return session

@@ -44,7 +44,7 @@ def signin_router() -> APIRouter:
 
     @router.get("/")
     async def home(request: Request) -> Response:
-        if ui_state(request).read(request) is not None:
+        if await ui_state(request).read(request) is not None:
             return _no_store(RedirectResponse("/patients", status_code=303))
         ui = ui_state(request)
         return render("signed_out.html", title="mockehr EHR", authserver_login=ui.config.authserver_url + "/login")
@@ -100,6 +100,7 @@ def signin_router() -> APIRouter:
             csrf=new_csrf(),
             created_at=now,
             seen_at=now,
+            sid=secrets.token_urlsafe(24),
         )
         response = RedirectResponse(login.next_path, status_code=303)
         ui.write(response, session)
@@ -109,11 +110,12 @@ def signin_router() -> APIRouter:
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         ui = ui_state(request)
-        session = ui.read(request)
+        session = await ui.read(request)
         form = await request.form()
         if session is not None and (not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request)):
             return render("error.html", 403, title="Sign-out refused", message="The form has expired. Reload the page.")
         if session is not None:
+            await ui.sign_out(session)  # first: whatever the authorization server answers
             if session.refresh_token:
                 await ui.auth.revoke(session.refresh_token, "refresh_token")
             await ui.auth.revoke(session.access_token, "access_token")

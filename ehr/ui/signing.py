@@ -233,7 +233,7 @@ def signing_router() -> APIRouter:
     @router.post("/ui/orders")
     async def sign(request: Request) -> Response:
         ui = ui_state(request)
-        session = ui.read(request)
+        session = await ui.read(request)
         if session is None or session.access_expires_at <= ui.now():
             return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
         if not csrf_ok(session, request.headers.get(CSRF_HEADER)) or not ui.same_origin(request):

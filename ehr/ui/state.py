@@ -16,6 +16,7 @@ from ehr.principal import Principal
 from ehr.ui.config import UiConfig
 from ehr.ui.oauth import AuthClient, OAuthFailure, Tokens
 from ehr.ui.session import CSRF_HEADER, SESSION_COOKIE, CookieBox, Session, csrf_ok, session_from, session_payload
+from ehr.ui.signouts import record_signout, signed_out
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger(__name__)
@@ -36,9 +37,18 @@ class UiState:
     def now(self) -> int:
         return int(self.runtime.clock())
 
-    def read(self, request: Request) -> Session | None:
+    async def read(self, request: Request) -> Session | None:
+        """The request's session: sealed by us, not expired, and not signed out."""
         data = self.box.open(SESSION_COOKIE, request.cookies.get(SESSION_COOKIE))
-        return session_from(data, self.now(), self.config.idle_seconds, self.config.absolute_seconds)
+        session = session_from(data, self.now(), self.config.idle_seconds, self.config.absolute_seconds)
+        if session is None or await signed_out(self.runtime.sessions, session.sid):
+            return None
+        return session
+
+    async def sign_out(self, session: Session) -> None:
+        await record_signout(
+            self.runtime.sessions, session.sid, session.created_at + self.config.absolute_seconds, self.now()
+        )
 
     def write(self, response: Response, session: Session) -> None:
         self.box.set(response, SESSION_COOKIE, session_payload(session), self.config.absolute_seconds)
@@ -84,7 +94,7 @@ class UiState:
         or None. Unsafe methods need the session's CSRF token in X-CSRF-Token and a same-origin
         Origin. No refresh here (the API answer cannot carry a new cookie): an expired access
         token means None, and the page reloads, which refreshes."""
-        session = self.read(request)
+        session = await self.read(request)
         if session is None or session.access_expires_at <= self.now():
             return None
         if request.method not in SAFE_METHODS and (

@@ -66,6 +66,7 @@ def session_cookie(settings: EhrSettings, clock: FrozenClock, **changes: Any) ->
         csrf="csrf-secret-of-this-session",
         created_at=now,
         seen_at=now,
+        sid="sid-of-this-session",
     )
     return box(settings).seal(SESSION_COOKIE, asdict(replace(session, **changes)))
 

@@ -113,7 +113,7 @@ class Ehr:
 
     def session(self, **changes: Any) -> str:
         now = int(self.clock())
-        session = Session(USER, "Dr. Test", "the-users-token", now + 280, None, CSRF, now, now)
+        session = Session(USER, "Dr. Test", "the-users-token", now + 280, None, CSRF, now, now, sid="sid-1")
         return CookieBox(self.settings.kek()).seal(SESSION_COOKIE, asdict(replace(session, **changes)))
 
     def opened(self, response: httpx.Response) -> dict[str, Any] | None:
@@ -223,6 +223,7 @@ async def test_signing_in_replaces_a_planted_session_with_a_new_one(ehr: Ehr) ->
     assert session is not None and back.cookies[SESSION_COOKIE] != planted
     assert session["user_ref"] == USER and session["is_admin"] is False
     assert session["csrf"] != "known-to-the-attacker" and len(session["csrf"]) >= 32
+    assert session["sid"] != "sid-1" and len(session["sid"]) >= 32  # a new session id
     assert session["created_at"] == int(ehr.clock()) and session["access_token"] == "fresh-access-token"
     assert "max-age=0" in next(c for c in back.headers.get_list("set-cookie") if c.startswith(LOGIN_COOKIE)).lower()
     # The login state is single-use: the same callback again starts nothing.
@@ -274,3 +275,38 @@ async def test_the_clients_page_shows_registry_data_as_text_and_keeps_each_disab
     actions = re.findall(r'action="([^"]+)"', page.text)
     assert "/admin/clients/x%2F..%2F..%2Fkeys%2Frotate/disable" in actions, actions
     assert "/admin/clients/app/disable" in actions
+
+
+# --- a copied cookie after sign-out ------------------------------------------------------------
+
+
+async def test_a_copy_of_the_session_cookie_is_refused_everywhere_after_sign_out(ehr: Ehr) -> None:
+    copied = ehr.session(is_admin=True)  # an admin session: its pages read nothing from FHIR
+    ehr.client.cookies.set(SESSION_COOKIE, copied)
+    assert (await ehr.client.get("/admin/keys")).status_code == 200
+    assert (await ehr.client.get("/api/exchanges")).status_code == 200
+    out = await ehr.client.post("/logout", data={"csrf": CSRF})
+    assert out.status_code == 303
+    # The thief replays the copy while its access token still has minutes to live.
+    ehr.client.cookies.clear()
+    ehr.client.cookies.set(SESSION_COOKIE, copied)
+    for path in ("/exchanges", "/admin/keys", "/admin/services", f"/patients/{PATIENT}"):
+        answer = await ehr.client.get(path)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login"), path
+    assert (await ehr.client.get("/api/exchanges")).status_code == 401
+    assert (await ehr.client.get("/api/services")).status_code == 401
+    rotate = await ehr.client.post("/admin/keys/rotate", data={"csrf": CSRF})
+    assert rotate.status_code == 303 and rotate.headers["location"] == "/login"
+    launch = await ehr.client.post(
+        "/ui/launch", json={"url": APP_LAUNCH, "patientId": PATIENT}, headers={"X-CSRF-Token": CSRF}
+    )
+    assert launch.status_code == 401 and ehr.auth.launches == []
+    # Another session of the same user is not affected.
+    ehr.client.cookies.set(SESSION_COOKIE, ehr.session(sid="another-sign-in"))
+    assert (await ehr.client.get("/exchanges")).status_code == 200
+
+
+async def test_a_session_cookie_without_a_session_id_is_no_session(ehr: Ehr) -> None:
+    ehr.client.cookies.set(SESSION_COOKIE, ehr.session(sid=""))
+    answer = await ehr.client.get("/exchanges")
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")

@@ -94,7 +94,7 @@ async def ehr(tmp_path: Path, database_url: str) -> AsyncIterator[Ehr]:
         real = ui_state_of(app)
         app.state.ui = UiState(real.config, real.box, real.auth, replace(real.runtime, http=http))
         now = int(clock())
-        session = Session(USER, "Dr. Test", "the-users-own-token", now + 280, None, CSRF, now, now)
+        session = Session(USER, "Dr. Test", "the-users-own-token", now + 280, None, CSRF, now, now, sid="sid-1")
         client.cookies.set(SESSION_COOKIE, CookieBox(settings.kek()).seal(SESSION_COOKIE, asdict(session)))
         yield Ehr(client, app.state.runtime, fhir)
 
