@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -77,8 +78,11 @@ def run(sizes: tuple[int, ...] = (30, 300, 3000)) -> list[dict[str, Any]]:
         folder = Path(tempfile.mkdtemp(prefix="mockehr-scale-"))
         url = f"sqlite:///{folder / 'scale.db'}"
         migrate.upgrade(url)
-        row = asyncio.run(_measure(url, patients))
-        size = sum(p.stat().st_size for p in folder.glob("scale.db*"))
+        try:
+            row = asyncio.run(_measure(url, patients))
+            size = sum(p.stat().st_size for p in folder.glob("scale.db*"))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # 3,000 patients are ~0.7 GB
         row["database_mb"] = round(size / 1e6, 1)
         rows.append(row)
     return rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def running_stack(db_url: str | None, patients: int, workers: int) -> Iterator[R
         yield Running(stack, processes)
     finally:
         supervisor.stop(processes)
+    # Only after a clean run: a failed one keeps its data directory and logs to look at.
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @contextmanager
@@ -117,6 +120,7 @@ def floor_server(stack: Stack, bodies: dict[str, bytes], workers: int) -> Iterat
             process.kill()
             process.wait()
         log.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- clients, assertions and tokens -----------------------------------------------------------
