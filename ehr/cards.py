@@ -12,7 +12,9 @@ strictly and sanitized before anything reaches a clinician.
   but no `selectionBehavior` (the spec says it MUST be given; some services omit it) is kept and
   treated as `at-most-one`, the restrictive choice, with a note.
 - Links: `type` absolute|smart (a link without `type` — seen in the wild — is treated as
-  absolute, which never launches anything); `absolute` only https; `smart` only when the url is
+  absolute, which never launches anything); `absolute` only https to an allowed host (the
+  configured `cds_link_hosts` plus the answering service's own host: Argonaut R2, a card must
+  not send the clinician to wherever a service likes); `smart` only when the url is
   the launch URL of a registered SMART app; `appContext` only on smart links. A link that fails
   is removed from its card (noted); `source.url`/`source.icon` that are not https are removed.
 - At most `max_cards` cards are kept; the rest are dropped with a reason.
@@ -166,7 +168,9 @@ class CardValidator:
         self._renderer = renderer
         self._max_cards = max_cards
 
-    def _links(self, card: Card, index: int, smart_urls: Collection[str], notes: list[str]) -> list[dict[str, Any]]:
+    def _links(
+        self, card: Card, index: int, smart_urls: Collection[str], hosts: Collection[str], notes: list[str]
+    ) -> list[dict[str, Any]]:
         kept: list[dict[str, Any]] = []
         for j, link in enumerate(card.links or []):
             if https_host(link.url) is None:
@@ -175,10 +179,15 @@ class CardValidator:
             if link.type == "smart" and link.url not in smart_urls:
                 notes.append(f"card {index}: link {j} removed: smart link to an app that is not registered")
                 continue
+            if link.type != "smart" and not self._renderer.link_allowed(link.url, hosts):
+                notes.append(f"card {index}: link {j} removed: host not on the EHR's link allow-list")
+                continue
             kept.append(link.model_dump(exclude_none=True))
         return kept
 
-    def _card(self, raw: Any, index: int, smart_urls: Collection[str], notes: list[str]) -> dict[str, Any]:
+    def _card(
+        self, raw: Any, index: int, smart_urls: Collection[str], hosts: Collection[str], notes: list[str]
+    ) -> dict[str, Any]:
         card = Card.model_validate(raw)
         out = card.model_dump(exclude_none=True)
         source = dict(out["source"])
@@ -191,7 +200,7 @@ class CardValidator:
             notes.append(f"card {index}: suggestions without selectionBehavior: treated as at-most-one")
             out["selectionBehavior"] = "at-most-one"
         if card.links is not None:
-            links = self._links(card, index, smart_urls, notes)
+            links = self._links(card, index, smart_urls, hosts, notes)
             if links:
                 out["links"] = links
             else:
@@ -201,11 +210,18 @@ class CardValidator:
             out["summary"] = card.summary[: MAX_SUMMARY - 1] + "…"
         out["summaryHtml"] = escape_text(out["summary"])
         if card.detail is not None:
-            out["detailHtml"] = self._renderer.render(card.detail)
+            out["detailHtml"] = self._renderer.render(card.detail, hosts)
         return out
 
-    def validate(self, body: Any, *, smart_urls: Collection[str] = ()) -> ValidatedResponse:
-        """Validate a parsed response body; ResponseError when it is not a response at all."""
+    def validate(
+        self, body: Any, *, smart_urls: Collection[str] = (), link_hosts: Collection[str] = ()
+    ) -> ValidatedResponse:
+        """Validate a parsed response body; ResponseError when it is not a response at all.
+
+        `link_hosts` are hosts allowed for this answer's links besides the configured ones (the
+        engine passes the answering service's own host).
+        """
+        hosts = frozenset(h.lower() for h in link_hosts)
         if not isinstance(body, dict):
             raise ResponseError("the response is not a JSON object")
         cards = body.get("cards")
@@ -218,7 +234,7 @@ class CardValidator:
                 result.dropped.append(DroppedCard(index, f"more than {self._max_cards} cards"))
                 continue
             try:
-                card = self._card(raw, index, smart_urls, result.notes)
+                card = self._card(raw, index, smart_urls, hosts, result.notes)
             except ValidationError as exc:
                 result.dropped.append(DroppedCard(index, _reason(exc)))
                 continue

@@ -54,7 +54,7 @@ from ehr.client_jwt import ClientJwtSigner, SignerSource
 from ehr.exchange import HookCall, HookOutcome, ServiceConfig, ServiceResult
 from ehr.fhir_token import ExchangedToken, TokenExchangeClient, TokenExchangeError
 from ehr.hooks import HookContextError, validate_context
-from ehr.markdown import MarkdownRenderer
+from ehr.markdown import MarkdownRenderer, https_host
 from ehr.prefetch import TokenValues, fetch
 from ehr.settings import EhrSettings
 
@@ -344,7 +344,8 @@ class CdsEngine:
             if note:
                 result.notes.append(note)
         try:
-            validated = self.cards.validate(answer, smart_urls=smart_urls)
+            own_host = https_host(url)
+            validated = self.cards.validate(answer, smart_urls=smart_urls, link_hosts=(own_host,) if own_host else ())
         except ResponseError as exc:
             raise ServiceFault(f"invalid CDS response: {exc.reason}") from None
         result.cards = validated.cards

@@ -56,11 +56,11 @@ class MarkdownRenderer:
         self._md.enable(["table", "strikethrough"])
         self._md.disable(["image", "html_inline", "html_block"])
 
-    def link_allowed(self, url: str) -> bool:
+    def link_allowed(self, url: str, extra_hosts: Collection[str] = ()) -> bool:
         host = https_host(url)
-        return host is not None and host in self._hosts
+        return host is not None and (host in self._hosts or host in extra_hosts)
 
-    def _drop_links(self, tokens: list[Token]) -> None:
+    def _drop_links(self, tokens: list[Token], extra_hosts: Collection[str]) -> None:
         for token in tokens:
             if token.children:
                 kept: list[Token] = []
@@ -68,7 +68,7 @@ class MarkdownRenderer:
                 for child in token.children:
                     if child.type == "link_open":
                         href = str(child.attrGet("href") or "")
-                        allowed = self.link_allowed(href)
+                        allowed = self.link_allowed(href, extra_hosts)
                         dropping.append(not allowed)
                         if allowed:
                             kept.append(child)
@@ -80,9 +80,10 @@ class MarkdownRenderer:
                     kept.append(child)
                 token.children = kept
 
-    def render(self, text: str) -> str:
+    def render(self, text: str, extra_hosts: Collection[str] = ()) -> str:
+        """Safe HTML; `extra_hosts` (lower-case) are allowed link hosts for this call only."""
         tokens = self._md.parse(text)
-        self._drop_links(tokens)
+        self._drop_links(tokens, frozenset(extra_hosts))
         rendered = self._md.renderer.render(tokens, self._md.options, {})
         return nh3.clean(
             rendered,

@@ -84,7 +84,8 @@ HOSTILE = {
                 {"label": "Rogue app", "url": "https://rogue.example/launch", "type": "smart"},
                 {"label": "JS", "url": "javascript:alert(1)", "type": "absolute"},
                 {"label": "Data", "url": "data:text/html,<script>alert(1)</script>", "type": "absolute"},
-                {"label": "Docs", "url": "https://docs.example/k", "type": "absolute"},
+                {"label": "Docs", "url": "https://example.org/docs/k", "type": "absolute"},
+                {"label": "Phish", "url": "https://evil.example/login", "type": "absolute"},
             ],
         )
     ]
@@ -113,13 +114,14 @@ async def test_a_hostile_card_reaches_the_clinician_neutralised(
     assert card["source"] == {"label": "<b>Lab</b>"}
     assert card["links"] == [
         {"label": "App", "url": SMART, "type": "smart", "appContext": "ctx"},
-        {"label": "Docs", "url": "https://docs.example/k", "type": "absolute"},
+        {"label": "Docs", "url": "https://example.org/docs/k", "type": "absolute"},
     ]
     assert result.notes == [
         "card 0: source.url removed: not an https URL",
         "card 0: link 1 removed: smart link to an app that is not registered",
         "card 0: link 2 removed: only https links are allowed",
         "card 0: link 3 removed: only https links are allowed",
+        "card 0: link 5 removed: host not on the EHR's link allow-list",
     ]
     # The response as received is kept for the developer, the cards as shown are sanitized.
     assert result.response == HOSTILE

@@ -74,7 +74,7 @@ def test_a_card_whose_source_has_no_label_is_dropped_with_the_reason(fixtures_di
 
 
 def test_the_good_sample_keeps_its_fields_and_renders_detail(fixtures_dir: Path) -> None:
-    result = validator().validate(
+    result = validator(hosts=("google.com", "github.com")).validate(
         load(fixtures_dir, "cdshooks-response-good.json"), smart_urls={"https://smart.example.com/launch"}
     )
     first, second = result.cards
@@ -260,11 +260,35 @@ def test_html_in_the_summary_is_kept_as_text_and_escaped_for_html() -> None:
 def test_card_links_that_are_not_https_are_removed(url: str) -> None:
     links = [
         {"label": "bad", "url": url, "type": "absolute"},
-        {"label": "ok", "url": "https://any.example/x", "type": "absolute"},
+        {"label": "ok", "url": "https://example.org/x", "type": "absolute"},
     ]
     result = validator().validate({"cards": [card(links=links)]})
-    assert result.cards[0]["links"] == [{"label": "ok", "url": "https://any.example/x", "type": "absolute"}]
+    assert result.cards[0]["links"] == [{"label": "ok", "url": "https://example.org/x", "type": "absolute"}]
     assert result.notes == ["card 0: link 0 removed: only https links are allowed"]
+
+
+def test_an_absolute_link_to_a_host_off_the_allow_list_is_removed() -> None:
+    # Argonaut R2: a service must not send the clinician wherever it likes (a phishing page
+    # dressed as a guideline); only configured hosts and the answering service's own host.
+    links = [
+        {"label": "phish", "url": "https://login.evil.example/ehr", "type": "absolute"},
+        {"label": "lookalike", "url": "https://example.org.evil.example/x", "type": "absolute"},
+        {"label": "configured", "url": "https://example.org/g", "type": "absolute"},
+        {"label": "own host", "url": "https://cds.example/info", "type": "absolute"},
+    ]
+    body = {"cards": [card(links=links, detail="[own](https://cds.example/a) [evil](https://evil.example/b)")]}
+    result = validator().validate(body, link_hosts=("cds.example",))
+    assert [link["label"] for link in result.cards[0]["links"]] == ["configured", "own host"]
+    assert result.notes == [
+        "card 0: link 0 removed: host not on the EHR's link allow-list",
+        "card 0: link 1 removed: host not on the EHR's link allow-list",
+    ]
+    assert 'href="https://cds.example/a"' in result.cards[0]["detailHtml"]
+    assert 'href="https://evil.example' not in result.cards[0]["detailHtml"]
+    # Without the service's host passed, its own links go too: the allow-list is per answer.
+    alone = validator().validate(copy.deepcopy(body))
+    assert [link["label"] for link in alone.cards[0]["links"]] == ["configured"]
+    assert 'href="https://cds.example' not in alone.cards[0]["detailHtml"]
 
 
 def test_a_smart_link_survives_only_when_it_is_a_registered_launch_url() -> None:
