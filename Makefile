@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-## up: start the stack (ehr :9000, authserver :9001, fhirserver :9002/fhir, CDS example :9003)
+## up: start the stack (ehr :9000, authserver :9001, fhirserver :9002/fhir, CDS example :9003, smart-example :9004)
 up: install
 	$(VENV)/bin/mockehr up $(ARGS)
 
