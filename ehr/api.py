@@ -202,8 +202,10 @@ async def apply_system_actions(
 ) -> dict[str, Any] | None:
     """CDS Hooks 2.0 §systemActions: applied only for a service allowed to, as the user, in the
     patient's compartment (one transaction); otherwise recorded as not applied."""
-    if not result.system_actions or result.status != "ok":
+    if result.status != "ok":
         return None
+    if result.system_actions_result is not None or not result.system_actions:
+        return result.system_actions_result  # refused by the engine (not allowed), or none sent
     if not config.allow_system_actions:
         return {"applied": False, "reason": "systemActions are not allowed for this service"}
     if call.user_ref is None:
@@ -245,6 +247,11 @@ def api_router() -> APIRouter:
                 applied = None
                 if result.service_id in by_id:
                     applied = await apply_system_actions(actions, by_id[result.service_id], call, result, user_token)
+                if applied is not None and result.system_actions_result is None:
+                    # What was written (or why not) joins the exchange's record.
+                    await exchange_log.record_system_actions(
+                        runtime.sessions, call.hook_instance, result.service_id, applied
+                    )
                 results.append(result_json(result, applied))
         return JSONResponse({"hookInstance": call.hook_instance, "hook": hook, "services": results})
 

@@ -79,6 +79,9 @@ class ServiceResult:
     http_status: int | None = None
     cards: list[dict[str, Any]] = field(default_factory=list)  # validated, sanitized cards
     system_actions: list[dict[str, Any]] = field(default_factory=list)
+    # What became of the systemActions (None: the service sent none): {"applied": False,
+    # "reason": ...} when refused, {"applied": True, "transaction": [...]} once written.
+    system_actions_result: dict[str, Any] | None = None
     dropped: list[DroppedCard] = field(default_factory=list)
     # What was changed or left out without failing the exchange: links removed from cards,
     # prefetch keys omitted, systemActions dropped (each a short sentence).

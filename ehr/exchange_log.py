@@ -3,7 +3,8 @@ service was called (issue 5 §6) and as the record a suggestion or feedback is c
 
 Stored: hookInstance, hook, service, user, patient, status and reason, the HTTP status, the
 request as sent with secrets redacted, the response as received, the validated cards and
-systemActions, why cards were dropped, and the timings of token / prefetch / call / revoke.
+systemActions and what applying them did (written or refused, and why), why cards were dropped,
+and the timings of token / prefetch / call / revoke.
 Never stored: the `fhirAuthorization.access_token`, the EHR's JWT, or anything else shaped like
 a credential — redaction runs here again whatever the engine already did.
 """
@@ -64,6 +65,7 @@ def _row(outcome: HookOutcome, result: ServiceResult, now: int) -> CdsExchangeRo
         response=_dump(result.response) if result.response is not None else None,
         cards=_dump(result.cards),
         system_actions=_dump(result.system_actions),
+        system_actions_result=_dump(result.system_actions_result) if result.system_actions_result else None,
         dropped=_dump([asdict(d) for d in result.dropped]),
         notes=_dump(result.notes),
         timings=_dump(asdict(result.timings)),
@@ -83,6 +85,20 @@ async def record(sessions: async_sessionmaker[AsyncSession], outcome: HookOutcom
     except IntegrityError:
         # A hookInstance is a fresh UUID4 per firing (R3); a duplicate is a bug worth failing on.
         raise RuntimeError("hookInstance recorded twice") from None
+
+
+async def record_system_actions(
+    sessions: async_sessionmaker[AsyncSession], hook_instance: str, service_id: str, applied: dict[str, Any]
+) -> None:
+    """Add to a recorded exchange what applying its systemActions did: the transaction-response
+    entries (status, location) as written, or why nothing was (CDS Hooks 2.0 §systemActions)."""
+    async with sessions() as session, session.begin():
+        query = select(CdsExchangeRow).where(
+            CdsExchangeRow.hook_instance == hook_instance, CdsExchangeRow.service_id == service_id
+        )
+        row = (await session.execute(query)).scalar_one_or_none()
+        if row is not None:
+            row.system_actions_result = _dump(applied)
 
 
 def _load(text: str | None) -> Any:
@@ -117,6 +133,7 @@ def detail_json(row: CdsExchangeRow) -> dict[str, Any]:
         "response": _load(row.response),
         "cards": json.loads(row.cards),
         "systemActions": json.loads(row.system_actions),
+        "systemActionsResult": _load(row.system_actions_result),
         "dropped": json.loads(row.dropped),
         "notes": json.loads(row.notes),
         "timings": json.loads(row.timings),

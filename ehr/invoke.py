@@ -274,6 +274,7 @@ class CdsEngine:
         if result.status == "error":
             result.cards = []
             result.system_actions = []
+            result.system_actions_result = None
         return result
 
     async def _exchange(
@@ -352,7 +353,9 @@ class CdsEngine:
         result.dropped = validated.dropped
         result.notes.extend(validated.notes)
         if validated.system_actions and not service.allow_system_actions:
-            result.notes.append("systemActions ignored: not allowed for this service")
+            # Recorded (and shown) as refused, with why; never applied.
+            refused = "systemActions are not allowed for this service"
+            result.system_actions_result = {"applied": False, "reason": refused}
         else:
             result.system_actions = validated.system_actions
 

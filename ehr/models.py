@@ -67,6 +67,9 @@ class CdsExchangeRow(Base):
     response: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON as received
     cards: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the validated cards shown
     system_actions: Mapped[str] = mapped_column(Text, default="[]")  # JSON: validated systemActions
+    # JSON: what became of them — {"applied": true, "transaction": [{status, location}]} or
+    # {"applied": false, "reason": ...}; None when the service sent none (revision 0008).
+    system_actions_result: Mapped[str | None] = mapped_column(Text, nullable=True)
     dropped: Mapped[str] = mapped_column(Text, default="[]")  # JSON: [{index, reason}]
     notes: Mapped[str] = mapped_column(Text, default="[]")  # JSON: what was changed or left out
     timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: milliseconds per phase

@@ -202,8 +202,12 @@ async def test_system_actions_are_kept_only_for_a_service_allowed_to_send_them(
         stack.call(user, mine), [service(base, "ok-actions", allow_system_actions=True)]
     )
     assert refused.results[0].system_actions == []
-    assert refused.results[0].notes == ["systemActions ignored: not allowed for this service"]
+    assert refused.results[0].system_actions_result == {
+        "applied": False,
+        "reason": "systemActions are not allowed for this service",
+    }
     assert allowed.results[0].system_actions == [action]
+    assert allowed.results[0].system_actions_result is None  # the API applies them, then records that
 
 
 async def test_the_request_never_carries_empty_optional_members(

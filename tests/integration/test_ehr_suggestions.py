@@ -226,19 +226,56 @@ async def test_overriding_sends_the_offered_reason_and_the_comment(h: EhrHarness
     assert accepted.status_code == 400  # acceptance goes through /api/suggestions/accept
 
 
-async def test_system_actions_are_applied_only_for_a_service_allowed_to(h: EhrHarness) -> None:
+async def _recorded(h: EhrHarness, hook_instance: str) -> dict[str, Any]:
+    response = await h.ehr.get(f"/api/exchanges/{hook_instance}", headers=h.admin)
+    assert response.status_code == 200, response.text
+    (service,) = response.json()["services"]
+    return dict(service)
+
+
+async def test_system_actions_are_applied_only_for_a_service_allowed_to_and_the_record_shows_what_was_written(
+    h: EhrHarness,
+) -> None:
     patient = h.fhir.patient_of(0)
     response = await h.fire(userId=h.fhir.practitioner(0), patientId=patient)
     result = response.json()["services"][0]
-    assert "systemActions" not in result and "systemActionsResult" not in result
-    assert "systemActions ignored: not allowed for this service" in result["notes"]
+    refused = {"applied": False, "reason": "systemActions are not allowed for this service"}
+    assert "systemActions" not in result and result["systemActionsResult"] == refused
+    assert (await _recorded(h, response.json()["hookInstance"]))["systemActionsResult"] == refused
     assert await _observations(h, patient, "system action") == []
+
     patched = await h.ehr.patch("/api/services/greeting", json={"allowSystemActions": True}, headers=h.admin)
     assert patched.status_code == 200
     response = await h.fire(userId=h.fhir.practitioner(0), patientId=patient)
-    assert response.json()["services"][0]["systemActionsResult"]["applied"] is True
+    applied = response.json()["services"][0]["systemActionsResult"]
     (created,) = await _observations(h, patient, "system action")
     assert created["subject"] == {"reference": f"Patient/{patient}"}
+    assert applied["applied"] is True
+    (entry,) = applied["transaction"]
+    assert entry["status"].startswith("201") and entry["location"].startswith(f"Observation/{created['id']}/")
+    assert (await _recorded(h, response.json()["hookInstance"]))["systemActionsResult"] == applied
+
+
+async def test_a_system_action_the_fhir_server_refuses_is_recorded_with_why(h: EhrHarness) -> None:
+    # An allowed service asks for a write in another patient's compartment: refused, all or nothing.
+    patient, other = h.fhir.patient_of(0), h.fhir.patient_of(0, 1)
+    h.cds.answers["greeting"] = lambda _body: JSONResponse(
+        {
+            "cards": [],
+            "systemActions": [
+                {"type": "create", "description": "in", "resource": _observation(patient, "system inside")},
+                {"type": "create", "description": "out", "resource": _observation(other, "system outside")},
+            ],
+        }
+    )
+    assert (await h.ehr.patch("/api/services/greeting", json={"allowSystemActions": True}, headers=h.admin)).is_success
+    response = await h.fire(userId=h.fhir.practitioner(0), patientId=patient)
+    shown = response.json()["services"][0]["systemActionsResult"]
+    assert shown["applied"] is False and shown["reason"].startswith("the FHIR server refused the transaction")
+    recorded = await _recorded(h, response.json()["hookInstance"])
+    assert recorded["systemActionsResult"] == shown
+    assert await _observations(h, patient, "system inside") == []
+    assert await _observations(h, other, "system outside") == []
 
 
 async def test_a_transaction_whose_answer_is_lost_is_never_applied_twice(
