@@ -11,6 +11,10 @@ decision, recorded before anything is applied, so a suggestion is never applied 
 claim is released only when nothing can have been written (the token was refused, the FHIR
 server was never reached, or it answered the atomic transaction with an error); when the answer
 is lost after sending, the decision stays, recorded as of unknown outcome, and no feedback is sent.
+
+A delete of one of that hook call's draft orders (its recorded `context.draftOrders`) is not sent
+to the FHIR server, which never stored the draft: it is recorded as "draft discarded" (the
+ordering UI drops the draft), the other actions are applied and `accepted` feedback still goes.
 """
 
 from __future__ import annotations
@@ -85,6 +89,46 @@ def transaction_bundle(actions: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             raise InvalidRequest(f"unknown action type {kind!r}")
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def draft_orders(recorded_request: str | None) -> frozenset[str]:
+    """`Type/id` of the draft orders a hook call carried (order-select / order-sign
+    `context.draftOrders`, CDS Hooks 2.0), read from the request as the EHR recorded it.
+
+    Drafts live in the ordering UI until signed; the FHIR server has never stored them."""
+    try:
+        request = json.loads(recorded_request) if recorded_request else None
+    except ValueError:
+        return frozenset()
+    context = request.get("context") if isinstance(request, dict) else None
+    bundle = context.get("draftOrders") if isinstance(context, dict) else None
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    found: set[str] = set()
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+            found.add(f"{resource.get('resourceType')}/{resource['id']}")
+    return frozenset(found)
+
+
+def without_drafts(actions: list[dict[str, Any]], drafts: frozenset[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The actions minus deletes of unsigned drafts, and the drafts so discarded.
+
+    Deleting a draft means discarding it where it lives (the ordering UI); a DELETE sent to the
+    FHIR server for it would change nothing there, so none is sent."""
+    kept: list[dict[str, Any]] = []
+    discarded: list[str] = []
+    for action in actions:
+        targets = action.get("resourceId")
+        if action.get("type") != "delete" or not drafts:
+            kept.append(action)
+            continue
+        targets = targets if isinstance(targets, list) else [targets]
+        discarded += [t for t in targets if t in drafts]
+        stored = [t for t in targets if t not in drafts]
+        if stored:
+            kept.append({**action, "resourceId": stored})
+    return kept, discarded
 
 
 def transaction_summary(body: Any) -> list[dict[str, Any]]:
@@ -215,8 +259,9 @@ class CardActions:
         user_ref = str(row.user_ref)  # never None: _exchange checked it
         claim = await self._claim(row, ref, "accepted", suggestion_uuid)
         session_token = principal.session_token if not principal.is_admin else None
+        writes, discarded = without_drafts(actions, draft_orders(row.request))
         try:
-            summary = await self.apply(user_ref, row.patient_id, session_token, actions)
+            summary = await self.apply(user_ref, row.patient_id, session_token, writes)
         except TransactionOutcomeUnknown as exc:
             # The FHIR server may have applied it: the decision stays recorded, so a retry can
             # never apply the suggestion a second time; no feedback claims an outcome we lack.
@@ -230,8 +275,9 @@ class CardActions:
             raise
         # Anything else (a bug, a cancelled request) leaves the claim: never risk a double apply.
         delivery = await self._send(ref.service_id, accepted_entry(ref.card_uuid, [suggestion_uuid], self._clock))
-        await self._finish(claim, {"transaction": summary}, delivery)
-        return {"outcome": "accepted", "transaction": summary, "feedback": delivery.as_json()}
+        drafts = [{"resource": ref, "outcome": "draft discarded"} for ref in discarded]
+        await self._finish(claim, {"transaction": summary, "drafts": drafts}, delivery)
+        return {"outcome": "accepted", "transaction": summary, "drafts": drafts, "feedback": delivery.as_json()}
 
     async def override(
         self,

@@ -4,7 +4,9 @@ refused, and systemActions applied only for a service allowed to."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import httpx
 import pytest
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
 
+from ehr.models import CdsCardOutcomeRow
 from ehr.principal import Principal
 from tests.integration.authharness import claims_of
 from tests.integration.ehrharness import (
@@ -340,3 +344,116 @@ async def test_a_suggestion_cannot_update_or_delete_another_patients_resource_by
     (still,) = await _observations(h, other, "theirs")
     assert still["meta"]["versionId"] == target["meta"]["versionId"]
     assert await _observations(h, h.fhir.patient_of(0), "moved") == []
+
+
+def _draft(patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"draft-{uuid.uuid4()}",
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "warfarin 5 mg"},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+def _removing(stored: str | None) -> Callable[[dict[str, Any]], Response]:
+    """An order-sign service suggesting to remove the draft it was sent (and `stored`, a real one)."""
+
+    def answer(body: dict[str, Any]) -> Response:
+        draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+        targets = [f"MedicationRequest/{draft['id']}", *([stored] if stored else [])]
+        suggestion = {
+            "label": "Remove",
+            "uuid": "sugg-remove",
+            "actions": [{"type": "delete", "description": "remove", "resourceId": targets}],
+        }
+        return JSONResponse({"cards": [card("card-1", suggestions=[suggestion])]})
+
+    return answer
+
+
+@pytest.fixture
+async def orders(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
+    cds = CdsDouble(services=[greeting_service("dup", hook="order-sign")])
+    async with ehr_harness(tmp_path, database_url, cds) as harness:
+        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
+        yield harness
+
+
+async def _fire_order_sign(h: EhrHarness) -> tuple[str, dict[str, Any]]:
+    patient = h.fhir.patient_of(0)
+    draft = _draft(patient)
+    context = {"draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}}
+    response = await h.fire("order-sign", userId=h.fhir.practitioner(0), patientId=patient, context=context)
+    assert response.status_code == 200, response.text
+    assert response.json()["services"][0]["status"] == "ok", response.json()
+    assert response.json()["services"][0]["cards"], response.json()
+    return str(response.json()["hookInstance"]), draft
+
+
+def _fhir_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every transaction Bundle the FHIR server receives from here on."""
+    received: list[dict[str, Any]] = []
+    forward = Router.handle_async_request
+
+    async def spy(self: Router, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "fhir.test" and request.method != "GET":
+            await request.aread()
+            received.append({"method": request.method, "path": request.url.path, "body": json.loads(request.content)})
+        return await forward(self, request)
+
+    monkeypatch.setattr(Router, "handle_async_request", spy)
+    return received
+
+
+async def _decision(h: EhrHarness, hook_instance: str) -> CdsCardOutcomeRow:
+    async with h.ehr_app.state.runtime.sessions() as session:
+        query = select(CdsCardOutcomeRow).where(CdsCardOutcomeRow.hook_instance == hook_instance)
+        return (await session.execute(query)).scalar_one()
+
+
+async def test_accepting_the_removal_of_an_unsigned_draft_sends_no_delete_and_records_the_draft_discarded(
+    orders: EhrHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = orders
+    h.cds.answers["dup"] = _removing(None)
+    hook_instance, draft = await _fire_order_sign(h)
+    writes = _fhir_writes(monkeypatch)
+    body = {"hookInstance": hook_instance, "serviceId": "dup", "cardUuid": "card-1", "suggestionUuid": "sugg-remove"}
+    response = await h.ehr.post("/api/suggestions/accept", json=body, headers=h.admin)
+    assert response.status_code == 200, response.text
+    discarded = [{"resource": f"MedicationRequest/{draft['id']}", "outcome": "draft discarded"}]
+    assert response.json()["transaction"] == [] and response.json()["drafts"] == discarded
+    assert writes == []  # the FHIR server was sent nothing: no DELETE for what it never stored
+    (feedback,) = h.cds.calls("/cds-services/dup/feedback")
+    (entry,) = feedback.body["feedback"]
+    assert (entry["outcome"], entry["acceptedSuggestions"]) == ("accepted", [{"id": "sugg-remove"}])
+    decision = await _decision(h, hook_instance)
+    assert (decision.outcome, decision.suggestion_uuid, decision.feedback_status) == ("accepted", "sugg-remove", 200)
+    assert json.loads(decision.detail) == {"transaction": [], "drafts": discarded}
+
+
+async def test_a_delete_of_a_stored_resource_beside_the_draft_still_goes_through_as_the_user(
+    orders: EhrHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = orders
+    patient = h.fhir.patient_of(0)
+    token = await h.fhir.token("system/*.cruds")
+    created = await h.fhir.client.post(
+        "/fhir/Observation", json=_observation(patient, "stale"), headers={"Authorization": f"Bearer {token}"}
+    )
+    assert created.status_code == 201, created.text
+    stored = f"Observation/{created.json()['id']}"
+    h.cds.answers["dup"] = _removing(stored)
+    hook_instance, draft = await _fire_order_sign(h)
+    writes = _fhir_writes(monkeypatch)
+    body = {"hookInstance": hook_instance, "serviceId": "dup", "cardUuid": "card-1", "suggestionUuid": "sugg-remove"}
+    response = await h.ehr.post("/api/suggestions/accept", json=body, headers=h.admin)
+    assert response.status_code == 200, response.text
+    (transaction,) = [w for w in writes if w["path"] == "/fhir"]
+    assert [e["request"] for e in transaction["body"]["entry"]] == [{"method": "DELETE", "url": stored}]
+    assert [e["status"][:3] for e in response.json()["transaction"]] in (["200"], ["204"])
+    assert response.json()["drafts"] == [{"resource": f"MedicationRequest/{draft['id']}", "outcome": "draft discarded"}]
+    assert await _observations(h, patient, "stale") == []
+    assert len(h.cds.calls("/cds-services/dup/feedback")) == 1
