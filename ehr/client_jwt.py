@@ -11,6 +11,7 @@ dropped `sub` in 2018, so none is sent.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from common.clock import Clock, system_clock
@@ -79,7 +80,10 @@ class ClientJwtSigner:
     async def sign(self, audience: str) -> str:
         """A fresh JWT whose `aud` is `audience`; never reuse it for another request."""
         key = await self._keys.signer()
-        return sign_jwt(self.claims(audience), key, typ=CLIENT_JWT_TYP, extra_header={"jku": self._jwks_url})
+        claims = self.claims(audience)
+        # In a worker thread: OpenSSL's ECDSA signing releases the GIL, so the signature overlaps
+        # the event loop's I/O waits (the engine signs while the prefetch queries are in flight).
+        return await asyncio.to_thread(sign_jwt, claims, key, typ=CLIENT_JWT_TYP, extra_header={"jku": self._jwks_url})
 
     async def authorization(self, audience: str) -> dict[str, str]:
         """The `Authorization` header for one request to `audience`."""

@@ -17,6 +17,7 @@ and revokes it at `{authserver}/revoke` (authenticated the same way) once the se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,11 @@ class TokenExchangeClient:
         self._clock = clock
 
     async def _signed(self, claims: dict[str, Any], typ: str) -> str:
-        return sign_jwt(claims, await self._keys.signer(), typ=typ)
+        # In a worker thread: OpenSSL's ECDSA signing releases the GIL, so a signature overlaps
+        # the event loop's I/O waits (and the other assertion of the same exchange) instead of
+        # stalling them. The claims (iat, exp, a fresh jti) are fixed here, before the hand-off.
+        signer = await self._keys.signer()
+        return await asyncio.to_thread(sign_jwt, claims, signer, typ=typ)
 
     async def client_assertion(self) -> str:
         """RFC 7523 §3 / SMART Backend Services: iss = sub = client_id, aud = the token URL."""
@@ -157,13 +162,16 @@ class TokenExchangeClient:
         """A token for this service, this user and this patient, no wider than `scope`."""
         if user_token:
             subject, subject_type = user_token, TOKEN_TYPE_ACCESS
+            client_auth = await self._client_auth()
         elif user_ref:
-            subject, subject_type = await self.user_assertion(user_ref), TOKEN_TYPE_JWT
+            # The two assertions are independent: signed side by side (each its own jti).
+            subject, client_auth = await asyncio.gather(self.user_assertion(user_ref), self._client_auth())
+            subject_type = TOKEN_TYPE_JWT
         else:
             raise TokenExchangeError("no user to exchange a token for")
         form = {
             "grant_type": TOKEN_EXCHANGE,
-            **await self._client_auth(),
+            **client_auth,
             "subject_token": subject,
             "subject_token_type": subject_type,
             "cds_service": service_client_id,
@@ -197,9 +205,19 @@ class TokenExchangeClient:
             raise TokenExchangeError(problem)
         return token
 
-    async def revoke(self, access_token: str) -> None:
-        """RFC 7009 §2.1: revoke the per-call token (the FHIR server honours it within ~1 s)."""
-        form = {"token": access_token, "token_type_hint": "access_token", **await self._client_auth()}
+    async def revoke(self, access_token: str, *, client_assertion: str | None = None) -> None:
+        """RFC 7009 §2.1: revoke the per-call token (the FHIR server honours it within ~1 s).
+
+        `client_assertion`: one from `client_assertion()` signed ahead (while the service was
+        answering) and never used before; without it a fresh one is signed here.
+        """
+        assertion = client_assertion or await self.client_assertion()
+        form = {
+            "token": access_token,
+            "token_type_hint": "access_token",
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": assertion,
+        }
         try:
             response = await self._http.post(self.revocation_url, data=form)
         except httpx.HTTPError as exc:

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 SmartLaunchUrls = Callable[[], Awaitable[Collection[str]]]
 REDACTED = "[redacted]"
 ERROR_BODY_BYTES = 4096  # how much of an error answer is kept for the record
+# A credential signed ahead (while the exchange waits on I/O) is used only this soon after its
+# signing began; older, a fresh one is signed. Either way it is used once (its own jti).
+SIGNED_AHEAD_MAX_AGE = 1.0
 
 
 class ServiceFault(Exception):
@@ -99,12 +102,45 @@ def _is_json(content_type: str | None) -> bool:
 
 
 @dataclass
+class _SignedAhead:
+    """A JWT signed while the exchange waits on I/O (the prefetch queries, the service's answer),
+    so the signature is off the critical path; `take` hands it out at most once and only while
+    fresh (SIGNED_AHEAD_MAX_AGE), else None (the caller signs a fresh one)."""
+
+    task: asyncio.Future[str]
+    started: float
+    taken: bool = False
+
+    @classmethod
+    def start(cls, signing: Awaitable[str]) -> _SignedAhead:
+        return cls(asyncio.ensure_future(signing), asyncio.get_running_loop().time())
+
+    async def take(self) -> str | None:
+        if self.taken:
+            return None
+        self.taken = True
+        try:
+            value = await self.task
+        except Exception:  # noqa: BLE001 - signing ahead failed: the caller signs in line
+            return None
+        if asyncio.get_running_loop().time() - self.started > SIGNED_AHEAD_MAX_AGE:
+            return None
+        return value
+
+    def discard(self) -> None:
+        self.taken = True
+        self.task.cancel()
+
+
+@dataclass
 class _Progress:
     """How far one service's exchange got: the phase (for a deadline's reason) and the token
-    (revoked whatever happens next)."""
+    (revoked whatever happens next, with the assertion signed ahead for that when there is one)."""
 
     phase: str = "start"
     token: ExchangedToken | None = None
+    revoke_assertion: _SignedAhead | None = None
+    client_jwt: _SignedAhead | None = None
 
     def secrets(self) -> list[bytes]:
         return [self.token.access_token.encode()] if self.token else []
@@ -269,7 +305,11 @@ class CdsEngine:
             result.reason = f"internal error ({type(exc).__name__})"
         finally:
             if progress.token is not None:
-                await self._revoke(progress.token.access_token, result, total_deadline)
+                await self._revoke(progress.token.access_token, result, total_deadline, progress.revoke_assertion)
+            elif progress.revoke_assertion is not None:
+                progress.revoke_assertion.discard()
+            if progress.client_jwt is not None:
+                progress.client_jwt.discard()  # unused when the exchange ended before the call
             result.timings.total_ms = _ms(start)
         if result.status == "error":
             result.cards = []
@@ -316,6 +356,8 @@ class CdsEngine:
             body["context"] = context
             if service.prefetch:
                 progress.phase = "prefetch"
+                # The CDS Client JWT is signed while the prefetch queries are in flight.
+                progress.client_jwt = _SignedAhead.start(self.jwt.sign(url))
                 t0 = time.perf_counter()
                 values = TokenValues(context=context, user_ref=call.user_ref, today=self._today())
                 prefetched = await fetch(
@@ -334,9 +376,12 @@ class CdsEngine:
             raise ServiceFault(f"the EHR refused to send an invalid request: {exc.reason}") from None
         result.request = redact(body)
         progress.phase = "service call"
+        if progress.token is not None:
+            # The revocation's client assertion is signed while the service answers.
+            progress.revoke_assertion = _SignedAhead.start(self.tokens.client_assertion())
         t0 = time.perf_counter()
         try:
-            answer = await self._post(service, url, body, result, progress.secrets())
+            answer = await self._post(service, url, body, result, progress.secrets(), progress.client_jwt)
         finally:
             result.timings.call_ms = _ms(t0)
         smart_urls: Collection[str] = ()
@@ -398,7 +443,13 @@ class CdsEngine:
         return dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC).date()
 
     async def _post(
-        self, service: ServiceConfig, url: str, body: dict[str, Any], result: ServiceResult, secrets: list[bytes]
+        self,
+        service: ServiceConfig,
+        url: str,
+        body: dict[str, Any],
+        result: ServiceResult,
+        secrets: list[bytes],
+        signed_ahead: _SignedAhead | None = None,
     ) -> Any:
         """POST the request; return the parsed JSON answer or raise ServiceFault.
 
@@ -406,7 +457,7 @@ class CdsEngine:
         replaced by "[redacted]" in what is recorded and shown.
         """
         client = self._client_for(service)
-        client_jwt = await self.jwt.sign(url)
+        client_jwt = (await signed_ahead.take() if signed_ahead else None) or await self.jwt.sign(url)
         secrets = [*secrets, client_jwt.encode()]
         headers = {
             "Authorization": f"Bearer {client_jwt}",
@@ -465,9 +516,11 @@ class CdsEngine:
                 raise ServiceFault(f"response larger than {cap} bytes", http_status=response.status_code)
         return b"".join(chunks)[:cap]
 
-    async def _revoke(self, access_token: str, result: ServiceResult, total_deadline: float) -> None:
+    async def _revoke(
+        self, access_token: str, result: ServiceResult, total_deadline: float, signed_ahead: _SignedAhead | None
+    ) -> None:
         t0 = time.perf_counter()
-        task = asyncio.create_task(self._revoke_logged(access_token))
+        task = asyncio.create_task(self._revoke_logged(access_token, signed_ahead))
         self._track(task)
         remaining = total_deadline - asyncio.get_running_loop().time()
         try:
@@ -479,9 +532,10 @@ class CdsEngine:
                 result.notes.append(failure)
         result.timings.revoke_ms = _ms(t0)
 
-    async def _revoke_logged(self, access_token: str) -> str | None:
+    async def _revoke_logged(self, access_token: str, signed_ahead: _SignedAhead | None = None) -> str | None:
         try:
-            await self.tokens.revoke(access_token)
+            assertion = await signed_ahead.take() if signed_ahead else None
+            await self.tokens.revoke(access_token, client_assertion=assertion)
         except TokenExchangeError as exc:
             log.warning("revoking a CDS token failed: %s", exc.reason)
             return exc.reason
