@@ -47,6 +47,8 @@ class HookEngine(Protocol):
         self, call: HookCall, services: list[ServiceConfig], *, user_token: str | None
     ) -> HookOutcome: ...
 
+    async def forget_service(self, service_id: str) -> None: ...
+
 
 # --- request bodies ------------------------------------------------------------------------------
 
@@ -338,11 +340,18 @@ def api_router() -> APIRouter:
         service_id = service_id_or_404(service_id)
         body = await parse_body(request, ServicePatch)
         registry: Registry = request.app.state.registry
-        return JSONResponse(await registry.update(service_id, body.model_dump(exclude_unset=True)))
+        updated = await registry.update(service_id, body.model_dump(exclude_unset=True))
+        engine: HookEngine = request.app.state.engine
+        await engine.forget_service(service_id)  # a client kept for its old certificate is closed
+        return JSONResponse(updated)
 
     @router.post("/services/{service_id}/disable")
     async def disable_service(service_id: str, request: Request, _admin: AdminDep) -> JSONResponse:
         registry: Registry = request.app.state.registry
-        return JSONResponse(await registry.disable(service_id_or_404(service_id)))
+        service_id = service_id_or_404(service_id)
+        disabled = await registry.disable(service_id)
+        engine: HookEngine = request.app.state.engine
+        await engine.forget_service(service_id)
+        return JSONResponse(disabled)
 
     return router

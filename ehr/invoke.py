@@ -20,7 +20,8 @@ cards and a recorded reason:
 
 Plain http is used only when the service has the per-service loopback opt-in and the host is
 loopback (common.http.check_outbound_url). With a client certificate configured, the call goes
-through a cached client that presents it (mutual TLS). Nothing is cached across hook calls
+through a client that presents it (mutual TLS), kept per certificate and closed once no service
+uses it (ehr/mtls_clients.py). Nothing is cached across hook calls
 except HTTP connection pools: prefetch, tokens and JWTs are made fresh for every call (R3).
 
 Revocation happens after the service answered (or failed) and before the hook returns, within
@@ -39,7 +40,8 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,7 @@ from ehr.exchange import HookCall, HookOutcome, ServiceConfig, ServiceResult
 from ehr.fhir_token import ExchangedToken, TokenExchangeClient, TokenExchangeError
 from ehr.hooks import HookContextError, validate_context
 from ehr.markdown import MarkdownRenderer, https_host
+from ehr.mtls_clients import MtlsClients
 from ehr.prefetch import TokenValues, fetch
 from ehr.settings import EhrSettings
 
@@ -206,7 +209,7 @@ class CdsEngine:
         self._smart_launch_urls = smart_launch_urls
         self._owns_service_http = service_http is None
         self._service_http = service_http or self._new_service_client(None)
-        self._mtls: dict[tuple[str, str], httpx.AsyncClient] = {}
+        self.mtls = MtlsClients(self._new_service_client)
         self._background: set[asyncio.Task[str | None]] = set()
 
     # --- clients -------------------------------------------------------------------------
@@ -224,14 +227,19 @@ class CdsEngine:
             trust_env=False,
         )
 
-    def _client_for(self, service: ServiceConfig) -> httpx.AsyncClient:
+    @asynccontextmanager
+    async def _client_for(self, service: ServiceConfig) -> AsyncIterator[httpx.AsyncClient]:
         if not (service.client_cert_file and service.client_key_file):
-            return self._service_http
-        key = (service.client_cert_file, service.client_key_file)
-        client = self._mtls.get(key)
-        if client is None:
-            client = self._mtls[key] = self._new_service_client(key)
-        return client
+            await self.mtls.forget(service.service_id)  # it may have had a certificate before
+            yield self._service_http
+            return
+        async with self.mtls.use(service.service_id, (service.client_cert_file, service.client_key_file)) as client:
+            yield client
+
+    async def forget_service(self, service_id: str) -> None:
+        """The service was disabled or reconfigured: a client kept for its certificate is
+        closed unless another service uses it (ehr/mtls_clients.py)."""
+        await self.mtls.forget(service_id)
 
     async def settle(self) -> None:
         """Wait for revocations still running after their hook's deadline."""
@@ -240,9 +248,7 @@ class CdsEngine:
 
     async def aclose(self) -> None:
         await self.settle()
-        for client in self._mtls.values():
-            await client.aclose()
-        self._mtls.clear()
+        await self.mtls.aclose()
         if self._owns_service_http:
             await self._service_http.aclose()
 
@@ -456,7 +462,6 @@ class CdsEngine:
         A service that echoes the credentials it was sent (its JWT, the access token) gets them
         replaced by "[redacted]" in what is recorded and shown.
         """
-        client = self._client_for(service)
         client_jwt = (await signed_ahead.take() if signed_ahead else None) or await self.jwt.sign(url)
         secrets = [*secrets, client_jwt.encode()]
         headers = {
@@ -467,7 +472,10 @@ class CdsEngine:
         content = json.dumps(body, separators=(",", ":")).encode()
         cap = self.settings.cds_max_response_bytes
         try:
-            async with client.stream("POST", url, content=content, headers=headers) as response:
+            async with (
+                self._client_for(service) as client,
+                client.stream("POST", url, content=content, headers=headers) as response,
+            ):
                 status = response.status_code
                 result.http_status = status
                 if 300 <= status < 400:

@@ -8,6 +8,7 @@ and the patient; the token reads this patient, not another, and nothing once the
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,35 @@ async def test_the_scope_sent_is_no_wider_than_approved(stack: EngineStack, doub
     [received] = found.to("ok-a")
     assert received.body["fhirAuthorization"]["scope"] == "patient/Patient.rs"
     assert SCOPES != "patient/Patient.rs"
+
+
+async def test_a_services_client_for_its_old_certificate_is_closed_once_it_is_given_another(
+    stack: EngineStack, tmp_path: Path
+) -> None:
+    ca = ensure_ca(tmp_path)
+    server = issue_certificate(
+        tmp_path, ["localhost", "127.0.0.1"], CertPaths(tmp_path / "srv.pem", tmp_path / "srv-key.pem")
+    )
+    first = _client_certificate(tmp_path)
+    second = issue_certificate(tmp_path, ["ehr.test"], CertPaths(tmp_path / "ehr-2.pem", tmp_path / "ehr-2-key.pem"))
+    found = Doubles()
+    user, mine = stack.fhir.practitioner(0), stack.fhir.patient_of(0)
+    with serve(found.app(), certfile=server.cert, keyfile=server.key, client_ca=ca.cert) as port:
+        base = f"https://localhost:{port}"
+        old_paths = (str(first.cert), str(first.key))
+        new_paths = (str(second.cert), str(second.key))
+        before = service(base, "ok-a", client_cert_file=old_paths[0], client_key_file=old_paths[1])
+        assert (await stack.engine.run_hook(stack.call(user, mine), [before])).results[0].status == "ok"
+        old = stack.engine.mtls.current(old_paths)
+        assert old is not None and not old.is_closed
+
+        after = replace(before, client_cert_file=new_paths[0], client_key_file=new_paths[1])
+        outcome = await stack.engine.run_hook(stack.call(user, mine), [after])
+        assert outcome.results[0].status == "ok", outcome.results[0].reason
+        assert old.is_closed and stack.engine.mtls.current(old_paths) is None
+        new = stack.engine.mtls.current(new_paths)
+        assert new is not None and not new.is_closed
+
+        await stack.engine.forget_service("ok-a")  # disabled by the administrator
+        assert new.is_closed and stack.engine.mtls.current(new_paths) is None
+    assert len(found.to("ok-a")) == 2
