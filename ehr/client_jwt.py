@@ -77,13 +77,19 @@ class ClientJwtSigner:
             claims["tenant"] = self._tenant
         return claims
 
-    async def sign(self, audience: str) -> str:
-        """A fresh JWT whose `aud` is `audience`; never reuse it for another request."""
+    async def sign(self, audience: str, *, in_thread: bool = False) -> str:
+        """A fresh JWT whose `aud` is `audience`; never reuse it for another request.
+
+        `in_thread`: for one signed ahead while the caller waits on I/O (the engine signs during
+        the prefetch queries); OpenSSL's ECDSA releases the GIL, so the signature overlaps that
+        wait. In line otherwise: a thread hand-off costs more than it saves when nothing waits.
+        """
         key = await self._keys.signer()
         claims = self.claims(audience)
-        # In a worker thread: OpenSSL's ECDSA signing releases the GIL, so the signature overlaps
-        # the event loop's I/O waits (the engine signs while the prefetch queries are in flight).
-        return await asyncio.to_thread(sign_jwt, claims, key, typ=CLIENT_JWT_TYP, extra_header={"jku": self._jwks_url})
+        header = {"jku": self._jwks_url}
+        if in_thread:
+            return await asyncio.to_thread(sign_jwt, claims, key, typ=CLIENT_JWT_TYP, extra_header=header)
+        return sign_jwt(claims, key, typ=CLIENT_JWT_TYP, extra_header=header)
 
     async def authorization(self, audience: str) -> dict[str, str]:
         """The `Authorization` header for one request to `audience`."""

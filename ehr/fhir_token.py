@@ -114,14 +114,16 @@ class TokenExchangeClient:
         self._fhir_base = fhir_base_url
         self._clock = clock
 
-    async def _signed(self, claims: dict[str, Any], typ: str) -> str:
-        # In a worker thread: OpenSSL's ECDSA signing releases the GIL, so a signature overlaps
-        # the event loop's I/O waits (and the other assertion of the same exchange) instead of
-        # stalling them. The claims (iat, exp, a fresh jti) are fixed here, before the hand-off.
+    async def _signed(self, claims: dict[str, Any], typ: str, *, in_thread: bool = False) -> str:
         signer = await self._keys.signer()
-        return await asyncio.to_thread(sign_jwt, claims, signer, typ=typ)
+        if in_thread:
+            # For one signed ahead while the caller waits on I/O: OpenSSL's ECDSA releases the
+            # GIL, so the signature overlaps that wait. In line otherwise (a thread hand-off
+            # costs more than it saves when nothing else is waiting: ~0.14 ms vs a 0.23 ms sign).
+            return await asyncio.to_thread(sign_jwt, claims, signer, typ=typ)
+        return sign_jwt(claims, signer, typ=typ)
 
-    async def client_assertion(self) -> str:
+    async def client_assertion(self, *, in_thread: bool = False) -> str:
         """RFC 7523 §3 / SMART Backend Services: iss = sub = client_id, aud = the token URL."""
         now = int(self._clock())
         claims = {
@@ -132,7 +134,7 @@ class TokenExchangeClient:
             "exp": now + CLIENT_ASSERTION_LIFETIME,
             "jti": new_jti(),
         }
-        return await self._signed(claims, "JWT")
+        return await self._signed(claims, "JWT", in_thread=in_thread)
 
     async def user_assertion(self, user_ref: str) -> str:
         """The user as subject when the EHR holds no session token for them (first party only)."""
@@ -162,16 +164,13 @@ class TokenExchangeClient:
         """A token for this service, this user and this patient, no wider than `scope`."""
         if user_token:
             subject, subject_type = user_token, TOKEN_TYPE_ACCESS
-            client_auth = await self._client_auth()
         elif user_ref:
-            # The two assertions are independent: signed side by side (each its own jti).
-            subject, client_auth = await asyncio.gather(self.user_assertion(user_ref), self._client_auth())
-            subject_type = TOKEN_TYPE_JWT
+            subject, subject_type = await self.user_assertion(user_ref), TOKEN_TYPE_JWT
         else:
             raise TokenExchangeError("no user to exchange a token for")
         form = {
             "grant_type": TOKEN_EXCHANGE,
-            **client_auth,
+            **await self._client_auth(),
             "subject_token": subject,
             "subject_token_type": subject_type,
             "cds_service": service_client_id,

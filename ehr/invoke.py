@@ -363,7 +363,7 @@ class CdsEngine:
             if service.prefetch:
                 progress.phase = "prefetch"
                 # The CDS Client JWT is signed while the prefetch queries are in flight.
-                progress.client_jwt = _SignedAhead.start(self.jwt.sign(url))
+                progress.client_jwt = _SignedAhead.start(self.jwt.sign(url, in_thread=True))
                 t0 = time.perf_counter()
                 values = TokenValues(context=context, user_ref=call.user_ref, today=self._today())
                 prefetched = await fetch(
@@ -384,7 +384,7 @@ class CdsEngine:
         progress.phase = "service call"
         if progress.token is not None:
             # The revocation's client assertion is signed while the service answers.
-            progress.revoke_assertion = _SignedAhead.start(self.tokens.client_assertion())
+            progress.revoke_assertion = _SignedAhead.start(self.tokens.client_assertion(in_thread=True))
         t0 = time.perf_counter()
         try:
             answer = await self._post(service, url, body, result, progress.secrets(), progress.client_jwt)
