@@ -27,22 +27,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 from tests.integration.probeharness import free_port, serve_tls
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT = 30_000  # ms, for the first page of a cold stack on a busy machine
 
 
@@ -85,8 +75,7 @@ def spki_hash(data_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    require_chromium()
     data_dir = tmp_path_factory.mktemp("browser") / ".mockehr"
     up = start_up(data_dir, free_base_port(), "--patients", "6")
     try:

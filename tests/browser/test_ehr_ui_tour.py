@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.test_ehr_ui import ARGS, CHROMIUM, TIMEOUT, shot, spki_hash
+from tests.browser.chromium import ARGS, CHROMIUM, require_chromium
+from tests.browser.test_ehr_ui import TIMEOUT, shot, spki_hash
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 
 pytestmark = pytest.mark.e2e
@@ -46,8 +47,7 @@ def printed(output: str) -> Printed:
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    require_chromium()
     process = start_up(tmp_path_factory.mktemp("tour") / ".mockehr", free_base_port())  # the default seed
     try:
         process.wait_for("Ctrl-C stops every service.", timeout=180)

@@ -8,29 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from common.tls import ensure_ca
 from mockehr.probe.report import as_html, summary_line
 from mockehr.probe.runner import ProbeOptions, probe
+from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium
 from tests.integration.probeharness import Weakness, create_double, free_port, serve_tls
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 async def test_the_html_report_of_a_weak_service_renders_every_result_in_chromium(tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    require_chromium()
     from playwright.async_api import async_playwright
 
     ensure_ca(tmp_path)

@@ -7,8 +7,6 @@ The stack (`mockehr up`) configures the example CDS Service to trust the probe's
 from __future__ import annotations
 
 import json
-import random
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,30 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import UpProcess, start_up
+from tests.e2e.conftest import UpProcess, free_base_port, start_up
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_base_port_with_probe() -> int:
-    """A base port whose six ports (the stack's, the SMART app's and the probe's) are free."""
-    rng = random.Random()  # noqa: S311 - not security relevant
-    for _ in range(200):
-        base = rng.randrange(20000, 60000)
-        try:
-            for offset in range(6):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", base + offset))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no six consecutive free ports")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     data_dir = tmp_path_factory.mktemp("probe-stack") / ".mockehr"
-    up = start_up(data_dir, _free_base_port_with_probe(), "--patients", "3")
+    up = start_up(data_dir, free_base_port(), "--patients", "3")
     try:
         up.wait_for("Ctrl-C stops every service.")
         yield up
