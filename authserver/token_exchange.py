@@ -41,7 +41,7 @@ from authserver.errors import InvalidGrantError, InvalidRequestError, InvalidSco
 from authserver.tokens import Grant
 from authserver.users import User
 from common.scopes import InvalidScopeError as ScopeSyntaxError
-from common.scopes import narrow, parse_scopes
+from common.scopes import ScopeSet, narrow, parse_scopes
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN, not a secret
@@ -89,24 +89,42 @@ async def exchange_grant(
     granted = narrow(narrow(requested, approved), request.user.ceiling())
     if not granted.resources:
         raise InvalidScopeError("no requested scope is approved for this CDS Service and allowed to this user")
-    await _check_reach(request, can_see)
-    return Grant(
+    return await _patient_grant(
+        request,
+        can_see,
+        granted,
+        lifetime,
         client_id=request.service.client_id,
-        sub=request.user.username,
-        scope=str(granted),
-        audience=request.audience,
-        lifetime=lifetime,
         grant=f"token-exchange:{request.actor.client_id}",
-        patient=request.patient,
-        fhir_user=f"{request.audience}/{request.user.fhir_user}",
         actor_client_id=request.actor.client_id,
     )
 
 
-async def _check_reach(request: ExchangeRequest, can_see: Callable[[User, str], Awaitable[bool]]) -> None:
+async def _patient_grant(
+    request: ExchangeRequest,
+    can_see: Callable[[User, str], Awaitable[bool]],
+    granted: ScopeSet,
+    lifetime: int,
+    *,
+    client_id: str,
+    grant: str,
+    actor_client_id: str | None = None,
+) -> Grant:
+    """The user's token for one patient, once the patient is within the user's reach."""
     if not await can_see(request.user, request.patient):
         # Same words whether the patient is missing or out of reach: no existence oracle.
         raise InvalidGrantError("the patient is not available to this user")
+    return Grant(
+        client_id=client_id,
+        sub=request.user.username,
+        scope=str(granted),
+        audience=request.audience,
+        lifetime=lifetime,
+        grant=grant,
+        patient=request.patient,
+        fhir_user=f"{request.audience}/{request.user.fhir_user}",
+        actor_client_id=actor_client_id,
+    )
 
 
 async def _self_grant(
@@ -122,14 +140,11 @@ async def _self_grant(
     granted = narrow(requested, request.user.ceiling())
     if not granted.resources:
         raise InvalidScopeError("no requested scope is allowed to this user")
-    await _check_reach(request, can_see)
-    return Grant(
+    return await _patient_grant(
+        request,
+        can_see,
+        granted,
+        lifetime,
         client_id=request.actor.client_id,
-        sub=request.user.username,
-        scope=str(granted),
-        audience=request.audience,
-        lifetime=lifetime,
         grant=f"token-exchange-self:{request.actor.client_id}",
-        patient=request.patient,
-        fhir_user=f"{request.audience}/{request.user.fhir_user}",
     )
