@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from ehr.authserver_admin import AuthserverAdmin
 from ehr.errors import UpstreamFailed
-from ehr.ui.chart import FHIR_ID, FhirReader, FhirUnauthorized, FhirUnavailable
+from ehr.ui.chart import FHIR_ID, Chart, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.oauth import OAuthFailure
 from ehr.ui.orders import LAB_TESTS, MEDICATIONS
 from ehr.ui.session import CSRF_HEADER, SESSION_COOKIE, Session, csrf_ok
@@ -69,6 +69,15 @@ def _not_found(session: Session) -> Response:
     )
 
 
+async def _read_chart(ui: UiState, session: Session, patient_id: str) -> Chart | Response:
+    """The patient's chart, or the error page to show instead (FHIR down, or no such patient)."""
+    try:
+        found = await _reader(ui, session).chart(patient_id)
+    except FhirUnavailable:
+        return _unavailable()
+    return _not_found(session) if found is None else found
+
+
 def pages_router() -> APIRouter:
     router = APIRouter()
 
@@ -86,12 +95,9 @@ def pages_router() -> APIRouter:
     @router.get("/patients/{patient_id}")
     async def chart(request: Request, patient_id: str) -> Response:
         async def page(ui: UiState, session: Session) -> Response:
-            try:
-                found = await _reader(ui, session).chart(patient_id)
-            except FhirUnavailable:
-                return _unavailable()
-            if found is None:
-                return _not_found(session)
+            found = await _read_chart(ui, session, patient_id)
+            if isinstance(found, Response):
+                return found
             return render(
                 "chart.html",
                 title=found.name,
@@ -108,12 +114,9 @@ def pages_router() -> APIRouter:
         """The chart's clinical sections alone, re-read after a suggestion was accepted."""
 
         async def page(ui: UiState, session: Session) -> Response:
-            try:
-                found = await _reader(ui, session).chart(patient_id)
-            except FhirUnavailable:
-                return _unavailable()
-            if found is None:
-                return _not_found(session)
+            found = await _read_chart(ui, session, patient_id)
+            if isinstance(found, Response):
+                return found
             return render("sections.html", chart=found)
 
         return await with_session(request, page)
