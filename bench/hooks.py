@@ -20,8 +20,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,8 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.stack_bench import Running, running_stack
-from common.tls import client_ssl_context
+from bench.stack_bench import Running, running_stack, uvicorn_server
 
 HOOK = "patient-view"
 CONCURRENCY = (1, 8, 32)
@@ -42,33 +39,11 @@ def noop_service(running: Running) -> Iterator[str]:
     """The no-op service on the stack's spare port; yields its discovery URL."""
     stack = running.stack
     port = stack.base_port + 6
-    tls = stack.data_dir.resolve() / "tls"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.noop_service:create_app", "--host", stack.host]
-    argv += ["--port", str(port), "--ssl-certfile", str(tls / "server.pem")]
-    argv += ["--ssl-keyfile", str(tls / "server-key.pem"), "--no-server-header", "--no-proxy-headers"]
-    argv += ["--timeout-graceful-shutdown", "2"]
-    log = open(stack.data_dir / "logs" / "noop-service.log", "ab")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     url = f"https://{stack.public_host}:{port}/cds-services"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, verify=client_ssl_context(running.ca), timeout=2, trust_env=False).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
+    with uvicorn_server(
+        stack, "bench.noop_service:create_app", port, stack.data_dir / "logs" / "noop-service.log", url
+    ):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 async def _timed(

@@ -84,34 +84,39 @@ def running_stack(db_url: str | None, patients: int, workers: int) -> Iterator[R
 
 
 @contextmanager
-def floor_server(stack: Stack, bodies: dict[str, bytes], workers: int) -> Iterator[str]:
-    """The bare endpoint on the stack's spare port, same uvicorn flags and TLS; yields its base URL."""
-    folder = Path(tempfile.mkdtemp(prefix="mockehr-floor-"))
-    for name, body in bodies.items():
-        (folder / f"{name}.json").write_bytes(body)
-    port = stack.base_port + 7
+def uvicorn_server(
+    stack: Stack,
+    factory: str,
+    port: int,
+    log_path: Path,
+    probe_url: str,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """A bench app on a spare port of the stack, with the services' uvicorn flags and TLS; up once
+    `probe_url` answers 2xx (30 s at most), terminated on exit. Its log goes to `log_path`."""
     tls = stack.data_dir.resolve() / "tls"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "bench.floor:create_app", "--host", stack.host]
+    argv = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", stack.host]
     argv += ["--port", str(port), "--ssl-certfile", str(tls / "server.pem")]
     argv += ["--ssl-keyfile", str(tls / "server-key.pem"), "--no-server-header", "--no-proxy-headers"]
     argv += ["--timeout-graceful-shutdown", "2"]
     argv += ["--workers", str(workers)] if workers > 1 else []
-    env = {**os.environ, "MOCKEHR_BENCH_FLOOR_DIR": str(folder)}
     # Its access log goes to a file, like the services' logs (supervisor): same work per request.
-    log = open(folder / "floor.log", "ab")  # noqa: SIM115 - closed below
+    log = open(log_path, "ab")  # noqa: SIM115 - closed below
     process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    base = f"https://{stack.public_host}:{port}/floor"
     try:
+        verify = client_ssl_context(stack.data_dir / "ca.pem")
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"{base}/read", verify=client_ssl_context(stack.data_dir / "ca.pem"), timeout=2)
+                httpx.get(probe_url, verify=verify, timeout=2, trust_env=False).raise_for_status()
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
                 time.sleep(0.2)
-        yield base
+        yield
     finally:
         process.terminate()
         try:
@@ -120,6 +125,24 @@ def floor_server(stack: Stack, bodies: dict[str, bytes], workers: int) -> Iterat
             process.kill()
             process.wait()
         log.close()
+
+
+@contextmanager
+def floor_server(stack: Stack, bodies: dict[str, bytes], workers: int) -> Iterator[str]:
+    """The bare endpoint on the stack's spare port, same uvicorn flags and TLS; yields its base URL."""
+    folder = Path(tempfile.mkdtemp(prefix="mockehr-floor-"))
+    for name, body in bodies.items():
+        (folder / f"{name}.json").write_bytes(body)
+    port = stack.base_port + 7
+    env = {**os.environ, "MOCKEHR_BENCH_FLOOR_DIR": str(folder)}
+    base = f"https://{stack.public_host}:{port}/floor"
+    try:
+        probe = f"{base}/{next(iter(bodies))}"
+        with uvicorn_server(
+            stack, "bench.floor:create_app", port, folder / "floor.log", probe, workers=workers, env=env
+        ):
+            yield base
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
