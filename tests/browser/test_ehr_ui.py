@@ -122,6 +122,12 @@ def signed_in(browser: Any, stack: Stack, user: User) -> Iterator[Any]:
         context.close()
 
 
+def open_chart(page: Any, stack: Stack, patient: str) -> None:
+    """Open the patient's chart and wait until its patient-view hook has answered."""
+    page.goto(f"{stack.ehr}/patients/{patient}")
+    page.wait_for_selector(".hook-result[data-hook='patient-view']")
+
+
 def shot(page: Any, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"ehr-{name}.png"), full_page=True)
@@ -166,8 +172,7 @@ def test_a_smart_link_on_a_card_launches_the_app_with_the_patient_and_the_app_co
     user = stack.users[0]
     with signed_in(browser, stack, user) as page:
         patient = user.patients[0]
-        page.goto(f"{stack.ehr}/patients/{patient}")
-        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        open_chart(page, stack, patient)
         active = page.locator("#medications").inner_text()
         assert "metformin" in active  # the seed's diabetic patient: a duplicate draft gives a card
         page.select_option("#order-kind", "medication")
@@ -283,8 +288,7 @@ def test_a_card_with_malicious_markup_runs_no_script(stack: Stack, browser: Any)
             with signed_in(browser, stack, user) as page:
                 dialogs: list[str] = []
                 page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-                page.goto(f"{stack.ehr}/patients/{user.patients[0]}")
-                page.wait_for_selector(".hook-result[data-hook='patient-view']")
+                open_chart(page, stack, user.patients[0])
                 card = page.locator(".card[data-uuid='c0ffee00-0000-4000-8000-000000000001']")
                 card.wait_for()
                 card.hover()
@@ -413,8 +417,7 @@ def test_accepting_remove_the_draft_on_a_duplicate_therapy_card_discards_it_and_
     user = stack.users[0]
     with signed_in(browser, stack, user) as page:
         patient = user.patients[0]
-        page.goto(f"{stack.ehr}/patients/{patient}")
-        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        open_chart(page, stack, patient)
         before = page.locator("#medications tr").count()
         answer = _sign(page, "medication", "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet")
         card = page.locator(".hook-result[data-hook='order-sign'] .card", has_text="Duplicate therapy").first
@@ -472,8 +475,7 @@ def test_signing_a_harmless_order_writes_it_as_the_user_and_cancelling_writes_no
     user = stack.users[1]
     with signed_in(browser, stack, user) as page:
         patient = user.patients[1]
-        page.goto(f"{stack.ehr}/patients/{patient}")
-        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        open_chart(page, stack, patient)
         assert "INR in Platelet" not in page.locator("#orders").inner_text()
 
         _sign(page, "lab", "INR in Platelet poor plasma by Coagulation assay")
@@ -560,8 +562,7 @@ def test_removing_the_draft_from_an_order_select_card_discards_it_before_any_sig
 ) -> None:
     user = stack.users[0]
     with signed_in(browser, stack, user) as page:
-        page.goto(f"{stack.ehr}/patients/{user.patients[0]}")
-        page.wait_for_selector(".hook-result[data-hook='patient-view']")
+        open_chart(page, stack, user.patients[0])
         before = page.locator("#medications tr").count()
         page.select_option("#order-kind", "medication")
         page.select_option("#order-item", label="24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet")
