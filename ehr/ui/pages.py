@@ -20,7 +20,7 @@ from ehr.errors import UpstreamFailed
 from ehr.ui.chart import FHIR_ID, Chart, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.oauth import OAuthFailure
 from ehr.ui.orders import LAB_TESTS, MEDICATIONS
-from ehr.ui.session import CSRF_HEADER, SESSION_COOKIE, Session, csrf_ok
+from ehr.ui.session import SESSION_COOKIE, Session
 from ehr.ui.state import UiState, ui_state
 from ehr.ui.web import render
 
@@ -138,11 +138,9 @@ def pages_router() -> APIRouter:
         a patient the user may see (checked here with the user's token, and again by the
         authserver)."""
         ui = ui_state(request)
-        session = await ui.read(request)
-        if session is None or session.access_expires_at <= ui.now():
-            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
-        if not csrf_ok(session, request.headers.get(CSRF_HEADER)) or not ui.same_origin(request):
-            return JSONResponse({"error": "forbidden", "message": "CSRF token missing or wrong"}, status_code=403)
+        session = await ui.posting_session(request)
+        if isinstance(session, Response):
+            return session
         try:
             body = await request.json()
         except ValueError:

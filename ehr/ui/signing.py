@@ -42,7 +42,6 @@ from ehr.models import CdsCardOutcomeRow, CdsExchangeRow
 from ehr.registry import Registry
 from ehr.ui.chart import FHIR_JSON, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.orders import Orderable, orderable
-from ehr.ui.session import CSRF_HEADER, csrf_ok
 from ehr.ui.state import ui_state
 
 log = logging.getLogger(__name__)
@@ -233,11 +232,9 @@ def signing_router() -> APIRouter:
     @router.post("/ui/orders")
     async def sign(request: Request) -> Response:
         ui = ui_state(request)
-        session = await ui.read(request)
-        if session is None or session.access_expires_at <= ui.now():
-            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
-        if not csrf_ok(session, request.headers.get(CSRF_HEADER)) or not ui.same_origin(request):
-            return JSONResponse({"error": "forbidden", "message": "CSRF token missing or wrong"}, status_code=403)
+        session = await ui.posting_session(request)
+        if isinstance(session, Response):
+            return session
         raw = await request.body()
         try:
             if len(raw) > MAX_BODY:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from fastapi import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from common.runtime import Runtime
 from ehr.principal import Principal
@@ -88,6 +88,16 @@ class UiState:
             return True
         own = urlsplit(self.config.base_url)
         return origin == f"{own.scheme}://{own.netloc}"
+
+    async def posting_session(self, request: Request) -> Session | Response:
+        """The session behind a JSON POST from the EHR's own pages, or the refusal to answer: 401
+        without a live session, 403 without its CSRF token in X-CSRF-Token or from another origin."""
+        session = await self.read(request)
+        if session is None or session.access_expires_at <= self.now():
+            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
+        if not csrf_ok(session, request.headers.get(CSRF_HEADER)) or not self.same_origin(request):
+            return JSONResponse({"error": "forbidden", "message": "CSRF token missing or wrong"}, status_code=403)
+        return session
 
     async def resolve(self, request: Request) -> Principal | None:
         """`app.state.session_resolver` for the EHR API (HELPERS.md contract): the signed-in user,
