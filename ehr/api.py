@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ehr import exchange_log
 from ehr.deps import AdminDep, PrincipalDep, RuntimeDep
-from ehr.errors import Forbidden, InvalidRequest, NotFound
+from ehr.errors import Forbidden, InvalidRequest, NotFound, validation_message
 from ehr.exchange import HookCall, HookOutcome, ServiceConfig, ServiceResult
 from ehr.hooks import HOOKS, HookContextError, hook_has_user, validate_context
 from ehr.principal import Principal
@@ -114,12 +114,6 @@ class ServicePatch(_Body):
     clientCertFile: str | None = None
     clientKeyFile: str | None = None
     enabled: bool | None = None
-
-
-def validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
 
 
 async def read_capped(request: Request, cap: int = MAX_BODY_BYTES) -> bytes:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ehr.errors import validation_reason
 from ehr.exchange import DroppedCard
 from ehr.markdown import MarkdownRenderer, escape_text, https_host
 
@@ -154,13 +155,6 @@ class ValidatedResponse:
     notes: list[str] = field(default_factory=list)
 
 
-def _reason(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
-
-
 class CardValidator:
     """Validates and sanitizes one response; built once, used for every service's answer."""
 
@@ -236,7 +230,7 @@ class CardValidator:
             try:
                 card = self._card(raw, index, smart_urls, hosts, result.notes)
             except ValidationError as exc:
-                result.dropped.append(DroppedCard(index, _reason(exc)))
+                result.dropped.append(DroppedCard(index, validation_reason(exc)))
                 continue
             # Feedback names a card by its uuid: two cards with one uuid would be confused.
             if "uuid" in card and card["uuid"] in uuids:
@@ -259,7 +253,7 @@ class CardValidator:
                 try:
                     result.system_actions.append(Action.model_validate(raw).model_dump(exclude_none=True))
                 except ValidationError as exc:
-                    result.notes.append(f"systemActions[{index}] dropped: {_reason(exc)}")
+                    result.notes.append(f"systemActions[{index}] dropped: {validation_reason(exc)}")
         return result
 
 

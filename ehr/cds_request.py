@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ehr.errors import validation_reason
 from ehr.hooks import HookContextError, validate_context
 
 
@@ -115,7 +116,4 @@ def parse_request(data: Any, *, outbound: bool = False, context_checked: bool = 
     try:
         return CdsRequest.model_validate(data, context={"outbound": outbound, "context_checked": context_checked})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise CdsRequestError(f"{where}: {message}" if where else message) from None
+        raise CdsRequestError(validation_reason(exc)) from None

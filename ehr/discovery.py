@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.http import check_outbound_url
 from common.tls import client_ssl_context
 from ehr.client_jwt import ClientJwtSigner
-from ehr.errors import ApiError
+from ehr.errors import ApiError, validation_message
 
 MAX_DISCOVERY_BYTES = 1024 * 1024
 SERVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"
@@ -95,9 +95,7 @@ def parse_discovery(body: bytes) -> list[DiscoveredService]:
     try:
         document = DiscoveryDocument.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise DiscoveryFailed(f"invalid discovery response at {where}: {first['msg']}") from None
+        raise DiscoveryFailed(f"invalid discovery response at {validation_message(exc)}") from None
     return document.services
 
 

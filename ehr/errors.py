@@ -7,7 +7,24 @@ secret. Authentication failures are a bare 401 instead (`Unauthenticated`).
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from common.errors import MockEhrError
+
+
+def validation_message(exc: ValidationError) -> str:
+    """`where: what` for the first error (`body` when it is the whole document)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """The first error as `where: what`, without pydantic's "Value error, " prefix."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 class Unauthenticated(MockEhrError):
