@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.datastructures import FormData
 
 from common.keys import list_keys, rotate
 from ehr.authserver_admin import AuthserverAdmin
@@ -64,8 +65,6 @@ def admin_router() -> APIRouter:
         form = await request.form()
 
         async def page(ui: UiState, session: Session) -> Response:
-            if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
-                return _forbidden()
             presented = form.get("admin_token")
             expected = ui.runtime.settings.admin_secret()
             if (
@@ -85,7 +84,7 @@ def admin_router() -> APIRouter:
             ui.write(response, replace(session, is_admin=True))
             return response
 
-        return await _admin_write(request, page)
+        return await _admin_write(request, form, page, admin_only=False)
 
     @router.get("/admin/services")
     async def services(request: Request) -> Response:
@@ -111,10 +110,6 @@ def admin_router() -> APIRouter:
         form = await request.form()
 
         async def page(ui: UiState, session: Session) -> Response:
-            if not session.is_admin:
-                return _see_other("/admin")
-            if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
-                return _forbidden()
             if not CLIENT_ID.fullmatch(client_id):
                 return render("error.html", 404, title="No such client", message="No such client.", session=session)
             try:
@@ -123,7 +118,7 @@ def admin_router() -> APIRouter:
                 return render("error.html", 503, title="Try again", message=str(exc), session=session)
             return _see_other("/admin/clients")
 
-        return await _admin_write(request, page)
+        return await _admin_write(request, form, page)
 
     @router.get("/admin/keys")
     async def keys(request: Request) -> Response:
@@ -138,10 +133,6 @@ def admin_router() -> APIRouter:
         form = await request.form()
 
         async def page(ui: UiState, session: Session) -> Response:
-            if not session.is_admin:
-                return _see_other("/admin")
-            if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
-                return _forbidden()
             settings = ui.runtime.settings
             await rotate(
                 ui.runtime.sessions,
@@ -154,7 +145,7 @@ def admin_router() -> APIRouter:
             await ui.runtime.signing_keys.reload()
             return _see_other("/admin/keys")
 
-        return await _admin_write(request, page)
+        return await _admin_write(request, form, page)
 
     return router
 
@@ -168,9 +159,19 @@ async def _admin(request: Request, page: Page) -> Response:
     return await with_session(request, guarded)
 
 
-async def _admin_write(request: Request, page: Page) -> Response:
-    """A form post: no session means sign in again (nothing is done), like a page view."""
+async def _admin_write(request: Request, form: FormData, page: Page, *, admin_only: bool = True) -> Response:
+    """A form post: no session means sign in again (nothing is done), like a page view; a user
+    not elevated goes to /admin (unless `admin_only` is off); a form without the session's CSRF
+    token, or from another origin, is refused."""
     ui = ui_state(request)
     if await ui.read(request) is None:
         return _see_other("/login")
-    return await with_session(request, page)
+
+    async def guarded(ui: UiState, session: Session) -> Response:
+        if admin_only and not session.is_admin:
+            return _see_other("/admin")
+        if not csrf_ok(session, form.get(CSRF_FIELD)) or not ui.same_origin(request):
+            return _forbidden()
+        return await page(ui, session)
+
+    return await with_session(request, guarded)
