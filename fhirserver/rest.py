@@ -1,17 +1,20 @@
 """The FHIR R4 RESTful API (http://hl7.org/fhir/R4/http.html), every interaction behind the guard.
 
-Reads, vreads, history and write pre-checks go through the same restricted search as searches
-(`_id=`), so compartment, granular scope filters and "a forbidden resource looks exactly like a
-missing one" share one code path. Writes are checked against the compartment inside their
-database transaction and rolled back if the result would lie outside it (nothing is created in,
-or moved out of, a compartment the token does not cover).
+Reads and write pre-checks go through the same restricted search as searches (`_id=`), so
+compartment, granular scope filters and "a forbidden resource looks exactly like a missing one"
+share one code path. A write is judged by that same search twice, under the restriction of the
+scopes granting its interaction (SMART App Launch 2.2, "Finer-grained resource constraints using
+search parameters"): on the stored resource before an update or delete, and on the written
+content inside the write's database transaction, which is rolled back if it falls outside
+(nothing is created in, or moved out of, a compartment or a granular filter the token does not
+cover). Which versions vread and `_history` show is decided per version (fhirserver.history).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -21,15 +24,15 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fhirserver import cursor, storage
+from fhirserver import cursor, history, storage
 from fhirserver.audit import AuditRecord, AuditWriter
 from fhirserver.errors import FhirError, GoneError, Issue, NotFoundError, PreconditionFailedError
 from fhirserver.guard import Access, ForbiddenError, Guard, Permission, Principal, View
 from fhirserver.models import ResourceVersionRow
 from fhirserver.negotiation import FHIR_JSON, check_content_type, prefer_return, strict_handling
-from fhirserver.search import SUPPORTED_TYPES, Restriction, SearchResult, find_by_id, in_compartment, search
+from fhirserver.search import SUPPORTED_TYPES, Restriction, SearchResult, find_by_id, search
 from fhirserver.settings import FhirSettings
-from fhirserver.transaction import process_transaction
+from fhirserver.transaction import EntryGuard, process_transaction
 from fhirserver.validation import validate_resource
 
 MAX_EVERYTHING = 1000
@@ -128,13 +131,32 @@ async def read(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Res
     raise _not_found(rtype, rid)
 
 
+MAX_HISTORY = 200
+_MAX_VERSION_DIGITS = 9  # version ids are 32-bit integers in the database
+
+
 async def vread(session: AsyncSession, ctx: Context, rtype: str, rid: str, vid: str) -> Response:
     access = await ctx.access(rtype, "r")
-    if not await visible(session, ctx, rtype, rid, access) or not vid.isdigit():
-        raise _not_found(rtype, rid)
-    row = await session.get(ResourceVersionRow, (rtype, rid, int(vid)))
+    missing = _not_found(rtype, f"{rid}/_history/{vid}")
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > _MAX_VERSION_DIGITS:
+        raise missing
+    version = int(vid)
+    # The version before it too: a deletion is shown when the version it deleted is.
+    rows = (
+        await session.execute(
+            select(ResourceVersionRow).where(
+                ResourceVersionRow.resource_type == rtype,
+                ResourceVersionRow.id == rid,
+                ResourceVersionRow.version_id.in_([version - 1, version]),
+            )
+        )
+    ).scalars()
+    shown = await history.visible_versions(
+        session, rtype, rid, list(rows), restriction=ctx.restriction(access), base_url=ctx.settings.fhir_base_url
+    )
+    row = next((r for r in shown if r.version_id == version), None)
     if row is None:
-        raise _not_found(rtype, f"{rid}/_history/{vid}")
+        raise missing
     if row.content is None:
         raise GoneError([Issue(f"version {vid} of {rtype}/{rid} is a deletion", code="deleted")])
     return fhir_response(json.loads(row.content), headers={"ETag": _etag(row.version_id)})
@@ -142,31 +164,39 @@ async def vread(session: AsyncSession, ctx: Context, rtype: str, rid: str, vid: 
 
 async def instance_history(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:
     access = await ctx.access(rtype, "r")
-    if not await visible(session, ctx, rtype, rid, access):
+    rows = list(
+        (
+            await session.execute(
+                select(ResourceVersionRow)
+                .where(ResourceVersionRow.resource_type == rtype, ResourceVersionRow.id == rid)
+                .order_by(ResourceVersionRow.version_id.desc())
+                .limit(MAX_HISTORY + 1)  # one more: what the oldest listed deletion deleted
+            )
+        ).scalars()
+    )
+    shown = await history.visible_versions(
+        session, rtype, rid, rows, restriction=ctx.restriction(access), base_url=ctx.settings.fhir_base_url
+    )
+    listed = {r.version_id for r in rows[:MAX_HISTORY]}
+    shown = [r for r in shown if r.version_id in listed]
+    if not shown:
         raise _not_found(rtype, rid)
-    rows = (
-        await session.execute(
-            select(ResourceVersionRow)
-            .where(ResourceVersionRow.resource_type == rtype, ResourceVersionRow.id == rid)
-            .order_by(ResourceVersionRow.version_id.desc())
-            .limit(200)
-        )
-    ).scalars()
-    return fhir_response(_history_bundle(ctx, list(rows)))
+    return fhir_response(_history_bundle(ctx, shown))
 
 
 async def type_history(session: AsyncSession, ctx: Context, rtype: str) -> Response:
     access = await ctx.access(rtype, "s")
     if access.patient_ids is not None or access.filters:
-        # A type's history includes deleted resources whose compartment can no longer be
-        # checked: only unrestricted (system) tokens may page through it.
+        # Versions are judged one by one (fhirserver.history), with a lookup per resource, after
+        # the newest 200 of the type are read: a restricted token would get a few of another
+        # patient's 200 or none. Only unrestricted (system) tokens page through a type's history.
         raise ForbiddenError
     rows = (
         await session.execute(
             select(ResourceVersionRow)
             .where(ResourceVersionRow.resource_type == rtype)
             .order_by(ResourceVersionRow.last_updated.desc())
-            .limit(200)
+            .limit(MAX_HISTORY)
         )
     ).scalars()
     return fhir_response(_history_bundle(ctx, list(rows)))
@@ -319,13 +349,36 @@ async def _json_body(request: Request, limit: int) -> Any:
         raise FhirError([Issue("the body is not valid JSON", code="structure")]) from None
 
 
-async def _must_stay_in_compartment(session: AsyncSession, ctx: Context, access: Access, rtype: str, rid: str) -> None:
-    if access.patient_ids is None:
+async def _may_change_stored(session: AsyncSession, ctx: Context, rtype: str, rid: str, access: Access) -> bool:
+    """Before an update or delete: may the token change the stored current `rtype/rid`?
+
+    False when it is missing or outside the compartment: the caller answers as for a missing
+    resource. ForbiddenError when it is in the compartment but matches none of the granular
+    filters of the scopes granting this interaction (SMART App Launch 2.2, "Finer-grained
+    resource constraints using search parameters": a scope covers what its search matches), so
+    a `?category=laboratory` token cannot rewrite or delete a vital-signs Observation.
+    """
+    restriction = ctx.restriction(access)
+    base = ctx.settings.fhir_base_url
+    compartment = replace(restriction, extra_filters=[])
+    if await find_by_id(session, rtype, rid, restriction=compartment, base_url=base) is None:
+        return False
+    if not restriction.extra_filters:
+        return True
+    if await find_by_id(session, rtype, rid, restriction=restriction, base_url=base) is None:
+        raise ForbiddenError
+    return True
+
+
+async def _must_be_within_scopes(session: AsyncSession, ctx: Context, access: Access, rtype: str, rid: str) -> None:
+    """After a create or update, in its database transaction: the written content must lie in an
+    allowed compartment and match a granular filter of the scopes granting the interaction, as a
+    search would decide; otherwise ForbiddenError, and the caller's transaction rolls back."""
+    if access.patient_ids is None and not access.filters:
         return
     await session.flush()
-    if rtype == "Patient" and rid in access.patient_ids:
-        return
-    if not await in_compartment(session, rtype, rid, access.patient_ids):
+    restriction = Restriction(allowed_patient_ids=access.patient_ids, extra_filters=[list(g) for g in access.filters])
+    if await find_by_id(session, rtype, rid, restriction=restriction, base_url=ctx.settings.fhir_base_url) is None:
         raise ForbiddenError
 
 
@@ -385,7 +438,7 @@ async def create(session: AsyncSession, ctx: Context, rtype: str, body: Any) -> 
     resource["id"] = storage.new_id()
     validate_resource(resource)
     stored, _ = await storage.write(session, resource, method="POST", now=_now(ctx), is_new=True)
-    await _must_stay_in_compartment(session, ctx, access, rtype, resource["id"])
+    await _must_be_within_scopes(session, ctx, access, rtype, resource["id"])
     return _written(ctx, stored, 201)
 
 
@@ -399,20 +452,20 @@ async def update(session: AsyncSession, ctx: Context, rtype: str, rid: str, body
     current = await storage.read_current(session, rtype, rid)
     exists = current is not None and not current.deleted
     access = await ctx.access(rtype, "u" if exists else "c")
-    if exists and not await visible(session, ctx, rtype, rid, access):
+    if exists and not await _may_change_stored(session, ctx, rtype, rid, access):
         raise _not_found(rtype, rid)
     if_match = ctx.request.headers.get("if-match")
     if if_match is not None and (not exists or current is None or if_match.strip() != _etag(current.version_id)):
         raise PreconditionFailedError([Issue("If-Match does not name the current version", code="conflict")])
     validate_resource(body)
     stored, created = await storage.write(session, dict(body), method="PUT", now=_now(ctx))
-    await _must_stay_in_compartment(session, ctx, access, rtype, rid)
+    await _must_be_within_scopes(session, ctx, access, rtype, rid)
     return _written(ctx, stored, 201 if created else 200)
 
 
 async def delete(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Response:
     access = await ctx.access(rtype, "d")
-    if await visible(session, ctx, rtype, rid, access):
+    if await _may_change_stored(session, ctx, rtype, rid, access):
         await storage.delete(session, rtype, rid, now=_now(ctx))
     # FHIR R4 §3.1.0.7.1: deleting what is absent (or invisible) answers like success.
     return Response(status_code=204)
@@ -429,9 +482,14 @@ _METHOD_PERMISSION: dict[str, Permission] = {"POST": "c", "PUT": "u", "DELETE": 
 
 
 async def transaction(session: AsyncSession, ctx: Context, bundle: Any) -> Response:
-    """A transaction Bundle with the guard applied to every entry (one DB transaction)."""
+    """A transaction Bundle with the guard applied to every entry (one DB transaction).
+
+    A token without any scope for an entry's interaction is refused before any work; then each
+    entry is judged as its single request would be, as it is applied (EntryGuard): the stored
+    resource before a PUT or DELETE changes it, the written content after a POST or PUT. Any
+    refusal fails the whole Bundle and rolls back what earlier entries wrote.
+    """
     entries = bundle.get("entry") or [] if isinstance(bundle, dict) else []
-    accesses: dict[tuple[str, str], Access] = {}
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         request = entry.get("request") if isinstance(entry, dict) else None
         method = request.get("method") if isinstance(request, dict) else None
@@ -441,12 +499,14 @@ async def transaction(session: AsyncSession, ctx: Context, bundle: Any) -> Respo
             raise FhirError(
                 [Issue(f"entry {index}: method {method!r} is not supported in a transaction", code="not-supported")]
             )
-        access = await ctx.access(rtype, _METHOD_PERMISSION[method])
-        accesses[(rtype, method)] = access
-        parts = url.split("?")[0].split("/")
-        existing = method in ("PUT", "DELETE") and len(parts) == 2 and await storage.exists(session, rtype, parts[1])
-        if existing and not await visible(session, ctx, rtype, parts[1], access):
-            raise _not_found(rtype, parts[1])
+        if method == "PUT":
+            # An update needs u, a create by PUT c: which one is known once the target is resolved.
+            try:
+                await ctx.access(rtype, "u")
+            except ForbiddenError:
+                await ctx.access(rtype, "c")
+        else:
+            await ctx.access(rtype, _METHOD_PERMISSION[method])
 
     async def resolve(rtype: str, query: str) -> set[str]:
         access = await ctx.access(rtype, "s")
@@ -460,16 +520,25 @@ async def transaction(session: AsyncSession, ctx: Context, bundle: Any) -> Respo
         )
         return {r["id"] for r in found.resources}
 
+    async def before(method: str, rtype: str, rid: str) -> None:
+        if not await storage.exists(session, rtype, rid):
+            return  # a PUT creates (judged on what it writes); a DELETE has no effect
+        access = await ctx.access(rtype, _METHOD_PERMISSION[method])
+        if not await _may_change_stored(session, ctx, rtype, rid, access):
+            raise _not_found(rtype, rid)
+
+    async def after(rtype: str, rid: str, created: bool) -> None:
+        access = await ctx.access(rtype, "c" if created else "u")
+        await _must_be_within_scopes(session, ctx, access, rtype, rid)
+
     response = await process_transaction(
-        session, bundle, now=_now(ctx), max_entries=ctx.settings.max_bundle_entries, resolve=resolve
+        session,
+        bundle,
+        now=_now(ctx),
+        max_entries=ctx.settings.max_bundle_entries,
+        resolve=resolve,
+        guard=EntryGuard(before=before, after=after),
     )
-    for entry in response["entry"]:
-        location = entry["response"].get("location")
-        if location and entry["response"]["status"].startswith(("200", "201")):
-            rtype, rid = location.split("/")[:2]
-            written = accesses.get((rtype, "POST")) or accesses.get((rtype, "PUT"))
-            if written is not None:
-                await _must_stay_in_compartment(session, ctx, written, rtype, rid)
     return fhir_response(response)
 
 

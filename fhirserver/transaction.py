@@ -11,6 +11,7 @@ back on any FhirError. Implemented:
   exactly one existing resource;
 - every resource validated before anything is written.
 Conditional criteria are searches (fhirserver.search); unknown parameters are refused, not ignored.
+The REST layer passes an EntryGuard that judges every change as the token's single request would.
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ class _Entry:
 
 
 Resolver = Callable[[str, str], Awaitable[set[str]]]
+
+
+@dataclass(frozen=True)
+class EntryGuard:
+    """Authorization around each change, inside the transaction (fhirserver.rest.transaction).
+
+    `before(method, type, id)` runs before a PUT or DELETE touches `type/id` (the stored resource,
+    if any, is still the old one); `after(type, id, created)` runs once a POST or PUT has written
+    its content. Either refuses by raising, and the caller rolls back every entry.
+    """
+
+    before: Callable[[str, str, str], Awaitable[None]]
+    after: Callable[[str, str, bool], Awaitable[None]]
 
 
 async def resolve_criteria(session: AsyncSession, rtype: str, query: str) -> set[str]:
@@ -208,8 +222,11 @@ async def process_transaction(
     now: dt.datetime,
     max_entries: int = 5000,
     resolve: Resolver | None = None,
+    guard: EntryGuard | None = None,
 ) -> dict[str, Any]:
-    """Apply a transaction Bundle inside the caller's DB transaction; return the response Bundle."""
+    """Apply a transaction Bundle inside the caller's DB transaction; return the response Bundle.
+
+    Without `guard` (trusted loading) no entry is authorized."""
 
     async def unrestricted(rtype: str, query: str) -> set[str]:
         return await resolve_criteria(session, rtype, query)
@@ -228,7 +245,7 @@ async def process_transaction(
             await _rewrite_references(resolver, entry.resource, full_urls, f"{_where(entry.index)}.resource", cache)
             validate_resource(entry.resource, where=f"{_where(entry.index)}: ")
     for entry in sorted(planned, key=lambda e: _ORDER[e.method]):
-        await _apply(session, entry, now)
+        await _apply(session, entry, now, guard)
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -236,8 +253,10 @@ async def process_transaction(
     }
 
 
-async def _apply(session: AsyncSession, entry: _Entry, now: dt.datetime) -> None:
+async def _apply(session: AsyncSession, entry: _Entry, now: dt.datetime, guard: EntryGuard | None) -> None:
     if entry.method == "DELETE":
+        if guard is not None:
+            await guard.before(entry.method, entry.rtype, entry.rid)
         # FHIR R4 §3.1.0.7.1: deleting what is absent or already deleted has no effect and succeeds.
         await storage.delete(session, entry.rtype, entry.rid, now=now)
         entry.response = {"status": "204 No Content"}
@@ -254,9 +273,13 @@ async def _apply(session: AsyncSession, entry: _Entry, now: dt.datetime) -> None
         return
     if entry.resource is None:
         raise InvalidResourceError(f"{_where(entry.index)}: a resource is required")
+    if guard is not None and entry.method == "PUT":
+        await guard.before(entry.method, entry.rtype, entry.rid)
     stored, created = await storage.write(
         session, entry.resource, method=entry.method, now=now, is_new=entry.method == "POST"
     )
+    if guard is not None:
+        await guard.after(entry.rtype, entry.rid, created)
     version = stored["meta"]["versionId"]
     entry.response = {
         "status": "201 Created" if created else "200 OK",
