@@ -7,8 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from sqlalchemy import select
 
+from fhirserver.history import in_compartment_of
+from fhirserver.models import ResourceRow
+from fhirserver.search import in_compartment
 from tests.integration.fhirharness import FhirHarness, fhir_harness
 
 SYSTEM = "system/*.cruds"
@@ -133,3 +138,18 @@ async def test_a_version_id_that_is_not_a_small_number_is_a_missing_version(fhir
     response = await fhir.get(f"Observation/{obs['id']}/_history/{vid}", await fhir.token(SYSTEM))
     assert response.status_code == 404
     assert response.json()["issue"][0]["code"] == "not-found"
+
+
+async def test_the_compartment_of_a_version_is_decided_by_the_same_rule_as_the_search_index(
+    fhir: FhirHarness,
+) -> None:
+    mine = frozenset({fhir.patient_of(0)})
+    async with fhir.fhir_app.state.runtime.sessions() as session:
+        stored = (await session.execute(select(ResourceRow).where(ResourceRow.deleted.is_(False)))).scalars().all()
+        verdicts = set()
+        for row in stored:
+            content = orjson.loads(row.content or "{}")
+            expected = await in_compartment(session, row.resource_type, row.id, mine)
+            assert in_compartment_of(content, mine) == expected, f"{row.resource_type}/{row.id}"
+            verdicts.add(expected)
+    assert verdicts == {True, False}
