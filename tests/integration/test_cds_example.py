@@ -211,6 +211,7 @@ ATTACKS: list[Any] = [
     ),
     pytest.param(lambda h, aud: h.token(aud=CDS), id="aud-of-the-base-url"),
     pytest.param(lambda h, aud: h.token(aud=f"{aud}/"), id="aud-with-a-trailing-slash"),
+    pytest.param(lambda h, aud: h.token(aud=[aud, f"{CDS}/cds-services/other"]), id="aud-naming-another-service-too"),
     pytest.param(lambda h, aud: h.token(aud=aud.replace("https://", "http://")), id="aud-with-http-scheme"),
     pytest.param(lambda h, aud: h.token(aud=aud, iss="https://evil.example"), id="untrusted-iss"),
     pytest.param(lambda h, aud: h.token(aud=aud, iss=f"{EHR}/"), id="iss-with-a-trailing-slash"),
