@@ -11,13 +11,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from authserver import clients
 from authserver.clients import Client, ClientError
 from authserver.deps import RuntimeDep
 from authserver.errors import InvalidRequestError
 from authserver.settings import AuthSettings
+from common.bodies import parse_json
 from common.errors import TokenInvalidError
 from common.scopes import InvalidScopeError
 
@@ -35,6 +36,17 @@ class ClientIn(BaseModel):
     redirect_uris: list[str] = Field(default_factory=list)
     launch_url: str | None = None
     client_secret: str | None = None
+
+
+def _client_in(raw: bytes, max_depth: int) -> ClientIn:
+    try:
+        return ClientIn.model_validate(parse_json(raw, max_depth=max_depth))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequestError(f"{where}: {first['msg']}") from None
+    except ValueError:
+        raise InvalidRequestError("the body must be a JSON object") from None
 
 
 class AdminUnauthorizedError(Exception):
@@ -59,7 +71,10 @@ def admin_router(settings: AuthSettings) -> APIRouter:
             return JSONResponse([c.public_json() for c in await clients.list_all(session)])
 
     @router.put("/clients/{client_id}")
-    async def put_client(client_id: str, body: ClientIn, runtime: RuntimeDep) -> JSONResponse:
+    async def put_client(client_id: str, request: Request, runtime: RuntimeDep) -> JSONResponse:
+        # Parsed here, after require_admin: as a Body parameter FastAPI would parse it first, and
+        # answer a stranger's malformed body with 422 and the parser's findings.
+        body = _client_in(await request.body(), settings.max_json_depth)
         if body.client_id != client_id:
             raise InvalidRequestError("client_id in the path and the body differ")
         client = Client(

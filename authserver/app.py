@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from authserver.admin import AdminUnauthorizedError, admin_router
 from authserver.authorize import FhirPatients, authorize_router
@@ -26,6 +26,7 @@ from authserver.settings import AuthSettings
 from authserver.token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
 from common.app import service_app
 from common.clock import Clock, system_clock
+from common.errors import BodyRefusedError
 from common.runtime import Runtime
 from common.settings import load_settings
 from common.web import jwks_response
@@ -44,6 +45,8 @@ SCOPES_SUPPORTED = [
     "user/*.cruds",
     "system/*.rs",
 ]
+# The pages a browser posts forms to (login.py, authorize.py); every other route is for programs.
+BROWSER_PAGES = frozenset({"/login", "/logout", "/authorize", "/authorize/select"})
 # The SMART style document behind `smart_style_url` (SMART App Launch 2.2 "Styling").
 SMART_STYLE = {
     "color_background": "#f4f6f8",
@@ -144,6 +147,15 @@ def create_app(settings: AuthSettings | None = None, *, clock: Clock = system_cl
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
         return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(BodyRefusedError)
+    async def body_refused(request: Request, exc: BodyRefusedError) -> Response:
+        # The browser's pages get text; every endpoint a program calls (token, introspection,
+        # revocation, launch registration, admin) the OAuth error shape (RFC 6749 §5.2).
+        if request.url.path in BROWSER_PAGES:
+            return PlainTextResponse(exc.message, status_code=exc.status, headers=dict(NO_STORE))
+        body = {"error": "invalid_request", "error_description": exc.message}
+        return JSONResponse(body, status_code=exc.status, headers=dict(NO_STORE))
 
     app.include_router(oauth_router(settings))
     app.include_router(admin_router(settings))

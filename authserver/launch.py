@@ -49,6 +49,7 @@ from authserver.reach import ReachUnavailableError
 from authserver.sessions import digest, new_secret
 from authserver.settings import AuthSettings
 from authserver.users import User
+from common.bodies import parse_json
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
@@ -186,8 +187,10 @@ def launch_router(settings: AuthSettings) -> APIRouter:
     @router.post("/launch")
     async def register_launch(request: Request, runtime: RuntimeDep) -> JSONResponse:
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+            # Bounded: the body is at most max_body_bytes (BodyLimitMiddleware) and no deeper
+            # than max_json_depth, so no RecursionError, whatever arrives before authentication.
+            body = parse_json(await request.body(), max_depth=settings.max_json_depth)
+        except ValueError:
             raise InvalidRequestError("the body must be a JSON object") from None
         if not isinstance(body, dict):
             raise InvalidRequestError("the body must be a JSON object")

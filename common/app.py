@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from common.clock import Clock
 from common.health import Check, health_router
-from common.middleware import SecurityHeadersMiddleware
+from common.middleware import SecurityHeadersMiddleware, limit_bodies
 from common.runtime import Runtime, open_runtime
 from common.settings import ServiceSettings
 
@@ -26,7 +26,8 @@ def service_app(
 ) -> FastAPI:
     """A FastAPI app whose lifespan opens the service's Runtime (DB, HTTP client, keys).
 
-    /healthz and /readyz come with it; readiness checks the database, the keys of a signing
+    Every request body is bounded before anything reads it (`limit_bodies`), and no path is
+    redirected. /healthz and /readyz come with it; readiness checks the database, the keys of a signing
     service, and whatever `extra_checks` adds. No OpenAPI schema or docs pages are served.
     """
 
@@ -42,8 +43,15 @@ def service_app(
                 if on_stop is not None:
                     await on_stop(app)
 
-    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # redirect_slashes off: Starlette would answer `/x/` with a redirect to `/x` on the URL built
+    # from the Host header, before any authentication; such a path is simply not found.
+    app = FastAPI(
+        title=title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False
+    )
     app.state.settings = settings
+    # Bodies are bounded first (inside the headers, so refusals carry them too); each service
+    # shapes the refusals with its handler for BodyRefusedError.
+    limit_bodies(app, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
 
     def checks() -> Mapping[str, Check]:

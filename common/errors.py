@@ -33,3 +33,27 @@ class KeyNotFoundError(MockEhrError):
 
 class KeyDecryptionError(MockEhrError):
     """A stored private key does not decrypt under the configured key-encryption key."""
+
+
+class BodyRefusedError(MockEhrError):
+    """A request body refused at the HTTP boundary, before a route, a dependency or an
+    authentication check sees it (`common/middleware.py:BodyLimitMiddleware`). Each service
+    renders it in its protocol's shape; `status` is the HTTP status."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BodyTooLargeError(BodyRefusedError):
+    """Declared or streamed beyond the service's `max_body_bytes` (RFC 9110 §15.5.14)."""
+
+    status = 413
+
+
+class JsonTooDeepError(BodyRefusedError):
+    """Nested deeper than the service's `max_json_depth`."""
+
+    status = 400

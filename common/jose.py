@@ -123,7 +123,9 @@ def verify_jwt(
       never be accepted, whatever the caller passes.
     - `kid` is required and must name a key of `keys` (no trial of every key).
     - `jwk`, `x5u` and `x5c` headers are refused; `jku` only if it is in `allowed_jku`.
-    - `aud` may be a string or an array; it must contain `audience` exactly (RFC 7519 §4.1.3).
+    - `aud` must be `audience` exactly, as a string or as an array of that one member: a token
+      that names other audiences too could be replayed here by any of them (RFC 7523 §3,
+      CDS Hooks 2.0 "Trusting CDS Clients", OpenID Connect Core §3.1.3.7 step 3).
     - `exp` must not be past and, with `max_lifetime`, not further ahead than that;
       `iat` not in the future; `nbf` respected; all within `leeway` seconds.
     """
@@ -174,6 +176,9 @@ def verify_jwt(
         registry.validate(claims)
     except JoseError as exc:
         raise TokenInvalidError(f"claims: {exc.error}: {exc.description}") from None
+    # The registry checked that `aud` contains `audience`; here it must name nothing else.
+    if isinstance(claims["aud"], list) and len(claims["aud"]) != 1:
+        raise TokenInvalidError("aud names other audiences too")
     for name in ("exp", "iat", "nbf"):
         if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
             raise TokenInvalidError(f"{name} is not a NumericDate")

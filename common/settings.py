@@ -62,6 +62,11 @@ class ServiceSettings(BaseSettings):
     key_publish_ahead_seconds: float = Field(default=5.0, ge=0, le=600)
 
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Every request body, on every route, is bounded before it is parsed or authenticated
+    # (common/middleware.py:BodyLimitMiddleware): 413 beyond max_body_bytes, 400 beyond
+    # max_json_depth levels of arrays and objects.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_json_depth: int = Field(default=64, ge=8, le=128)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("public_url")

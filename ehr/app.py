@@ -6,11 +6,12 @@ Run alone with `uvicorn --factory ehr.app:create_app` (settings from MOCKEHR_EHR
 from __future__ import annotations
 
 import httpx
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from common.app import service_app
 from common.clock import Clock, system_clock
+from common.errors import BodyRefusedError
 from common.settings import load_settings
 from common.web import jwks_response
 from ehr.cds_wiring import CdsWiring
@@ -32,6 +33,15 @@ def create_app(
         settings, title="mockehr EHR", signing=True, clock=clock, on_start=cds.on_start, on_stop=cds.on_stop
     )
     cds.install(app)
+
+    @app.exception_handler(BodyRefusedError)
+    async def body_refused(request: Request, exc: BodyRefusedError) -> Response:
+        # The JSON API (and the UI's script endpoints) get the API's error shape; pages get text.
+        if request.url.path.startswith(("/api/", "/ui/")):
+            code = "too_large" if exc.status == 413 else "invalid_request"
+            body = {"error": code, "message": exc.message}
+            return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
+        return PlainTextResponse(exc.message, status_code=exc.status)
 
     # CDS Hooks 2.0 "Trusting CDS Clients": the EHR publishes its JWT signing keys as a JWK Set;
     # CDS Services are told this URL (and may see it as `jku`).

@@ -30,6 +30,8 @@ class EhrSettings(ServiceSettings):
     cds_max_response_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Hosts to which links in card `detail` markdown stay clickable (https only); others become text.
     cds_link_hosts: list[str] = Field(default_factory=list)
+    # The API's hook requests may carry a whole draft order: a larger body limit than 1 MiB.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
 
     @property
     def jwks_url(self) -> str:

@@ -21,6 +21,7 @@ from common.app import service_app
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
 from common.db import make_sessionmaker
+from common.errors import BodyRefusedError
 from common.health import Check
 from common.jwks import JwksCache
 from common.runtime import Runtime
@@ -161,7 +162,7 @@ def create_app(
     @app.post("/fhir")
     async def bundle(request: Request) -> Response:
         check_accept(request)
-        body = await rest._json_body(request, settings.max_body_bytes)
+        body = await rest._json_body(request, settings.max_json_depth)
         kind = body.get("type") if isinstance(body, dict) else None
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
             raise FhirError([Issue("POST to the base takes a batch or transaction Bundle", code="invalid")])
@@ -265,12 +266,12 @@ def create_app(
 
     @app.post("/fhir/{rtype}")
     async def create(rtype: str, request: Request) -> Response:
-        body = await rest._json_body(request, settings.max_body_bytes)
+        body = await rest._json_body(request, settings.max_json_depth)
         return await guarded(request, lambda s, c: rest.create(s, c, rtype, body), interaction="create", target=rtype)
 
     @app.put("/fhir/{rtype}/{rid}")
     async def update(rtype: str, rid: str, request: Request) -> Response:
-        body = await rest._json_body(request, settings.max_body_bytes)
+        body = await rest._json_body(request, settings.max_json_depth)
         return await guarded(
             request, lambda s, c: rest.update(s, c, rtype, rid, body), interaction="update", target=f"{rtype}/{rid}"
         )
@@ -301,6 +302,10 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def fhir_error(_r: Request, exc: FhirError) -> Response:
         return rest.fhir_response(exc.outcome(), exc.status)
+
+    @app.exception_handler(BodyRefusedError)
+    async def body_refused(_r: Request, exc: BodyRefusedError) -> Response:
+        return _outcome(exc.status, "too-costly", exc.message)
 
     @app.exception_handler(UnauthorizedError)
     async def unauthorized(_r: Request, _e: UnauthorizedError) -> Response:

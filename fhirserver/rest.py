@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.bodies import parse_json
 from fhirserver import cursor, history, storage
 from fhirserver.audit import AuditRecord, AuditWriter
 from fhirserver.errors import FhirError, GoneError, Issue, NotFoundError, PreconditionFailedError
@@ -333,19 +334,12 @@ def _searchset(
 # --- writes ------------------------------------------------------------------------------------
 
 
-async def _json_body(request: Request, limit: int) -> Any:
+async def _json_body(request: Request, max_depth: int) -> Any:
+    # BodyLimitMiddleware has already held the body to max_body_bytes (413) and its depth (400).
     check_content_type(request)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise FhirError([Issue(f"the body is larger than {limit} bytes", code="too-costly")], status=413)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise FhirError([Issue(f"the body is larger than {limit} bytes", code="too-costly")], status=413)
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
+        return parse_json(await request.body(), max_depth=max_depth)
+    except ValueError:
         raise FhirError([Issue("the body is not valid JSON", code="structure")]) from None
 
 

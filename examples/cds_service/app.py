@@ -4,13 +4,14 @@ Run alone with `python -m examples.cds_service` (MOCKEHR_CDS_*; see serve.py) or
 `uvicorn --factory examples.cds_service.app:create_app`.
 
 Every route authenticates the CDS Client's JWT first (auth.py), so an unauthenticated caller
-learns nothing — not even whether a service id exists or a body is valid: a bare 401.
+learns nothing — not even whether a service id exists or a body is valid: a bare 401. Only the
+size and nesting of a body are checked before that (413, 400), so that a stranger cannot make the
+service hold or parse more than its limits.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -22,12 +23,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from common.bodies import parse_json
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
+from common.errors import BodyRefusedError
 from common.health import Check, health_router
 from common.http import make_http_client
 from common.logs import configure_logging
-from common.middleware import SecurityHeadersMiddleware
+from common.middleware import SecurityHeadersMiddleware, limit_bodies
 from common.replay import MemoryReplayStore, RedisReplayStore, ReplayStore
 from common.settings import load_settings
 from examples.cds_service.auth import TrustedClients, Unauthorized, authenticate
@@ -56,17 +59,10 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge("request body too large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge("request body too large")
+async def _json_body(request: Request, max_depth: int) -> Any:
+    # At most max_body_bytes: BodyLimitMiddleware has counted it before authentication.
     try:
-        return json.loads(bytes(body))
+        return parse_json(await request.body(), max_depth=max_depth)
     except ValueError:
         raise BadRequest("body is not JSON") from None
 
@@ -116,13 +112,22 @@ def create_app(
             if own:
                 await http.aclose()
 
+    # No redirect_slashes: a redirect would be built from the Host header, before authentication.
     app = FastAPI(
-        title="mockehr example CDS Service", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="mockehr example CDS Service",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.clock = clock
     app.state.issued = IssuedCards(clock)
     app.state.feedback = FeedbackLog()
+    # Bounded before the JWT is even looked at: a stranger cannot make this service hold more
+    # than max_body_bytes, nor parse deeper than max_json_depth.
+    limit_bodies(app, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
     # Outermost: a preflight from a configured origin is answered before routing or auth
     # (a browser sends no Authorization header on a preflight).
@@ -137,6 +142,11 @@ def create_app(
     async def unauthorized(_request: Request, _exc: Unauthorized) -> Response:
         # Bare 401: no body, no reason (CDS Hooks security: never tell an attacker what failed).
         return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(BodyRefusedError)
+    async def body_refused(_request: Request, exc: BodyRefusedError) -> Response:
+        refusal = TooLarge(exc.message) if exc.status == 413 else BadRequest(exc.message)
+        return JSONResponse({"error": refusal.code, "message": refusal.message}, status_code=refusal.status)
 
     @app.exception_handler(CdsError)
     async def cds_error(_request: Request, exc: CdsError) -> Response:
@@ -175,7 +185,7 @@ def create_app(
         if service is None:
             return not_found()
         try:
-            hook_request = HookRequest.model_validate(await _json_body(request, settings.max_request_bytes))
+            hook_request = HookRequest.model_validate(await _json_body(request, settings.max_json_depth))
         except ValidationError as exc:
             raise BadRequest(_first_error(exc)) from None
         if hook_request.hook != service.hook:
@@ -200,7 +210,7 @@ def create_app(
         if service_id not in SERVICES:
             return not_found()
         try:
-            body = FeedbackBody.model_validate(await _json_body(request, settings.max_request_bytes))
+            body = FeedbackBody.model_validate(await _json_body(request, settings.max_json_depth))
         except ValidationError as exc:
             raise BadRequest(_first_error(exc)) from None
         issued = [(item, app.state.issued.get(item.card)) for item in body.feedback]

@@ -55,7 +55,8 @@ class CdsSettings(ServiceSettings):
     fhir_servers: list[str] = Field(default_factory=lambda: ["https://localhost:9002/fhir"])
     fhir_timeout_seconds: float = Field(default=4.0, gt=0, le=30)
     max_fhir_response_bytes: int = Field(default=8 * MIB, ge=1024, le=64 * MIB)
-    max_request_bytes: int = Field(default=5 * MIB, ge=1024, le=64 * MIB)
+    # Hook requests carry prefetch: a larger body limit than the other services' 1 MiB.
+    max_body_bytes: int = Field(default=5 * MIB, ge=1024, le=64 * MIB)
 
     # Where the `smart` links of the medication-safety cards point (the example SMART app).
     smart_launch_url: str = "https://localhost:9004/launch"

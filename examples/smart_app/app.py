@@ -42,7 +42,7 @@ from common.errors import TokenInvalidError
 from common.health import Check, health_router
 from common.jose import import_public_jwks, verify_jwt
 from common.logs import configure_logging
-from common.middleware import SecurityHeadersMiddleware
+from common.middleware import SecurityHeadersMiddleware, limit_bodies
 from common.settings import load_settings
 from examples.smart_app.launches import Pending, PendingLaunches
 from examples.smart_app.settings import SmartAppSettings
@@ -100,7 +100,17 @@ def create_app(
         logging.getLogger("fhirclient").setLevel(logging.ERROR)
         yield
 
-    app = FastAPI(title="mockehr example SMART app", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # No redirect_slashes: a redirect would be built from the Host header.
+    app = FastAPI(
+        title="mockehr example SMART app",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
+    # The app takes no bodies at all; whatever is sent is bounded before anything reads it.
+    limit_bodies(app, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.tls)
 
     async def blocking(work: Callable[[requests.Session], T]) -> T:
@@ -169,7 +179,9 @@ def create_app(
             raise LaunchError(f"The authorization server answered: {params['error'][:64]}")
         if params.get("iss") != started.issuer:  # RFC 9207 mix-up defence, before the code is sent anywhere
             raise LaunchError("The answer came from another authorization server (iss).")
-        url = str(request.url)
+        # fhirclient reads code and state from this URL: the configured redirect URI, never one
+        # built from the Host header.
+        url = f"{settings.redirect_uri}?{request.url.query}"
         try:
             client = await blocking(lambda session: redeem(settings, session, started.client_state, url))
         except LaunchError as exc:

@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from authserver.app import create_app
+from authserver.models import IssuedTokenRow
 from authserver.settings import AuthSettings
 from common.jose import new_jti
 from tests.integration.apps import serving
@@ -116,6 +118,21 @@ def _claims(auth: Harness, client_id: str = "backend-1", **overrides: Any) -> di
 )
 async def test_every_bad_assertion_is_invalid_client(auth: Harness, make: Any) -> None:
     _assert_invalid_client(await auth.token(_form(make(auth))))
+
+
+@pytest.mark.parametrize(
+    "aud",
+    [[f"{AUTH}/token", "https://other.example/token"], ["https://other.example/token", f"{AUTH}/token"]],
+    ids=["this-server-first", "this-server-second"],
+)
+async def test_an_assertion_also_addressed_to_another_server_gets_no_token(auth: Harness, aud: list[str]) -> None:
+    # RFC 7523 §3: the other server received this assertion too and could replay it here.
+    response = await auth.token(_form(auth.assertion("backend-1", aud=aud)))
+
+    _assert_invalid_client(response)
+    async with auth.app.state.runtime.sessions() as session:
+        issued = (await session.execute(select(IssuedTokenRow.jti))).scalars().all()
+    assert issued == []
 
 
 async def test_an_assertion_cannot_be_replayed(auth: Harness) -> None:

@@ -12,6 +12,7 @@ from authserver.models import IssuedTokenRow
 from tests.integration.authharness import (
     AUTH,
     FHIR,
+    TOKEN_URL,
     TT_ACCESS,
     Harness,
     claims_of,
@@ -168,6 +169,10 @@ async def test_a_user_assertion_cannot_be_replayed(auth: Harness) -> None:
         pytest.param(lambda h: h.user_assertion("Practitioner/dr-a", typ="at+jwt"), id="an-access-token-typ"),
         pytest.param(lambda h: h.user_assertion("Practitioner/dr-a", client_id="ehr-2"), id="signed-by-another-client"),
         pytest.param(lambda h: h.user_assertion("Practitioner/dr-a", aud="https://ehr.test/cds"), id="wrong-aud"),
+        pytest.param(
+            lambda h: h.user_assertion("Practitioner/dr-a", aud=[TOKEN_URL, "https://other.example/token"]),
+            id="aud-naming-another-server-too",
+        ),
         pytest.param(lambda h: h.user_assertion("Practitioner/dr-a", exp=int(h.clock()) + 600), id="lifetime-too-long"),
         pytest.param(lambda h: h.user_assertion("Practitioner/nobody"), id="unknown-user"),
     ],

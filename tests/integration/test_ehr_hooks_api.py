@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from ehr.models import CdsExchangeRow
 from ehr.principal import Principal
+from ehr.settings import EhrSettings
 from tests.integration.authharness import claims_of
 from tests.integration.ehrharness import (
     DISCOVERY,
@@ -226,22 +227,22 @@ async def test_hostile_identifiers_and_numbers_get_a_json_4xx_on_every_database_
 
 
 async def test_a_body_over_the_cap_is_refused_whether_streamed_or_declared(h: EhrHarness) -> None:
-    from ehr.api import MAX_BODY_BYTES
+    cap = EhrSettings().max_body_bytes
 
     async def chunks() -> AsyncIterator[bytes]:
         # No Content-Length: the cap must hold while streaming.
         yield b'{"patientId": "x", "context": {"pad": "'
-        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+        for _ in range(cap // 65536 + 2):
             yield b"x" * 65536
         yield b'"}}'
 
     streamed = await h.ehr.post("/api/hooks/patient-view", content=chunks(), headers=h.admin)
-    assert streamed.status_code == 400
-    assert streamed.json() == {"error": "invalid_request", "message": f"the body exceeds {MAX_BODY_BYTES} bytes"}
+    assert streamed.status_code == 413
+    assert streamed.json() == {"error": "too_large", "message": f"the body is larger than {cap} bytes"}
     declared = await h.ehr.post(
         "/api/hooks/patient-view",
         content=b"{}",
-        headers={**h.admin, "Content-Length": str(MAX_BODY_BYTES + 1)},
+        headers={**h.admin, "Content-Length": str(cap + 1)},
     )
-    assert declared.status_code == 400
+    assert declared.status_code == 413
     assert h.cds.calls("/cds-services/greeting") == []

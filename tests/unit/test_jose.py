@@ -521,13 +521,24 @@ def test_verify_refuses_a_token_for_another_audience_or_without_one(
     assert refused(verify, token) == reason
 
 
-@pytest.mark.parametrize("aud", [[AUD], ["https://other.example", AUD], [AUD, AUD + "/"]])
-def test_verify_accepts_an_audience_array_that_contains_the_audience(
+def test_verify_accepts_the_audience_as_an_array_of_that_one_member(
+    es384: SigningKey, verify: Callable[..., VerifiedToken]
+) -> None:
+    token = sign_jwt(good_claims(aud=[AUD]), es384, typ="JWT")
+
+    assert verify(token).claims["aud"] == [AUD]
+
+
+@pytest.mark.parametrize(
+    "aud", [["https://other.example", AUD], [AUD, "https://other.example"], [AUD, AUD + "/"], [AUD, AUD]]
+)
+def test_verify_refuses_an_audience_array_that_names_anything_besides_the_audience(
     aud: list[str], es384: SigningKey, verify: Callable[..., VerifiedToken]
 ) -> None:
+    # The other audience received the same token and could replay it here.
     token = sign_jwt(good_claims(aud=aud), es384, typ="JWT")
 
-    assert verify(token).claims["aud"] == aud
+    assert refused(verify, token) == "aud names other audiences too"
 
 
 def test_verify_applies_check_audience_after_the_standard_checks(
