@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,10 +53,18 @@ def _run(args: list[str], cwd: Path, timeout: float = INSTALL_TIMEOUT) -> subpro
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel built from this checkout; returns its bin/ folder."""
     root = tmp_path_factory.mktemp("install")
-    wheels = root / "wheels"
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(REPO_ROOT)], root
+    # Built from a copy: setuptools writes build/ into the source tree, and a stale build/lib there
+    # (or a developer's .venv) must neither end up in the wheel nor be touched.
+    source = root / "source"
+    shutil.copytree(
+        REPO_ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".mockehr", "test-artifacts", ".*_cache"
+        ),
     )
+    wheels = root / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(wheels), str(source)], root)
     [wheel] = wheels.glob("mockehr-*.whl")
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], root)
