@@ -160,7 +160,9 @@ def init(
     seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1,
     compose_names: Annotated[
         bool,
-        typer.Option("--compose-names", help="Services reach each other by their compose names (https://ehr:9000, …)"),
+        typer.Option(
+            "--compose-names", help="Services reach each other by their compose names (https://ehr.localhost:9000, …)"
+        ),
     ] = False,
 ) -> None:
     """Create the CA, certificates, secrets, schema, keys, clients and demo data (what compose's init runs)."""
@@ -632,7 +634,7 @@ def services_add(
         bool, typer.Option("--keep-existing", help="Change nothing if this discovery URL is already registered")
     ] = False,
     compose_names: Annotated[
-        bool, typer.Option("--compose-names", help="Reach the EHR by its compose name (https://ehr:9000)")
+        bool, typer.Option("--compose-names", help="Reach the EHR by its compose name (https://ehr.localhost:9000)")
     ] = False,
     base_port: BasePort = None,
     data_dir: DataDir = None,

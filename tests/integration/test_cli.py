@@ -221,8 +221,14 @@ def test_init_registers_the_ehr_and_the_example_service_with_compose_names(tmp_p
         for c in json.loads(_invoke("clients", "list", "--json", "--data-dir", str(tmp_path), "--db", database_url)[1])
     }
     assert listed["ehr"]["first_party"] is True and listed["ehr"]["kind"] == "ehr"
-    assert listed["ehr"]["jwks_uri"] == "https://ehr:9000/.well-known/jwks.json"
+    assert listed["ehr"]["jwks_uri"] == "https://ehr.localhost:9000/.well-known/jwks.json"
     assert listed["cds-example"]["kind"] == "cds-service" and "patient/Observation.rs" in listed["cds-example"]["scope"]
+    # The certificate covers the names a browser on the host and the compose network both resolve.
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "server.pem").read_bytes())
+    names = set(
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    )
+    assert {f"{s}.localhost" for s in ("ehr", "authserver", "fhirserver", "cds-example", "smart-example")} <= names
 
 
 def test_a_piped_table_keeps_every_column_whole(tmp_path: Path, database_url: str) -> None:
