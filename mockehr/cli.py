@@ -41,10 +41,19 @@ app.add_typer(ca_app, name="ca")
 app.add_typer(clients_app, name="clients")
 app.add_typer(services_app, name="services")
 
-# Piped (CI logs, `| grep`), tables keep their natural width instead of being cut at 80 columns;
-# COLUMNS still decides when set.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 4096)
+out = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def _output_width() -> None:
+    """Piped (CI logs, `| grep`), tables keep their natural width instead of being cut at 80
+    columns; COLUMNS still decides when set. Decided per invocation, not at import."""
+    if "COLUMNS" in os.environ:
+        out.width = int(os.environ["COLUMNS"]) if os.environ["COLUMNS"].isdigit() else 80
+    elif not out.is_terminal:
+        out.width = 4096
+
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory (env MOCKEHR_DATA_DIR; default ./.mockehr)")

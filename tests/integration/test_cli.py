@@ -231,7 +231,10 @@ def test_init_registers_the_ehr_and_the_example_service_with_compose_names(tmp_p
     assert {f"{s}.localhost" for s in ("ehr", "authserver", "fhirserver", "cds-example", "smart-example")} <= names
 
 
-def test_a_piped_table_keeps_every_column_whole(tmp_path: Path, database_url: str) -> None:
+def test_a_piped_table_keeps_every_column_whole(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
     types = ("Patient", "Observation", "Condition", "Encounter", "Procedure", "MedicationRequest", "Immunization")
     scope = " ".join(f"system/{t}.rs" for t in types)
     base = ["--data-dir", str(tmp_path), "--db", database_url]
