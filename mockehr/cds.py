@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,13 @@ class EhrApi:
     def __init__(self, stack: Stack, *, timeout: float = HOOK_TIMEOUT_SECONDS) -> None:
         self.base_url = stack.base_url("ehr")
         token = os.environ.get("MOCKEHR_ADMIN_TOKEN") or _read_token(stack.data_dir / "admin-token")
+        try:
+            verify = client_ssl_context(stack.data_dir / "ca.pem")
+        except ssl.SSLError as exc:
+            raise ConfigError(f"cannot load the CA {stack.data_dir / 'ca.pem'}: {exc.reason or exc}") from None
         self._client = httpx.Client(
             base_url=self.base_url,
-            verify=client_ssl_context(stack.data_dir / "ca.pem"),
+            verify=verify,
             timeout=timeout,
             follow_redirects=False,
             trust_env=False,
@@ -66,9 +71,13 @@ class EhrApi:
 
 def _read_token(path: Path) -> str:
     try:
-        return path.read_text().strip()
+        token = path.read_text(encoding="ascii", errors="replace").strip()
     except OSError:
         raise ConfigError(f"no admin token at {path} (run `mockehr up` or `mockehr init` first)") from None
+    # A header value must be one line of visible ASCII (RFC 9110 §5.5); never send a broken one.
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(f"the admin token in {path} is empty or not one printable word")
+    return token
 
 
 def _absolute(path: Path | None) -> str | None:
@@ -140,6 +149,44 @@ def print_services(out: Console, services: list[dict[str, Any]]) -> None:
             s["clientId"],
         )
     out.print(table)
+
+
+def check_hook(hook: str) -> None:
+    from ehr.hooks import HOOKS
+
+    if hook not in HOOKS:
+        raise ConfigError(f"unknown hook {hook!r}: one of {', '.join(HOOKS)}")
+
+
+def user_reference(stack: Stack, user: str) -> str:
+    """`Practitioner/<id>` (or another user reference) as given, or a demo login looked up in the
+    data dir's demo-users.json (what `up` printed)."""
+    from ehr.hooks import USER_TYPES
+
+    if "/" in user:
+        if user.split("/", 1)[0] not in USER_TYPES:
+            raise ConfigError(f"--user {user!r}: a reference must start with one of {', '.join(USER_TYPES)}")
+        return user
+    path = stack.data_dir / "demo-users.json"
+    try:
+        users = json.loads(path.read_text())
+    except (OSError, ValueError):
+        users = {}
+    found = users.get(user) if isinstance(users, dict) else None
+    if not isinstance(found, dict) or not isinstance(found.get("fhirUser"), str):
+        logins = ", ".join(sorted(users)) if isinstance(users, dict) and users else "none"
+        raise ConfigError(f"--user {user!r} is neither Practitioner/<id> nor a login in {path} (logins: {logins})")
+    return str(found["fhirUser"])
+
+
+def logical_id(resource_type: str, value: str) -> str:
+    """`<id>` or `<resource_type>/<id>` → `<id>`; a reference to another type is refused."""
+    kind, slash, rest = value.partition("/")
+    if not slash:
+        return value
+    if kind != resource_type or "/" in rest:
+        raise ConfigError(f"{value!r}: give <id> or {resource_type}/<id>")
+    return rest
 
 
 def hook_body(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.errors import ConfigError, MockEhrError
@@ -42,6 +44,17 @@ app.add_typer(services_app, name="services")
 out = Console()
 err = Console(stderr=True)
 
+
+@app.callback()
+def _output_width() -> None:
+    """Piped (CI logs, `| grep`), tables keep their natural width instead of being cut at 80
+    columns; COLUMNS still decides when set. Decided per invocation, not at import."""
+    if "COLUMNS" in os.environ:
+        out.width = int(os.environ["COLUMNS"]) if os.environ["COLUMNS"].isdigit() else 80
+    elif not out.is_terminal:
+        out.width = 4096
+
+
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Data directory (env MOCKEHR_DATA_DIR; default ./.mockehr)")
 ]
@@ -51,7 +64,12 @@ Db = Annotated[
 Redis = Annotated[str | None, typer.Option("--redis", help="Redis URL (env MOCKEHR_REDIS_URL)")]
 BasePort = Annotated[
     int | None,
-    typer.Option("--base-port", help="The EHR's port; the others use +1 to +5 (env MOCKEHR_BASE_PORT; default 9000)"),
+    typer.Option(
+        "--base-port",
+        min=1,
+        max=65530,
+        help="The EHR's port; the others use +1 to +5 (env MOCKEHR_BASE_PORT; default: the running stack's, else 9000)",
+    ),
 ]
 Host = Annotated[
     str | None, typer.Option("--host", help="Interface to listen on (env MOCKEHR_HOST; default 127.0.0.1)")
@@ -68,35 +86,71 @@ def _stack(
     redis: str | None = None,
     base_port: int | None = None,
     host: str | None = None,
+    *,
+    creates: bool = False,
 ) -> Stack:
+    """The stack a command works on: flags, then MOCKEHR_* variables, then what the `mockehr up`
+    running on the data dir recorded (stack.json), then the defaults.
+
+    Only `up` and `init` (creates=True) may work on a data dir that does not exist yet.
+    """
+    from mockehr import preflight
+    from mockehr.running import read_record
+
     try:
         cfg = CliSettings()
     except ValueError as exc:
         raise ConfigError(f"invalid MOCKEHR_* environment: {str(exc).splitlines()[0]}") from None
+    directory = data_dir or cfg.data_dir
+    record = None
+    if not creates:
+        preflight.require_data_dir(directory)
+        record = read_record(directory)
     return Stack(
-        data_dir=data_dir or cfg.data_dir,
-        host=host or cfg.host,
-        base_port=base_port or cfg.base_port,
-        database_url=db or cfg.database_url,
-        redis_url=redis or cfg.redis_url,
+        data_dir=directory,
+        host=host or cfg.host or (record.host if record else "127.0.0.1"),
+        base_port=base_port or cfg.base_port or (record.base_port if record else 9000),
+        database_url=db or cfg.database_url or (record.database_url if record else None),
+        redis_url=redis or cfg.redis_url or (record.redis_url if record else None),
+        public_host=record.public_host if record else "localhost",
         kek_value=cfg.key_encryption_key.get_secret_value() if cfg.key_encryption_key else None,
     )
 
 
 def _run(fn: Callable[[], T]) -> T:
-    """Run a command body, turning our errors into one line on stderr and exit code 2."""
+    """Run a command body; whatever goes wrong is one line on stderr and exit code 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return fn()
     except MockEhrError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        message = str(exc)
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        message = f"database error: {type(reason).__name__}: {_first_line(reason)}"
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{':' if where else ''}{where}"
+    except Exception as exc:  # the contract: never a traceback (MOCKEHR_TRACEBACK=1 shows it)
+        if os.environ.get("MOCKEHR_TRACEBACK"):
+            raise
+        message = f"unexpected {type(exc).__name__}: {_first_line(exc)} (MOCKEHR_TRACEBACK=1 shows where)"
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
 
 
 async def _with_sessions(stack: Stack, body: Callable[[Any], Any]) -> Any:
     from common.db import make_engine, make_sessionmaker
+    from mockehr import preflight
 
     engine = make_engine(stack.db_url)
     try:
+        await preflight.check_schema(engine, stack.db_url)
         return await body(make_sessionmaker(engine))
     finally:
         await engine.dispose()
@@ -108,13 +162,16 @@ async def _with_sessions(stack: Stack, body: Callable[[Any], Any]) -> Any:
 @app.command()
 def init(
     data_dir: DataDir = None,
+    base_port: BasePort = None,
     db: Db = None,
     redis: Redis = None,
     patients: Patients = 30,
     seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1,
     compose_names: Annotated[
         bool,
-        typer.Option("--compose-names", help="Services reach each other by their compose names (https://ehr:9000, …)"),
+        typer.Option(
+            "--compose-names", help="Services reach each other by their compose names (https://ehr.localhost:9000, …)"
+        ),
     ] = False,
 ) -> None:
     """Create the CA, certificates, secrets, schema, keys, clients and demo data (what compose's init runs)."""
@@ -124,7 +181,7 @@ def init(
 
         from mockehr import setup
 
-        stack = dataclasses.replace(_stack(data_dir, db, redis), compose_names=compose_names)
+        stack = dataclasses.replace(_stack(data_dir, db, redis, base_port, creates=True), compose_names=compose_names)
         setup.check(stack, ports=False)
         report = setup.prepare(stack, patients=patients, seed_value=seed)
         out.print(f"initialised {stack.data_dir} ({'seeded' if report.seeded_now else 'data kept'})")
@@ -142,18 +199,28 @@ def up(
     patients: Patients = 30,
 ) -> None:
     """Start the whole stack over HTTPS and keep it running until Ctrl-C or SIGTERM."""
-    from mockehr import setup, supervisor
+    from mockehr import preflight, setup, supervisor
+    from mockehr.running import DataDirLock
     from mockehr.summary import print_summary
 
-    stack = _run(lambda: _stack(data_dir, db, redis, base_port, host))
+    stack = _run(lambda: _stack(data_dir, db, redis, base_port, host, creates=True))
     started = time.monotonic()
+    lock = DataDirLock(stack.data_dir)
 
     def prepare() -> setup.SetupReport:
+        preflight.check_data_dir(stack.data_dir)
+        # Before anything else touches the data dir or the database: one stack per data dir.
+        lock.acquire()
         setup.check(stack, ports=True)
         return setup.prepare(stack, patients=patients)
 
-    report = _run(prepare)
+    try:
+        report = _run(prepare)
+    except BaseException:
+        lock.release()
+        raise
     running = supervisor.start(stack)
+    lock.record(stack, ((r.name, r.process.pid) for r in running))
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -178,6 +245,7 @@ def up(
         out.print("stopping…")
     finally:
         supervisor.stop(running)
+        lock.release()
     out.print("stopped")
 
 
@@ -195,13 +263,13 @@ def _register_example_service(stack: Stack) -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(data_dir: DataDir = None, db: Db = None) -> None:
+def db_upgrade(data_dir: DataDir = None, base_port: BasePort = None, db: Db = None) -> None:
     """Apply the migrations (alembic upgrade head)."""
 
     def body() -> None:
         from mockehr import migrate, preflight
 
-        stack = _stack(data_dir, db)
+        stack = _stack(data_dir, db, base_port=base_port)
         preflight.check_data_dir(stack.data_dir)
         asyncio.run(preflight.check_database(stack.db_url))
         migrate.upgrade(stack.db_url)
@@ -213,6 +281,7 @@ def db_upgrade(data_dir: DataDir = None, db: Db = None) -> None:
 @app.command()
 def seed(
     data_dir: DataDir = None,
+    base_port: BasePort = None,
     db: Db = None,
     patients: Patients = 30,
     seed: Annotated[int, typer.Option(help="Seed of the generator")] = 1,
@@ -222,7 +291,7 @@ def seed(
     def body() -> None:
         from mockehr.demo import seed as do_seed
 
-        stack = _stack(data_dir, db)
+        stack = _stack(data_dir, db, base_port=base_port)
         users = asyncio.run(
             _with_sessions(stack, lambda s: do_seed(s, stack.data_dir, patients=patients, seed_value=seed))
         )
@@ -235,13 +304,14 @@ def seed(
 def load(
     files: Annotated[list[Path], typer.Argument(help="FHIR transaction Bundles (JSON)")],
     data_dir: DataDir = None,
+    base_port: BasePort = None,
     db: Db = None,
     json_out: Json = False,
 ) -> None:
     """Import FHIR transaction Bundles, each all-or-nothing (load referenced bundles first)."""
     from mockehr.loader import load_files
 
-    stack = _run(lambda: _stack(data_dir, db))
+    stack = _run(lambda: _stack(data_dir, db, base_port=base_port))
     results = _run(lambda: asyncio.run(_with_sessions(stack, lambda s: load_files(s, files))))
     if json_out:
         out.print_json(json.dumps([r.as_json() for r in results]))
@@ -257,11 +327,11 @@ def load(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False) -> None:
+def keys_list(data_dir: DataDir = None, base_port: BasePort = None, db: Db = None, json_out: Json = False) -> None:
     """List signing keys with their status (active, retiring until a time, retired)."""
     from common.keys import list_keys
 
-    stack = _run(lambda: _stack(data_dir, db))
+    stack = _run(lambda: _stack(data_dir, db, base_port=base_port))
     rows = _run(lambda: asyncio.run(_with_sessions(stack, list_keys)))
     items = [
         {
@@ -288,6 +358,7 @@ def keys_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False) -
 def keys_rotate(
     service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SIGNING_SERVICES)}")],
     data_dir: DataDir = None,
+    base_port: BasePort = None,
     db: Db = None,
     alg: Annotated[str, typer.Option(help="ES384, RS384 or ES256")] = "ES384",
     overlap: Annotated[
@@ -307,7 +378,7 @@ def keys_rotate(
             raise ConfigError(f"unsupported algorithm {alg!r}: one of {', '.join(ALGORITHMS)}")
         if overlap < 0:
             raise ConfigError("--overlap must be ≥ 0")
-        stack = _stack(data_dir, db)
+        stack = _stack(data_dir, db, base_port=base_port)
         kek = stack.kek()
         new, old = asyncio.run(_with_sessions(stack, lambda s: rotate(s, service, alg, kek, int(time.time()), overlap)))
         out.print(f"{service}: new key {new} active" + (f"; {old} published for {overlap} s more" if old else ""))
@@ -323,6 +394,7 @@ def clients_add(
     client_id: Annotated[str, typer.Argument(help="The client_id (for a CDS Service: fhirAuthorization.subject)")],
     kind: Annotated[str, typer.Option(help="ehr, cds-service, smart-app or backend")],
     data_dir: DataDir = None,
+    base_port: BasePort = None,
     db: Db = None,
     name: Annotated[str, typer.Option(help="A display name")] = "",
     scope: Annotated[list[str] | None, typer.Option("--scope", help="An approved scope (repeat)")] = None,
@@ -375,7 +447,7 @@ def clients_add(
                 return (await clients.register(session, client, secret)).public_json()
 
         try:
-            return dict(asyncio.run(_with_sessions(_stack(data_dir, db), save)))
+            return dict(asyncio.run(_with_sessions(_stack(data_dir, db, base_port=base_port), save)))
         except (ClientError, InvalidScopeError) as exc:
             raise ConfigError(str(exc)) from None
 
@@ -389,7 +461,7 @@ def clients_add(
 
 
 @clients_app.command("list")
-def clients_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False) -> None:
+def clients_list(data_dir: DataDir = None, base_port: BasePort = None, db: Db = None, json_out: Json = False) -> None:
     """List registered clients (never their secrets)."""
     from authserver import clients
 
@@ -397,7 +469,7 @@ def clients_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False
         async with sessions() as session:
             return [c.public_json() for c in await clients.list_all(session)]
 
-    stack = _run(lambda: _stack(data_dir, db))
+    stack = _run(lambda: _stack(data_dir, db, base_port=base_port))
     items = _run(lambda: asyncio.run(_with_sessions(stack, load)))
     if json_out:
         out.print_json(json.dumps(items))
@@ -409,7 +481,7 @@ def clients_list(data_dir: DataDir = None, db: Db = None, json_out: Json = False
 
 
 @clients_app.command("disable")
-def clients_disable(client_id: str, data_dir: DataDir = None, db: Db = None) -> None:
+def clients_disable(client_id: str, data_dir: DataDir = None, base_port: BasePort = None, db: Db = None) -> None:
     """Disable a client: it can no longer authenticate or be named in a token exchange."""
     from authserver import clients
 
@@ -417,7 +489,7 @@ def clients_disable(client_id: str, data_dir: DataDir = None, db: Db = None) -> 
         async with sessions() as session, session.begin():
             return await clients.set_active(session, client_id, False)
 
-    stack = _run(lambda: _stack(data_dir, db))
+    stack = _run(lambda: _stack(data_dir, db, base_port=base_port))
     if not _run(lambda: asyncio.run(_with_sessions(stack, disable))):
         err.print(f"[red]error:[/red] no client {client_id!r}", highlight=False)
         raise typer.Exit(2)
@@ -427,10 +499,23 @@ def clients_disable(client_id: str, data_dir: DataDir = None, db: Db = None) -> 
 # --- ca ----------------------------------------------------------------------------------------
 
 
+def _check_ca(stack: Stack) -> Path:
+    """The data dir's CA certificate, checked to be one."""
+    from cryptography import x509
+
+    path = stack.data_dir / "ca.pem"
+    try:
+        x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM certificate; run `mockehr init` on a new data dir") from None
+    return path
+
+
 @ca_app.command("issue")
 def ca_issue(
     hosts: Annotated[list[str], typer.Argument(help="Host names and IP addresses (SANs)")],
     data_dir: DataDir = None,
+    base_port: BasePort = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write HOST.pem and HOST-key.pem")] = Path("."),
 ) -> None:
     """Issue a certificate signed by the dev CA, e.g. for your own CDS Service on localhost."""
@@ -438,7 +523,8 @@ def ca_issue(
     def body() -> None:
         from common.tls import CertPaths, issue_certificate
 
-        stack = _stack(data_dir)
+        stack = _stack(data_dir, base_port=base_port)
+        _check_ca(stack)
         paths = CertPaths(cert=out_dir / f"{hosts[0]}.pem", key=out_dir / f"{hosts[0]}-key.pem")
         issue_certificate(stack.data_dir, hosts, paths)
         out.print(
@@ -450,14 +536,12 @@ def ca_issue(
 
 
 @ca_app.command("path")
-def ca_path(data_dir: DataDir = None) -> None:
-    """Print the path of the dev CA certificate (creating the CA if needed)."""
+def ca_path(data_dir: DataDir = None, base_port: BasePort = None) -> None:
+    """Print the path of the dev CA certificate (made by `mockehr init` or `up`)."""
 
     def body() -> None:
-        from common.tls import ensure_ca
-
-        stack = _stack(data_dir)
-        out.print(str(ensure_ca(stack.data_dir).cert.resolve()), highlight=False, soft_wrap=True)
+        stack = _stack(data_dir, base_port=base_port)
+        out.print(str(_check_ca(stack).resolve()), highlight=False, soft_wrap=True)
 
     _run(body)
 
@@ -497,6 +581,7 @@ def probe(
         from common.http import check_outbound_url
 
         stack = _stack(data_dir, base_port=base_port)
+        _check_ca(stack)
         try:
             check_outbound_url(url)
         except ValueError as exc:
@@ -558,7 +643,7 @@ def services_add(
         bool, typer.Option("--keep-existing", help="Change nothing if this discovery URL is already registered")
     ] = False,
     compose_names: Annotated[
-        bool, typer.Option("--compose-names", help="Reach the EHR by its compose name (https://ehr:9000)")
+        bool, typer.Option("--compose-names", help="Reach the EHR by its compose name (https://ehr.localhost:9000)")
     ] = False,
     base_port: BasePort = None,
     data_dir: DataDir = None,
@@ -637,9 +722,9 @@ def services_disable(service_id: str, data_dir: DataDir = None, base_port: BaseP
 @app.command("hook")
 def hook_command(
     hook: Annotated[str, typer.Argument(help="patient-view, order-select, order-sign, order-dispatch, …")],
-    user: Annotated[str, typer.Option("--user", help="The user, e.g. Practitioner/<id>")],
-    patient: Annotated[str, typer.Option("--patient", help="The patient's id")],
-    encounter: Annotated[str | None, typer.Option("--encounter", help="The encounter's id")] = None,
+    user: Annotated[str, typer.Option("--user", help="The user: a demo login (dr.alvarez) or Practitioner/<id>")],
+    patient: Annotated[str, typer.Option("--patient", help="The patient: <id> or Patient/<id>")],
+    encounter: Annotated[str | None, typer.Option("--encounter", help="The encounter: <id> or Encounter/<id>")] = None,
     service: Annotated[list[str] | None, typer.Option("--service", help="Call only this service (repeat)")] = None,
     context: Annotated[
         str | None, typer.Option("--context", help="Extra context as a JSON object (e.g. draftOrders)")
@@ -654,11 +739,19 @@ def hook_command(
     """Fire a hook at the running EHR and print the cards; exit 1 if a service failed."""
     from urllib.parse import quote
 
-    from mockehr.cds import EhrApi, hook_body, print_hook_result
+    from mockehr.cds import EhrApi, check_hook, hook_body, logical_id, print_hook_result, user_reference
 
     def body() -> tuple[Any, Any]:
-        payload = hook_body(user, patient, encounter, service or [], context)
-        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+        check_hook(hook)
+        stack = _stack(data_dir, base_port=base_port)
+        payload = hook_body(
+            user_reference(stack, user),
+            logical_id("Patient", patient),
+            logical_id("Encounter", encounter) if encounter else None,
+            service or [],
+            context,
+        )
+        with EhrApi(stack) as api:
             result = api.call("POST", f"/api/hooks/{quote(hook, safe='')}", payload)
             exchange = None
             if show_request and result["services"]:

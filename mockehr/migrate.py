@@ -1,7 +1,14 @@
-"""Run the alembic migrations programmatically (`mockehr db upgrade`, `mockehr init`, tests)."""
+"""Run the alembic migrations programmatically (`mockehr db upgrade`, `mockehr init`, tests).
+
+The migrations are the repository's top-level alembic/ folder. A wheel ships them as the package
+`mockehr.migrations` (pyproject.toml maps the folder to that name), so they are found through the
+import system wherever mockehr is installed, never next to site-packages, where `alembic/` is the
+Alembic library itself. A checkout that is not installed falls back to the folder.
+"""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from alembic.config import Config
@@ -9,12 +16,25 @@ from alembic.script import ScriptDirectory
 
 from alembic import command
 
-ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT_MIGRATIONS = Path(__file__).resolve().parent.parent / "alembic"
+
+
+def script_location() -> Path:
+    """The folder holding env.py and versions/."""
+    try:
+        # `mockehr.migrations` has no __init__.py (an __init__.py in the checkout's alembic/ would
+        # turn it into a package shadowing the library), so ask for a file inside it.
+        env = resources.files("mockehr.migrations").joinpath("env.py")
+    except ModuleNotFoundError:
+        return CHECKOUT_MIGRATIONS
+    return Path(str(env)).parent
 
 
 def alembic_config(database_url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    # Built in memory: alembic.ini is only for running `alembic` by hand in a checkout.
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes["database_url"] = database_url
     return cfg
 

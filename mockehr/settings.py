@@ -14,8 +14,9 @@ class CliSettings(BaseSettings):
     data_dir: Path = Path(".mockehr")
     database_url: str | None = None
     redis_url: str | None = None
-    host: str = "127.0.0.1"
-    base_port: int = Field(default=9000, ge=1, le=65532)
+    # Unset: what `mockehr up` recorded in the data dir (stack.json), else 127.0.0.1 and 9000.
+    host: str | None = None
+    base_port: int | None = Field(default=None, ge=1, le=65530)
     # The key-encryption key the services use (their MOCKEHR_<SVC>_KEY_ENCRYPTION_KEY). Unset:
     # `<data_dir>/kek`, as in development mode. Keys made by `keys rotate` / `init` use it.
     key_encryption_key: SecretStr | None = None

@@ -19,7 +19,7 @@ from ehr.settings import EhrSettings
 from mockehr import migrate, preflight
 from mockehr.demo import DemoUser, demo_users, is_seeded, seed
 from mockehr.registry import register_stack_clients
-from mockehr.stack import SERVICES, SIGNING_SERVICES, Stack
+from mockehr.stack import SERVICES, SIGNING_SERVICES, Stack, compose_host
 
 
 def signing_alg(service: str) -> Alg:
@@ -49,7 +49,8 @@ def check(stack: Stack, *, ports: bool) -> None:
 def prepare(stack: Stack, *, patients: int = 30, seed_value: int = 1, do_seed: bool = True) -> SetupReport:
     """CA and certificate, secrets, schema, signing keys, demo data."""
     ensure_ca(stack.data_dir)
-    hosts = tuple(dict.fromkeys((*STACK_HOSTS, stack.public_host)))
+    compose_hosts = (compose_host(s.name) for s in SERVICES)
+    hosts = tuple(dict.fromkeys((*STACK_HOSTS, *compose_hosts, stack.public_host)))
     ensure_server_certificate(stack.data_dir, hosts)
     read_or_create_secret(stack.data_dir / "admin-token")
     # The FHIR server's paging-cursor key: made here so services can mount the data read-only.

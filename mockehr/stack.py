@@ -33,6 +33,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
 SIGNING_SERVICES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.signs)
 
 
+def compose_host(name: str) -> str:
+    """The host name of service `name` under docker-compose (a network alias; RFC 6761 .localhost)."""
+    return f"{name}.localhost"
+
+
 def spec(name: str) -> ServiceSpec:
     for service in SERVICES:
         if service.name == name:
@@ -48,7 +53,10 @@ class Stack:
     database_url: str | None = None
     redis_url: str | None = None
     public_host: str = "localhost"
-    # docker-compose: each service is reached by its own name on its default port.
+    # docker-compose: each service is reached as <name>.localhost on its default port. A browser
+    # resolves every *.localhost name to loopback by itself (RFC 6761 §6.3), where compose
+    # publishes the same ports, and inside the compose network they are the services' aliases:
+    # one URL works on both sides, with no hosts-file entry.
     compose_names: bool = False
     kek_value: str | None = None  # from MOCKEHR_KEY_ENCRYPTION_KEY; else <data_dir>/kek
 
@@ -69,7 +77,7 @@ class Stack:
 
     def base_url(self, name: str) -> str:
         if self.compose_names:
-            return f"https://{name}:{9000 + spec(name).port_offset}"
+            return f"https://{compose_host(name)}:{9000 + spec(name).port_offset}"
         return f"https://{self.public_host}:{self.port(name)}"
 
     def url(self, name: str) -> str:

@@ -1,7 +1,8 @@
 """Running the stack's services as separate uvicorn processes, and stopping them cleanly.
 
-Each service runs exactly as compose runs it: `python -m uvicorn --factory <module>:create_app`
-with its settings in MOCKEHR_<SVC>_* variables. Output goes to `<data_dir>/logs/<service>.log`.
+Each service runs as compose runs it, `uvicorn --factory <module>:create_app` (through
+mockehr/serve.py, which only changes how idle connections end at a stop), with its settings in
+MOCKEHR_<SVC>_* variables. Output goes to `<data_dir>/logs/<service>.log`.
 
 `MOCKEHR_<SVC>_WORKERS=N` runs N worker processes of a service behind one port (uvicorn's
 process manager): replicas share nothing but the database (and Redis), so this is safe for every
@@ -27,6 +28,10 @@ from common.errors import ConfigError
 from common.tls import client_ssl_context
 from mockehr.stack import SERVICES, Stack, spec
 
+# `up` stops within 2 s: the services' grace, then SIGKILL for whatever is left.
+GRACEFUL_SHUTDOWN_SECONDS = 1
+STOP_SECONDS = 2.0
+
 
 @dataclass
 class Running:
@@ -50,7 +55,7 @@ def _command(stack: Stack, name: str, processes: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "uvicorn",
+        "mockehr.serve",  # uvicorn's CLI; aborts idle connections on stop (see mockehr/serve.py)
         "--factory",
         spec(name).factory,
         "--host",
@@ -64,8 +69,10 @@ def _command(stack: Stack, name: str, processes: int = 1) -> list[str]:
         "--no-server-header",
         # The login rate limit counts per client IP: never let a local client claim another one.
         "--no-proxy-headers",
+        # In-flight requests get this long to finish once a stop is asked for; with idle
+        # connections aborted (mockehr/serve.py) a normal stop takes well under it.
         "--timeout-graceful-shutdown",
-        "5",
+        str(GRACEFUL_SHUTDOWN_SECONDS),
         *extra,
     ]
 
@@ -132,7 +139,7 @@ def wait_ready(stack: Stack, running: list[Running], timeout: float = 60.0) -> N
                 time.sleep(0.1)
 
 
-def stop(running: list[Running], timeout: float = 10.0) -> None:
+def stop(running: list[Running], timeout: float = STOP_SECONDS) -> None:
     for r in running:
         if r.process.poll() is None:
             r.process.send_signal(signal.SIGTERM)

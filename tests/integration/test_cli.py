@@ -17,11 +17,19 @@ from authserver.passwords import verify_password
 from common.db import make_engine, make_sessionmaker
 from common.errors import KeyDecryptionError
 from common.keys import KeyStore
+from common.tls import ensure_ca
 from fhirserver import storage
 from fhirserver.models import ResourceRow
 from mockehr.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _initialised(tmp_path: Path) -> None:
+    """The tests use tmp_path as the data dir: give it the CA `init` would (commands other than
+    `up` and `init` refuse a data dir those have not made; tests/integration/test_cli_data_dir.py)."""
+    ensure_ca(tmp_path)
 
 
 def _invoke(*args: str) -> tuple[int, str, str]:
@@ -121,6 +129,7 @@ def test_keys_list_shows_each_key_once_rotated(tmp_path: Path, database_url: str
 
 def test_ca_issue_writes_a_certificate_for_the_users_own_service(tmp_path: Path) -> None:
     data, out_dir = tmp_path / "data", tmp_path / "certs"
+    ensure_ca(data)
     code, out, err = _invoke("ca", "issue", "my-cds.local", "127.0.0.1", "--data-dir", str(data), "--out", str(out_dir))
     assert code == 0, err
     cert = x509.load_pem_x509_certificate((out_dir / "my-cds.local.pem").read_bytes())
@@ -212,5 +221,28 @@ def test_init_registers_the_ehr_and_the_example_service_with_compose_names(tmp_p
         for c in json.loads(_invoke("clients", "list", "--json", "--data-dir", str(tmp_path), "--db", database_url)[1])
     }
     assert listed["ehr"]["first_party"] is True and listed["ehr"]["kind"] == "ehr"
-    assert listed["ehr"]["jwks_uri"] == "https://ehr:9000/.well-known/jwks.json"
+    assert listed["ehr"]["jwks_uri"] == "https://ehr.localhost:9000/.well-known/jwks.json"
     assert listed["cds-example"]["kind"] == "cds-service" and "patient/Observation.rs" in listed["cds-example"]["scope"]
+    # The certificate covers the names a browser on the host and the compose network both resolve.
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "server.pem").read_bytes())
+    names = set(
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    )
+    assert {f"{s}.localhost" for s in ("ehr", "authserver", "fhirserver", "cds-example", "smart-example")} <= names
+
+
+def test_a_piped_table_keeps_every_column_whole(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    types = ("Patient", "Observation", "Condition", "Encounter", "Procedure", "MedicationRequest", "Immunization")
+    scope = " ".join(f"system/{t}.rs" for t in types)
+    base = ["--data-dir", str(tmp_path), "--db", database_url]
+    args = ["clients", "add", "a-backend-with-a-long-name", "--kind", "backend", *base]
+    args += ["--jwks-uri", "https://backend.example/jwks.json"]
+    code, _, err = _invoke(*args, *[x for s in scope.split() for x in ("--scope", s)])
+    assert code == 0, err
+    code, out, _ = _invoke("clients", "list", *base)
+    assert code == 0
+    row = next(line for line in out.splitlines() if "a-backend-with-a-long-name" in line)
+    assert scope in row

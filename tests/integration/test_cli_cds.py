@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common.tls import ensure_ca
 from mockehr.cli import app
 
 runner = CliRunner()
@@ -27,6 +28,7 @@ def _invoke(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
+    ensure_ca(tmp_path)
     (tmp_path / "admin-token").write_text("a-token\n")
     return tmp_path
 
@@ -46,6 +48,7 @@ def test_the_commands_say_when_the_ehr_is_not_running(data_dir: Path) -> None:
 
 
 def test_without_an_admin_token_nothing_is_sent(tmp_path: Path) -> None:
+    ensure_ca(tmp_path)
     code, _, err = _invoke("services", "list", "--data-dir", str(tmp_path), "--base-port", str(_free_port()))
     assert code == 2
     assert f"no admin token at {tmp_path / 'admin-token'}" in err
@@ -87,3 +90,53 @@ def test_hook_context_must_be_a_json_object(data_dir: Path) -> None:
             str(data_dir),
         )
         assert code == 2 and "--context must be a JSON object" in err
+
+
+def test_an_unknown_hook_is_refused_naming_the_valid_ones_before_anything_is_sent(data_dir: Path) -> None:
+    code, _, err = _invoke(
+        "hook", "patient-veiw", "--user", "Practitioner/p", "--patient", "p1", "--data-dir", str(data_dir)
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: unknown hook 'patient-veiw': one of patient-view, order-select, order-sign, order-dispatch, "
+        "encounter-start, encounter-discharge, appointment-book"
+    ]
+
+
+def test_a_login_that_is_not_a_demo_user_is_refused_naming_the_logins(data_dir: Path) -> None:
+    (data_dir / "demo-users.json").write_text(
+        '{"dr.alvarez": {"fhirUser": "Practitioner/a", "password": "x", "patients": ["p1"]}}'
+    )
+    port = str(_free_port())
+    code, _, err = _invoke(
+        "hook",
+        "patient-view",
+        "--user",
+        "dr.nobody",
+        "--patient",
+        "p1",
+        "--data-dir",
+        str(data_dir),
+        "--base-port",
+        port,
+    )
+    assert code == 2
+    assert "--user 'dr.nobody' is neither Practitioner/<id> nor a login" in err and "(logins: dr.alvarez)" in err
+    # A known login and Patient/<id> get as far as the EHR (not running here).
+    code, _, err = _invoke(
+        "hook",
+        "patient-view",
+        "--user",
+        "dr.alvarez",
+        "--patient",
+        "Patient/p1",
+        "--data-dir",
+        str(data_dir),
+        "--base-port",
+        port,
+    )
+    assert code == 2 and f"cannot reach the EHR at https://localhost:{port}" in err
+    code, _, err = _invoke(
+        "hook", "patient-view", "--user", "dr.alvarez", "--patient", "Encounter/p1", "--data-dir", str(data_dir)
+    )
+    assert code == 2 and "give <id> or Patient/<id>" in err
