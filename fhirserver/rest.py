@@ -23,7 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fhirserver import cursor, storage
 from fhirserver.audit import AuditRecord, AuditWriter
-from fhirserver.errors import FhirError, GoneError, Issue, NotFoundError, PreconditionFailedError
+from fhirserver.errors import (
+    FhirError,
+    GoneError,
+    Issue,
+    NotFoundError,
+    PreconditionFailedError,
+    VersionConflictError,
+)
 from fhirserver.guard import Access, ForbiddenError, Guard, Permission, Principal, View
 from fhirserver.models import ResourceVersionRow
 from fhirserver.negotiation import FHIR_JSON, check_content_type, prefer_return, strict_handling
@@ -405,7 +412,13 @@ async def update(session: AsyncSession, ctx: Context, rtype: str, rid: str, body
     if if_match is not None and (not exists or current is None or if_match.strip() != _etag(current.version_id)):
         raise PreconditionFailedError([Issue("If-Match does not name the current version", code="conflict")])
     validate_resource(body)
-    stored, created = await storage.write(session, dict(body), method="PUT", now=_now(ctx))
+    try:
+        stored, created = await storage.write(session, dict(body), method="PUT", now=_now(ctx))
+    except VersionConflictError:
+        if if_match is None:
+            raise  # 409: a plain update lost a race; the client may read and try again
+        # http.html "Managing Resource Contention": the version If-Match named is no longer current.
+        raise PreconditionFailedError([Issue("If-Match does not name the current version", code="conflict")]) from None
     await _must_stay_in_compartment(session, ctx, access, rtype, rid)
     return _written(ctx, stored, 201 if created else 200)
 
