@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from common.numbers import bounded_int
 from fhirserver import cursor, storage
 from fhirserver.audit import AuditRecord, AuditWriter
 from fhirserver.errors import (
@@ -54,6 +55,14 @@ def _etag(version: int | str) -> str:
 
 def _not_found(rtype: str, rid: str) -> NotFoundError:
     return NotFoundError([Issue(f"{rtype}/{rid} is not known", code="not-found")])
+
+
+def _version_id(vid: str) -> int:
+    """A version id as this server writes them: 1 … storage.MAX_VERSION_ID (an INTEGER column)."""
+    version = bounded_int(vid, 1, storage.MAX_VERSION_ID)
+    if version is None:
+        raise FhirError([Issue(f"a version id is an integer from 1 to {storage.MAX_VERSION_ID}", code="invalid")])
+    return version
 
 
 @dataclass
@@ -136,10 +145,11 @@ async def read(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Res
 
 
 async def vread(session: AsyncSession, ctx: Context, rtype: str, rid: str, vid: str) -> Response:
+    version = _version_id(vid)
     access = await ctx.access(rtype, "r")
-    if not await visible(session, ctx, rtype, rid, access) or not vid.isdigit():
+    if not await visible(session, ctx, rtype, rid, access):
         raise _not_found(rtype, rid)
-    row = await session.get(ResourceVersionRow, (rtype, rid, int(vid)))
+    row = await session.get(ResourceVersionRow, (rtype, rid, version))
     if row is None:
         raise _not_found(rtype, f"{rid}/_history/{vid}")
     if row.content is None:
@@ -239,7 +249,13 @@ async def search_type(
         params, offset = page.params, page.offset
     access = await ctx.access(rtype, "s")
     result = await search(
-        session, rtype, params, restriction=ctx.restriction(access), base_url=ctx.settings.fhir_base_url, offset=offset
+        session,
+        rtype,
+        params,
+        restriction=ctx.restriction(access),
+        base_url=ctx.settings.fhir_base_url,
+        offset=offset,
+        limits=ctx.settings.search_limits,
     )
     if result.unknown and strict_handling(ctx.request):
         raise FhirError(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, event, insert, select, text, update
+from sqlalchemy import and_, event, insert, select, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession

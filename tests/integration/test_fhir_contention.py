@@ -86,9 +86,7 @@ async def test_racing_plain_updates_answer_200_or_409_and_lose_no_update(fhir: F
 
     responses = await asyncio.gather(
         *(
-            fhir.client.put(
-                "/fhir/Observation/contended", json=dict(body, valueString=f"racer {n}"), headers=headers
-            )
+            fhir.client.put("/fhir/Observation/contended", json=dict(body, valueString=f"racer {n}"), headers=headers)
             for n in range(RACERS)
         )
     )
