@@ -62,6 +62,9 @@ class ServiceSettings(BaseSettings):
     key_publish_ahead_seconds: float = Field(default=5.0, ge=0, le=600)
 
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Every statement of the service's database sessions stops after this long (common/db.py):
+    # a runaway query cannot outlive its client or hold a backend for minutes.
+    db_statement_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("public_url")

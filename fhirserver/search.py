@@ -44,7 +44,7 @@ from sqlalchemy.orm import QueryableAttribute, aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from common.numbers import bounded_int
+from common.numbers import INT64_MAX, bounded_int
 from fhirserver import searchparams, storage
 from fhirserver.errors import FhirError, Issue
 from fhirserver.indexing import MAX_STRING, date_range, normalize
@@ -611,9 +611,9 @@ def _parse_controls(
 
 def _count(name: str, value: str) -> int:
     """search.html#count: a page size; above the server's maximum it is lowered to it."""
-    count = bounded_int(value, 0, 10**18)
+    count = bounded_int(value, 0, INT64_MAX)
     if count is None:
-        raise _bad(name, "_count takes an integer from 0 (at most 19 digits)")
+        raise _bad(name, f"_count takes an integer from 0 to {INT64_MAX}")
     return count
 
 
