@@ -106,9 +106,12 @@ async def test_a_large_count_is_lowered_to_the_page_maximum(fhir: FhirHarness) -
 @pytest.mark.parametrize("rid", ["a,b", "x" * 65, "a b", "%C2%B2"])
 async def test_a_read_of_something_that_is_not_an_id_finds_nothing(fhir: FhirHarness, rid: str) -> None:
     headers = await _system(fhir)
-    await fhir.client.put(
-        "/fhir/Observation/a", json={"resourceType": "Observation", "id": "a", "status": "final", "code": {}}
+    written = await fhir.client.put(
+        "/fhir/Observation/a",
+        json={"resourceType": "Observation", "id": "a", "status": "final", "code": {"text": "a"}},
+        headers=headers,
     )
+    assert written.status_code == 201
     response = await fhir.client.get(f"/fhir/Observation/{rid}", headers=headers)
     _outcome(response, 404, "not-found")
 
