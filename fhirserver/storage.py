@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, event, insert, select, update
+from sqlalchemy import and_, event, insert, select, text, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -153,6 +153,26 @@ async def _advance(session: AsyncSession, current: ResourceRow, values: dict[str
         raise _conflict(current.resource_type, current.id)
     for name, value in values.items():
         set_committed_value(current, name, value)
+
+
+# A write of this many resources at once refreshes the planner's statistics (refresh_statistics).
+ANALYZE_AFTER_RESOURCES = 1000
+
+
+async def refresh_statistics(session: AsyncSession) -> None:
+    """ANALYZE the FHIR tables on PostgreSQL, after a bulk write (`mockehr load`, a large transaction).
+
+    Autovacuum analyses a table only after a fraction of it changed, and later: meanwhile the
+    planner's statistics say that the values just written match "1 row". The search statements
+    are shaped not to depend on those estimates (search._intersected); fresh statistics keep the
+    rest of the planner's choices right too. SQLite's plans are built without statistics on
+    purpose (search._NoIndex), so nothing is done there. ANALYZE samples a bounded number of
+    rows per table, and inside a transaction it sees that transaction's own rows.
+    """
+    if (await session.connection()).dialect.name != "postgresql":
+        return
+    tables = ", ".join(model.__tablename__ for model in (ResourceRow, ResourceVersionRow, *INDEX_TABLES))
+    await session.execute(text(f"ANALYZE {tables}"))
 
 
 async def bulk_create(
