@@ -34,11 +34,13 @@ from authserver.token_exchange import ExchangeRequest, check_actor, check_servic
 from authserver.tokens import TOKEN_TYPE_ACCESS, Grant
 from authserver.users import User
 from common.errors import TokenInvalidError
+from common.numbers import INT32_MAX, bounded_int
 from common.runtime import Runtime
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 AUTHORIZATION_CODE = "authorization_code"
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a grant type name, not a secret
+MAX_FEED_PAGE = 5000
 
 
 def _one(form: Any, name: str) -> str:
@@ -201,20 +203,25 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         return JSONResponse({}, headers=NO_STORE)
 
     @router.get("/revocations")
-    async def revocations(
-        runtime: RuntimeDep, after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=5000)
-    ) -> JSONResponse:
+    async def revocations(runtime: RuntimeDep, after: str = Query("0"), limit: str = Query("1000")) -> JSONResponse:
         """The feed FHIR server replicas poll (every ≤ 0.5 s) to honour revocations within 1 s.
 
         It lists only jti values of revoked, unexpired tokens — identifiers of dead tokens, not
-        credentials — so it needs no authentication.
+        credentials — so it needs no authentication. `after` is a sequence number (an INTEGER
+        column) and `limit` a page size: anything else is `invalid_request`, never a 500.
         """
+        after_seq = bounded_int(after, 0, INT32_MAX)
+        if after_seq is None:
+            raise InvalidRequestError(f"after must be an integer from 0 to {INT32_MAX}")
+        page = bounded_int(limit, 1, MAX_FEED_PAGE)
+        if page is None:
+            raise InvalidRequestError(f"limit must be an integer from 1 to {MAX_FEED_PAGE}")
         now = int(runtime.clock())
         async with runtime.sessions() as session:
-            rows = await tokens.feed(session, after, now, limit)
+            rows = await tokens.feed(session, after_seq, now, page)
         # Sequence values can commit out of order under concurrency: pollers ask again from a
         # little before `last` and deduplicate by jti, so a late commit is never skipped.
-        last = rows[-1].seq if rows else after
+        last = rows[-1].seq if rows else after_seq
         return JSONResponse(
             {"revocations": [{"jti": r.jti, "exp": r.exp} for r in rows], "last": last},
             headers={"Cache-Control": "no-store"},

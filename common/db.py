@@ -2,17 +2,26 @@
 
 SQLite (aiosqlite) is the embedded default; PostgreSQL goes through asyncpg. Alembic owns the
 schema: nothing here creates tables.
+
+Every statement of a service is bounded in time (`statement_timeout`, the services' setting
+`MOCKEHR_<SERVICE>_DB_STATEMENT_TIMEOUT_SECONDS`): on PostgreSQL by the server's own
+`statement_timeout`, set at connection start-up, so the backend stops even when the client is
+gone; on SQLite by a progress handler that interrupts a statement past its deadline (SQLite has
+no timer of its own: the handler runs every few thousand VM instructions, so a statement waiting
+on a lock is bounded by busy_timeout instead). Either way the statement fails with an error
+`is_statement_timeout` recognises, which the FHIR server answers with 503 `too-costly`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -72,16 +81,67 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """Create the async engine. SQLite gets WAL, a busy timeout and enforced foreign keys."""
+def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | None = None) -> AsyncEngine:
+    """Create the async engine. SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    `statement_timeout` (seconds; None: unbounded, for the CLI's bulk work) bounds every
+    statement run through the engine (see the module docstring).
+    """
     parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        if statement_timeout is not None:
+            _bound_sqlite_statements(engine, statement_timeout)
         return engine
+    connect_args: dict[str, Any] = {}
+    if statement_timeout is not None:
+        # Milliseconds, at least 1 (0 would mean "no timeout").
+        connect_args["server_settings"] = {"statement_timeout": str(max(1, round(statement_timeout * 1000)))}
     # No pre-ping: it costs a round trip per checkout on every request. A connection the
     # server dropped fails its next statement, asyncpg reports it, and the pool discards it.
-    return create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    return create_async_engine(
+        parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, connect_args=connect_args
+    )
+
+
+_DEADLINE = "mockehr.statement_deadline"
+_PROGRESS_STEPS = 10_000  # VM instructions between two looks at the clock (~0.1 ms of work)
+
+
+def _bound_sqlite_statements(engine: AsyncEngine, seconds: float) -> None:
+    """Interrupt any SQLite statement still running `seconds` after it started."""
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        deadline = record.info[_DEADLINE] = [float("inf")]
+
+        def past_deadline() -> int:  # runs in aiosqlite's thread; non-zero interrupts the statement
+            return 1 if time.monotonic() > deadline[0] else 0
+
+        dbapi_connection.run_async(lambda conn: conn.set_progress_handler(past_deadline, _PROGRESS_STEPS))
+
+    def before(conn: Any, *_args: Any) -> None:
+        deadline = conn.info.get(_DEADLINE)
+        if deadline is not None:
+            deadline[0] = time.monotonic() + seconds
+
+    def after(conn: Any, *_args: Any) -> None:
+        deadline = conn.info.get(_DEADLINE)
+        if deadline is not None:
+            deadline[0] = float("inf")
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "after_cursor_execute", after)
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """Did the database stop this statement for running too long (make_engine's bound)?"""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    # PostgreSQL: query_canceled (57014); SQLite: the progress handler's interrupt.
+    return getattr(orig, "sqlstate", None) == "57014" or str(orig) == "interrupted"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

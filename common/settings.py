@@ -67,6 +67,9 @@ class ServiceSettings(BaseSettings):
     # max_json_depth levels of arrays and objects.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_json_depth: int = Field(default=64, ge=8, le=128)
+    # Every statement of the service's database sessions stops after this long (common/db.py):
+    # a runaway query cannot outlive its client or hold a backend for minutes.
+    db_statement_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("public_url")

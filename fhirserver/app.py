@@ -7,6 +7,7 @@ Without a token only /fhir/metadata and /fhir/.well-known/smart-configuration an
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -15,12 +16,13 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.app import service_app
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
-from common.db import make_sessionmaker
+from common.db import is_statement_timeout, make_sessionmaker
 from common.errors import BodyRefusedError
 from common.health import Check
 from common.jwks import JwksCache
@@ -37,6 +39,7 @@ from fhirserver.search import COMPARTMENT_TYPES, patients_of_practitioner
 from fhirserver.settings import FhirSettings
 
 Handler = Callable[[Any, rest.Context], Awaitable[Response]]
+_log = logging.getLogger(__name__)
 
 
 def _outcome(status: int, code: str, diagnostics: str) -> Response:
@@ -318,6 +321,14 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(UnavailableError)
     async def unavailable(_r: Request, _e: UnavailableError) -> Response:
         return _outcome(503, "transient", "authorization state is temporarily unavailable; retry")
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(_r: Request, exc: DBAPIError) -> Response:
+        if is_statement_timeout(exc):
+            # The statement ran past MOCKEHR_FHIR_DB_STATEMENT_TIMEOUT_SECONDS and was stopped.
+            return _outcome(503, "too-costly", "the request took too long and was stopped; narrow it or retry later")
+        _log.error("database error: %s", type(exc.orig).__name__)
+        return _outcome(500, "exception", "the request failed")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_r: Request, _e: RequestValidationError) -> Response:

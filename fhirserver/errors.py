@@ -58,5 +58,9 @@ class ConflictError(FhirError):
     status = 409
 
 
+class VersionConflictError(ConflictError):
+    """Another request wrote the same resource first (R4 http.html "Managing Resource Contention")."""
+
+
 def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [i.to_json() for i in issues]}

@@ -25,9 +25,17 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.bodies import parse_json
+from common.numbers import bounded_int
 from fhirserver import cursor, history, storage
 from fhirserver.audit import AuditRecord, AuditWriter
-from fhirserver.errors import FhirError, GoneError, Issue, NotFoundError, PreconditionFailedError
+from fhirserver.errors import (
+    FhirError,
+    GoneError,
+    Issue,
+    NotFoundError,
+    PreconditionFailedError,
+    VersionConflictError,
+)
 from fhirserver.guard import Access, ForbiddenError, Guard, Permission, Principal, View
 from fhirserver.models import ResourceVersionRow
 from fhirserver.negotiation import FHIR_JSON, check_content_type, prefer_return, strict_handling
@@ -51,6 +59,14 @@ def _etag(version: int | str) -> str:
 
 def _not_found(rtype: str, rid: str) -> NotFoundError:
     return NotFoundError([Issue(f"{rtype}/{rid} is not known", code="not-found")])
+
+
+def _version_id(vid: str) -> int:
+    """A version id as this server writes them: 1 … storage.MAX_VERSION_ID (an INTEGER column)."""
+    version = bounded_int(vid, 1, storage.MAX_VERSION_ID)
+    if version is None:
+        raise FhirError([Issue(f"a version id is an integer from 1 to {storage.MAX_VERSION_ID}", code="invalid")])
+    return version
 
 
 @dataclass
@@ -133,15 +149,11 @@ async def read(session: AsyncSession, ctx: Context, rtype: str, rid: str) -> Res
 
 
 MAX_HISTORY = 200
-_MAX_VERSION_DIGITS = 9  # version ids are 32-bit integers in the database
 
 
 async def vread(session: AsyncSession, ctx: Context, rtype: str, rid: str, vid: str) -> Response:
+    version = _version_id(vid)
     access = await ctx.access(rtype, "r")
-    missing = _not_found(rtype, f"{rid}/_history/{vid}")
-    if not (vid.isascii() and vid.isdigit()) or len(vid) > _MAX_VERSION_DIGITS:
-        raise missing
-    version = int(vid)
     # The version before it too: a deletion is shown when the version it deleted is.
     rows = (
         await session.execute(
@@ -157,7 +169,7 @@ async def vread(session: AsyncSession, ctx: Context, rtype: str, rid: str, vid: 
     )
     row = next((r for r in shown if r.version_id == version), None)
     if row is None:
-        raise missing
+        raise _not_found(rtype, f"{rid}/_history/{vid}")
     if row.content is None:
         raise GoneError([Issue(f"version {vid} of {rtype}/{rid} is a deletion", code="deleted")])
     return fhir_response(json.loads(row.content), headers={"ETag": _etag(row.version_id)})
@@ -263,7 +275,13 @@ async def search_type(
         params, offset = page.params, page.offset
     access = await ctx.access(rtype, "s")
     result = await search(
-        session, rtype, params, restriction=ctx.restriction(access), base_url=ctx.settings.fhir_base_url, offset=offset
+        session,
+        rtype,
+        params,
+        restriction=ctx.restriction(access),
+        base_url=ctx.settings.fhir_base_url,
+        offset=offset,
+        limits=ctx.settings.search_limits,
     )
     if result.unknown and strict_handling(ctx.request):
         raise FhirError(
@@ -452,7 +470,13 @@ async def update(session: AsyncSession, ctx: Context, rtype: str, rid: str, body
     if if_match is not None and (not exists or current is None or if_match.strip() != _etag(current.version_id)):
         raise PreconditionFailedError([Issue("If-Match does not name the current version", code="conflict")])
     validate_resource(body)
-    stored, created = await storage.write(session, dict(body), method="PUT", now=_now(ctx))
+    try:
+        stored, created = await storage.write(session, dict(body), method="PUT", now=_now(ctx))
+    except VersionConflictError:
+        if if_match is None:
+            raise  # 409: a plain update lost a race; the client may read and try again
+        # http.html "Managing Resource Contention": the version If-Match named is no longer current.
+        raise PreconditionFailedError([Issue("If-Match does not name the current version", code="conflict")]) from None
     await _must_be_within_scopes(session, ctx, access, rtype, rid)
     return _written(ctx, stored, 201 if created else 200)
 

@@ -7,13 +7,18 @@ lookup indexes of fhirserver.models and nothing is filtered row by row in Python
 Supported: every indexed parameter of the supported types (fhirserver.searchparams) with the
 modifiers :missing (all types), :exact and :contains (string), :not and :text (token), :[type]
 (reference); prefixes eq ne gt lt ge le sa eb (date, number, quantity); `,` = OR and a
-repeated parameter = AND; _id, _lastUpdated, one level of chaining, _has (nested at most
-twice); _sort, _count, _summary (count, data, false), _total, _elements, _include and
+repeated parameter = AND; _id, _lastUpdated, chaining and _has (nested, see the limits below);
+_sort, _count, _summary (count, data, false), _total, _elements, _include and
 _revinclude (with :iterate to a second level, and `*`).
 
 Not supported: the `ap` prefix, :in / :not-in / :below / :above / :of-type / :identifier
 (reported as unknown parameters), composite and special parameters, _text, _content, _filter,
-_list, _query, _contained, _summary=true|text, chains longer than one link.
+_list, _query, _contained, _summary=true|text.
+
+Complexity is bounded (searchparams.SearchLimits, from settings): the number of parameters,
+of OR values per parameter, of links followed by chains and _has together, and of
+_include/_revinclude. A search past a limit is refused (400 `too-costly`, naming the limit),
+never half-run: the statement's size is bounded before it is built.
 
 References: `Type/id`, a bare `id` (matching any of the parameter's target types), an absolute
 URL under this server's base URL (the same as `Type/id`), any other absolute or canonical URL
@@ -29,16 +34,33 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, bindparam, false, func, literal, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    false,
+    func,
+    intersect,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute, aliased
+from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BinaryExpression
+from sqlalchemy.sql.selectable import ScalarSelect
 from sqlalchemy.sql.visitors import InternalTraversal
 
+from common.numbers import INT64_MAX, bounded_int
 from fhirserver import searchparams, storage
 from fhirserver.errors import FhirError, Issue
 from fhirserver.indexing import MAX_STRING, date_range, normalize
@@ -52,7 +74,7 @@ from fhirserver.models import (
     TokenIndexRow,
     UriIndexRow,
 )
-from fhirserver.searchparams import SUPPORTED_TYPES, SearchParam, compartment_params
+from fhirserver.searchparams import SUPPORTED_TYPES, SearchLimits, SearchParam, compartment_params
 
 __all__ = [
     "COMPARTMENT_TYPES",
@@ -71,7 +93,7 @@ Filters = list[list[tuple[str, str]]]
 Cond = ColumnElement[bool]
 Expr = ColumnElement[Any] | QueryableAttribute[Any]
 REF = SearchReferenceRow
-MAX_HAS_DEPTH = 2
+_DEFAULT_LIMITS = SearchLimits()
 MAX_INCLUDE_LEVELS = 2  # _include:iterate / _revinclude:iterate follow at most this many links
 
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -160,6 +182,11 @@ class _Controls:
 
 def _bad(name: str, message: str, code: str = "invalid") -> FhirError:
     return FhirError([Issue(message, code=code, expression=(name,))])
+
+
+def _too_costly(name: str, what: str, limit: int, setting: str) -> FhirError:
+    """A search past one of its limits (searchparams.SearchLimits): 400, naming the limit."""
+    return _bad(name, f"a search may have at most {limit} {what} (limit MOCKEHR_FHIR_{setting})", "too-costly")
 
 
 # --- values: escaping, prefixes, numbers, dates ---------------------------------------------
@@ -286,6 +313,20 @@ class _Builder:
     main_type: str
     restriction: Restriction | None
     base_url: str
+    limits: SearchLimits = field(default_factory=SearchLimits)
+
+    def values(self, name: str, value: str) -> list[str]:
+        """The OR values of one parameter (empty ones dropped), at most limits.max_values."""
+        values = [v for v in split_escaped(value, ",") if v != ""]
+        if len(values) > self.limits.max_values:
+            raise _too_costly(name, "values in one parameter", self.limits.max_values, "SEARCH_MAX_VALUES")
+        return values
+
+    def _deeper(self, raw: str, depth: int) -> int:
+        """The depth of a chain's or _has's inner search, within limits.max_chain_depth."""
+        if depth + 1 > self.limits.max_chain_depth:
+            raise _too_costly(raw, "chained or _has links", self.limits.max_chain_depth, "SEARCH_MAX_CHAIN_DEPTH")
+        return depth + 1
 
     def condition(self, rtype: str, cols: _Cols, raw: str, value: str, depth: int = 0) -> Cond:
         """The condition for one `name=value` pair on resources of `rtype` (raises _Unknown)."""
@@ -304,7 +345,7 @@ class _Builder:
         self._check_modifier(param, name)
         if name.modifier == "missing":
             return self._missing(rtype, cols, param, name, value)
-        values = [v for v in split_escaped(value, ",") if v != ""]
+        values = self.values(name.raw, value)
         if not values:
             return true()
         return self._typed(rtype, cols, param, name, values)
@@ -348,14 +389,14 @@ class _Builder:
     def _id(self, cols: _Cols, name: _Param, value: str) -> Cond:
         if name.modifier is not None or name.chain is not None:
             raise _bad(name.raw, "_id takes no modifier")
-        ids = [v for v in split_escaped(value, ",") if v]
+        ids = self.values(name.raw, value)
         return cols.id.in_(ids) if ids else true()
 
     def _last_updated(self, cols: _Cols, name: _Param, value: str) -> Cond:
         if name.modifier is not None or name.chain is not None:
             raise _bad(name.raw, "_lastUpdated takes no modifier")
         alternatives = []
-        for item in split_escaped(value, ","):
+        for item in self.values(name.raw, value) or [""]:
             prefix, text = _prefixed(name.raw, item)
             low, high = _dates(name.raw, text)
             alternatives.append(_range_cond(prefix, cols.last_updated, cols.last_updated, low, high))
@@ -447,9 +488,8 @@ class _Builder:
     def _chain(self, rtype: str, cols: _Cols, param: SearchParam, name: _Param, value: str, depth: int) -> Cond:
         if param.type != "reference":
             raise _bad(name.raw, f"{param.code} is not a reference parameter: it cannot be chained")
-        chained = name.chain or ""
-        if "." in chained:
-            raise _Unknown(name.raw)  # one level of chaining only
+        chained = name.chain or ""  # may chain further (a.b.c): each link is one level deeper
+        inner_depth = self._deeper(name.raw, depth)
         chained_code = _parse_name(chained).code
         if name.modifier is not None:
             if name.modifier not in param.targets:
@@ -462,21 +502,22 @@ class _Builder:
         alternatives = []
         for target in targets:
             inner = aliased(ResourceRow)
-            ids = self.matching_ids(target, _cols(inner), [(chained, value)], depth + 1)
+            ids = self.matching_ids(target, _cols(inner), [(chained, value)], inner_depth)
             alternatives.append(and_(REF.target_type == target, REF.target_id.in_(ids)))
         return self._ids_in(cols, REF, rtype, param.code, alternatives)
 
     def _has(self, rtype: str, cols: _Cols, raw: str, value: str, depth: int) -> Cond:
         """`_has:Type:param:criteria` — resources referenced by `param` of matching `Type`s."""
         parts = raw.split(":", 3)
-        if len(parts) != 4 or depth >= MAX_HAS_DEPTH:
+        if len(parts) != 4:
             raise _Unknown(raw)
+        inner_depth = self._deeper(raw, depth)
         _, source, code, criteria = parts
         param = searchparams.get(source, code)
         if source not in SUPPORTED_TYPES or param is None or param.type != "reference":
             raise _bad(raw, f"_has needs a supported type and one of its reference parameters, not {source}:{code}")
         inner = aliased(ResourceRow)
-        sources = self.matching_ids(source, _cols(inner), [(criteria, value)], depth + 1)
+        sources = self.matching_ids(source, _cols(inner), [(criteria, value)], inner_depth)
         refs = select(REF.target_id).where(
             REF.resource_type == source, REF.param == code, REF.target_type == rtype, REF.resource_id.in_(sources)
         )
@@ -504,7 +545,7 @@ class _Builder:
         return conds
 
     def _filter_group(self, rtype: str, cols: _Cols, group: Sequence[tuple[str, str]]) -> Cond:
-        unrestricted = _Builder(self.main_type, None, self.base_url)
+        unrestricted = _Builder(self.main_type, None, self.base_url, self.limits)
         try:
             return and_(true(), *[unrestricted.condition(rtype, cols, n, v) for n, v in group])
         except (_Unknown, FhirError):
@@ -554,8 +595,10 @@ def compartment_condition(rtype: str, id_col: ColumnElement[str], patient_ids: f
 
 
 def _parse_controls(
-    rtype: str, params: list[tuple[str, str]], default: int, maximum: int
+    rtype: str, params: list[tuple[str, str]], default: int, maximum: int, limits: SearchLimits
 ) -> tuple[_Controls, list[tuple[str, str]]]:
+    if len(params) > limits.max_parameters:
+        raise _too_costly(params[0][0], "parameters", limits.max_parameters, "SEARCH_MAX_PARAMETERS")
     controls, rest = _Controls(count=default), []
     for name, value in params:
         base = name.split(":", 1)[0]
@@ -566,7 +609,7 @@ def _parse_controls(
         elif base == "_count":
             controls.count = min(_count(name, value), maximum)
         elif base == "_sort":
-            controls.sort = _sort_keys(rtype, name, value)
+            controls.sort = _sort_keys(rtype, name, value, limits)
         elif base == "_summary":
             controls.summary = _summary(name, value)
         elif base == "_total":
@@ -574,16 +617,20 @@ def _parse_controls(
                 raise _bad(name, "_total takes none, estimate or accurate")
             controls.total = value
         elif base == "_elements":
-            controls.elements = _elements(name, value)
+            controls.elements = _elements(name, value, limits)
         else:
+            if len(controls.includes) >= limits.max_includes:
+                raise _too_costly(name, "_include/_revinclude", limits.max_includes, "SEARCH_MAX_INCLUDES")
             controls.includes.append(_include(name, value))
     return controls, rest
 
 
 def _count(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise _bad(name, "_count takes a non-negative integer")
-    return int(value)
+    """search.html#count: a page size; above the server's maximum it is lowered to it."""
+    count = bounded_int(value, 0, INT64_MAX)
+    if count is None:
+        raise _bad(name, f"_count takes an integer from 0 to {INT64_MAX}")
+    return count
 
 
 def _summary(name: str, value: str) -> str:
@@ -594,9 +641,12 @@ def _summary(name: str, value: str) -> str:
     return value
 
 
-def _elements(name: str, value: str) -> list[str]:
+def _elements(name: str, value: str, limits: SearchLimits) -> list[str]:
+    items = value.split(",")
+    if len(items) > limits.max_values:
+        raise _too_costly(name, "values in one parameter", limits.max_values, "SEARCH_MAX_VALUES")
     out = []
-    for item in value.split(","):
+    for item in items:
         element = item.strip().rsplit(".", 1)[-1]
         if not _ELEMENT.match(element):
             raise _bad(name, f"{item!r} is not an element name")
@@ -607,9 +657,12 @@ def _elements(name: str, value: str) -> list[str]:
 _SORTABLE = {"string", "token", "date", "number", "quantity", "uri"}
 
 
-def _sort_keys(rtype: str, name: str, value: str) -> list[tuple[str, bool]]:
+def _sort_keys(rtype: str, name: str, value: str, limits: SearchLimits) -> list[tuple[str, bool]]:
+    items = value.split(",")
+    if len(items) > limits.max_values:
+        raise _too_costly(name, "values in one parameter", limits.max_values, "SEARCH_MAX_VALUES")
     keys = []
-    for item in value.split(","):
+    for item in items:
         key = item.strip()
         if not key:
             continue
@@ -729,13 +782,16 @@ async def search(
     page_size_default: int = 20,
     page_size_max: int = 200,
     offset: int = 0,
+    limits: SearchLimits | None = None,
 ) -> SearchResult:
-    """Search `rtype` (R4 search.html). Malformed parameters raise FhirError (400); unknown or
-    unsupported ones are ignored and listed in `SearchResult.unknown`."""
+    """Search `rtype` (R4 search.html). Malformed parameters raise FhirError (400), and so does
+    a search past `limits` (default: SearchLimits()); unknown or unsupported parameters are
+    ignored and listed in `SearchResult.unknown`."""
     if rtype not in SUPPORTED_TYPES:
         raise FhirError([Issue(f"resource type {rtype!r} is not searchable", code="not-supported")])
+    limits = limits or _DEFAULT_LIMITS
     await storage.flush_index(session)
-    plan = _cached_plan(rtype, params, restriction, base_url, page_size_default, page_size_max)
+    plan = _cached_plan(rtype, params, restriction, base_url, page_size_default, page_size_max, limits)
     controls, offset = plan.controls, max(offset, 0)
     counted = controls.total != "none" or controls.summary == "count"
     if controls.summary == "count" or controls.count == 0:
@@ -801,7 +857,9 @@ async def find_by_id(
     common case (a plain id, no granular scope filter on the type)."""
     if rtype not in SUPPORTED_TYPES:
         raise FhirError([Issue(f"resource type {rtype!r} is not searchable", code="not-supported")])
-    if restriction.extra_filters or not _ID.match(rid):
+    if not _ID.match(rid):
+        return None  # not a FHIR id (R4 datatypes.html#id): no resource has it
+    if restriction.extra_filters:
         found = await search(
             session, rtype, [("_id", rid)], restriction=restriction, base_url=base_url, page_size_default=1
         )
@@ -878,13 +936,15 @@ def _cached_plan(
     base_url: str,
     default: int,
     maximum: int,
+    limits: SearchLimits,
 ) -> _Plan:
-    key = (rtype, tuple((str(n), str(v)) for n, v in params), _restriction_key(restriction), base_url, default, maximum)
+    params_key = tuple((str(n), str(v)) for n, v in params)
+    key = (rtype, params_key, _restriction_key(restriction), base_url, default, maximum, limits)
     plan = _PLANS.get(key)
     if plan is not None:
         _PLANS.move_to_end(key)
         return plan
-    plan = _plan(rtype, params, restriction, base_url, default, maximum)
+    plan = _plan(rtype, params, restriction, base_url, default, maximum, limits)
     _PLANS[key] = plan
     if len(_PLANS) > PLANS_KEPT:
         _PLANS.popitem(last=False)
@@ -898,9 +958,10 @@ def _plan(
     base_url: str,
     default: int,
     maximum: int,
+    limits: SearchLimits = _DEFAULT_LIMITS,
 ) -> _Plan:
-    controls, filters = _parse_controls(rtype, params, default, maximum)
-    builder = _Builder(rtype, restriction, base_url)
+    controls, filters = _parse_controls(rtype, params, default, maximum, limits)
+    builder = _Builder(rtype, restriction, base_url, limits)
     where, unknown = _where(builder, rtype, filters)
     filtered = len(where) > _BASE_CONDITIONS
     return _Plan(builder, controls, where, unknown, _order_by(rtype, controls.sort, filtered=filtered))
@@ -935,7 +996,35 @@ def _where(builder: _Builder, rtype: str, filters: list[tuple[str, str]]) -> tup
             if name not in unknown:
                 unknown.append(name)
     where.extend(builder.visible(rtype, cols))
-    return where, unknown
+    return _intersected(where), unknown
+
+
+def _intersected(where: list[Cond]) -> list[Cond]:
+    """Several `id IN (ids from an index table)` conditions as one `id IN (… INTERSECT …)`.
+
+    As separate conditions, PostgreSQL joins them as semi-joins in an order chosen from its
+    statistics; right after a bulk write those still say "1 row" for values that now match tens
+    of thousands, and a nested-loop semi-join then costs matches × matches. An INTERSECT is
+    computed by hashing or sorting both id lists whatever the estimates (linear), and its
+    result then drives primary-key lookups. SQLite builds the same intersection in a temporary
+    index. Negated conditions (:not, :missing=true) and column conditions stay as they are.
+    """
+    members = [c for c in where if _is_id_in_subquery(c)]
+    if len(members) < 2:
+        return where
+    selects = [cast(ScalarSelect[Any], cast(BinaryExpression[bool], c).right).element for c in members]
+    rest = [c for c in where if not any(c is m for m in members)]
+    return [*rest, ResourceRow.id.in_(intersect(*selects))]
+
+
+def _is_id_in_subquery(cond: Cond) -> bool:
+    return (
+        isinstance(cond, BinaryExpression)
+        and cond.operator is operators.in_op
+        and isinstance(cond.right, ScalarSelect)
+        and isinstance(cond.left, ColumnElement)
+        and cond.left.compare(ResourceRow.__table__.c.id)
+    )
 
 
 def _loads(content: str | None) -> dict[str, Any]:

@@ -56,6 +56,22 @@ COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
 
 
 @dataclass(frozen=True)
+class SearchLimits:
+    """How much one search may ask for (MOCKEHR_FHIR_SEARCH_MAX_*; defaults here and in README).
+
+    Each parameter, OR value, link and include adds a subquery or a term to the statement: a
+    query of 1,000 OR values or 1,000 parameters is an expression tree SQLite refuses ("too
+    large") and PostgreSQL spends seconds planning. Past a limit the search is refused with a
+    400 OperationOutcome (`too-costly`) that names the limit and its setting.
+    """
+
+    max_parameters: int = 40  # name=value pairs in one search, result parameters included
+    max_values: int = 100  # comma-separated values of one parameter (OR), _sort keys, _elements
+    max_chain_depth: int = 2  # links followed by chains (a.b.c = 2) and nested _has, together
+    max_includes: int = 10  # _include and _revinclude parameters
+
+
+@dataclass(frozen=True)
 class SearchParam:
     code: str
     type: str  # token | string | reference | date | quantity | uri | number

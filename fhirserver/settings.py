@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from common.cors import CorsOrigins
 from common.settings import ServiceSettings
+from fhirserver.searchparams import SearchLimits
 
 
 class FhirSettings(ServiceSettings):
@@ -18,6 +19,11 @@ class FhirSettings(ServiceSettings):
     authserver_url: str = "https://localhost:9001"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_bundle_entries: int = Field(default=5000, ge=1)
+    # Search complexity (fhirserver/searchparams.py:SearchLimits): past a limit, 400 too-costly.
+    search_max_parameters: int = Field(default=40, ge=1, le=500)
+    search_max_values: int = Field(default=100, ge=1, le=500)
+    search_max_chain_depth: int = Field(default=2, ge=1, le=4)
+    search_max_includes: int = Field(default=10, ge=0, le=50)
     # Revocations are polled from the authorization server this often; a view older than the
     # staleness limit makes the guard answer 503 (fail closed).
     revocation_poll_seconds: float = Field(default=0.25, gt=0, le=5)
@@ -39,6 +45,15 @@ class FhirSettings(ServiceSettings):
 
             raise ConfigError("production mode: cursor_key is required")
         return read_or_create_secret(self.data_dir / "cursor-key").encode()
+
+    @property
+    def search_limits(self) -> SearchLimits:
+        return SearchLimits(
+            max_parameters=self.search_max_parameters,
+            max_values=self.search_max_values,
+            max_chain_depth=self.search_max_chain_depth,
+            max_includes=self.search_max_includes,
+        )
 
     @property
     def fhir_base_url(self) -> str:

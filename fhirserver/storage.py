@@ -3,6 +3,14 @@
 All functions take an open AsyncSession and run inside the caller's transaction, so a whole
 transaction Bundle commits or rolls back as one.
 
+Concurrent writes of one resource (FHIR R4 http.html "Managing Resource Contention"): the
+current row moves from version n to n+1 by a compare-and-set (`UPDATE … WHERE version_id = n`),
+and a resource named by the client is created by `INSERT … ON CONFLICT DO NOTHING`. The loser
+of a race learns it from the row count, before it writes anything else, and gets
+VersionConflictError (409; the REST layer answers 412 when the request carried If-Match):
+never a primary-key violation, and never a lost update. On PostgreSQL the loser's UPDATE waits
+for the winner's row lock and then sees the new version; SQLite serialises writers.
+
 Search-index rows (fhirserver.indexing) are queued on the session and inserted with one
 multi-row INSERT per table before the session's next statement, flush or commit: a Synthea
 bundle writes ~15 index rows per resource, and one statement per resource and table would
@@ -17,13 +25,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, event, insert, select
+from sqlalchemy import and_, event, insert, select, text, update
 from sqlalchemy import delete as sql_delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.orm.attributes import set_committed_value
 
 from common.db import Base
 from fhirserver import searchparams
+from fhirserver.errors import Issue, VersionConflictError
 from fhirserver.indexing import IndexRows, extract, identifier_tokens, literal_references
 from fhirserver.models import (
     DateIndexRow,
@@ -51,6 +62,8 @@ INDEX_TABLES = (
 _PENDING = "fhirserver.pending_index_rows"
 Rows = list[dict[str, Any]]
 Model = type[Base]
+# fhir_resources.version_id and fhir_resource_versions.version_id are 32-bit INTEGER columns.
+MAX_VERSION_ID = 2**31 - 1
 
 
 def new_id() -> str:
@@ -86,19 +99,21 @@ async def write(
     current = None if is_new else await read_current(session, rtype, rid)
     created = current is None or current.deleted
     version = 1 if current is None else current.version_id + 1
+    if version > MAX_VERSION_ID:
+        raise VersionConflictError([Issue(f"{rtype}/{rid} has reached the last version number", code="conflict")])
     stored = dict(resource)
     meta = dict(stored.get("meta") or {})
     meta.update({"versionId": str(version), "lastUpdated": _instant(now)})
     stored["meta"] = meta
     content = dumps(stored)
-    if current is None:
-        session.add(
-            ResourceRow(
-                resource_type=rtype, id=rid, version_id=version, last_updated=now, deleted=False, content=content
-            )
-        )
+    values = {"version_id": version, "last_updated": now, "deleted": False, "content": content}
+    if current is None and is_new:
+        # A server-assigned id (a fresh UUID): no one else can be creating it.
+        session.add(ResourceRow(resource_type=rtype, id=rid, **values))
+    elif current is None:
+        await _create_once(session, rtype, rid, values)
     else:
-        current.version_id, current.last_updated, current.deleted, current.content = version, now, False, content
+        await _advance(session, current, values)
     session.add(
         ResourceVersionRow(
             resource_type=rtype, id=rid, version_id=version, last_updated=now, method=method, content=content
@@ -106,6 +121,58 @@ async def write(
     )
     await _reindex(session, stored, drop_old=current is not None)
     return stored, created
+
+
+def _conflict(rtype: str, rid: str) -> VersionConflictError:
+    return VersionConflictError(
+        [Issue(f"{rtype}/{rid} was changed by another request at the same time; read it again", code="conflict")]
+    )
+
+
+async def _create_once(session: AsyncSession, rtype: str, rid: str, values: dict[str, Any]) -> None:
+    """Insert the first version of a client-named resource, unless a concurrent request did."""
+    dialect = postgresql if (await session.connection()).dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(ResourceRow).values(resource_type=rtype, id=rid, **values).on_conflict_do_nothing()
+    if (await session.execute(stmt)).rowcount != 1:  # type: ignore[attr-defined]
+        raise _conflict(rtype, rid)
+
+
+async def _advance(session: AsyncSession, current: ResourceRow, values: dict[str, Any]) -> None:
+    """Move the current row from the version this request read to the next one (compare-and-set)."""
+    stmt = (
+        update(ResourceRow)
+        .where(
+            ResourceRow.resource_type == current.resource_type,
+            ResourceRow.id == current.id,
+            ResourceRow.version_id == current.version_id,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if (await session.execute(stmt)).rowcount != 1:  # type: ignore[attr-defined]
+        raise _conflict(current.resource_type, current.id)
+    for name, value in values.items():
+        set_committed_value(current, name, value)
+
+
+# A write of this many resources at once refreshes the planner's statistics (refresh_statistics).
+ANALYZE_AFTER_RESOURCES = 1000
+
+
+async def refresh_statistics(session: AsyncSession) -> None:
+    """ANALYZE the FHIR tables on PostgreSQL, after a bulk write (`mockehr load`, a large transaction).
+
+    Autovacuum analyses a table only after a fraction of it changed, and later: meanwhile the
+    planner's statistics say that the values just written match "1 row". The search statements
+    are shaped not to depend on those estimates (search._intersected); fresh statistics keep the
+    rest of the planner's choices right too. SQLite's plans are built without statistics on
+    purpose (search._NoIndex), so nothing is done there. ANALYZE samples a bounded number of
+    rows per table, and inside a transaction it sees that transaction's own rows.
+    """
+    if (await session.connection()).dialect.name != "postgresql":
+        return
+    tables = ", ".join(model.__tablename__ for model in (ResourceRow, ResourceVersionRow, *INDEX_TABLES))
+    await session.execute(text(f"ANALYZE {tables}"))
 
 
 async def bulk_create(
@@ -309,11 +376,11 @@ async def delete(session: AsyncSession, rtype: str, rid: str, *, now: dt.datetim
     current = await read_current(session, rtype, rid)
     if current is None or current.deleted:
         return False
-    current.version_id += 1
-    current.last_updated, current.deleted, current.content = now, True, None
+    version = current.version_id + 1
+    await _advance(session, current, {"version_id": version, "last_updated": now, "deleted": True, "content": None})
     session.add(
         ResourceVersionRow(
-            resource_type=rtype, id=rid, version_id=current.version_id, last_updated=now, method="DELETE", content=None
+            resource_type=rtype, id=rid, version_id=version, last_updated=now, method="DELETE", content=None
         )
     )
     await _drop_index(session, rtype, rid)

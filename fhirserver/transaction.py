@@ -246,6 +246,8 @@ async def process_transaction(
             validate_resource(entry.resource, where=f"{_where(entry.index)}: ")
     for entry in sorted(planned, key=lambda e: _ORDER[e.method]):
         await _apply(session, entry, now, guard)
+    if len(planned) >= storage.ANALYZE_AFTER_RESOURCES:
+        await storage.refresh_statistics(session)
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from fhirserver import storage
 from fhirserver.errors import FhirError
 from fhirserver.transaction import process_transaction
 
@@ -61,4 +62,9 @@ async def load_file(sessions: async_sessionmaker[AsyncSession], path: Path) -> L
 
 
 async def load_files(sessions: async_sessionmaker[AsyncSession], paths: list[Path]) -> list[LoadResult]:
-    return [await load_file(sessions, p) for p in paths]
+    results = [await load_file(sessions, p) for p in paths]
+    if any(r.ok for r in results):
+        # Many small files add up: searches right after a load plan from fresh statistics.
+        async with sessions() as session, session.begin():
+            await storage.refresh_statistics(session)
+    return results

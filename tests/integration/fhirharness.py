@@ -100,11 +100,14 @@ class FhirHarness:
 
 
 @asynccontextmanager
-async def fhir_harness(tmp_path: Path, database_url: str, patients: int = 9) -> AsyncIterator[FhirHarness]:
+async def fhir_harness(
+    tmp_path: Path, database_url: str, patients: int = 9, **fhir_options: Any
+) -> AsyncIterator[FhirHarness]:
+    """`fhir_options`: further FhirSettings fields (e.g. limits) for the FHIR server."""
     clock = FrozenClock(time.time())
     auth_settings = AuthSettings(data_dir=tmp_path, database_url=database_url, public_url=AUTH, fhir_base_url=FHIR)
     fhir_settings = FhirSettings(
-        data_dir=tmp_path, database_url=database_url, public_url=FHIR_ORIGIN, authserver_url=AUTH
+        data_dir=tmp_path, database_url=database_url, public_url=FHIR_ORIGIN, authserver_url=AUTH, **fhir_options
     )
     auth_app = create_authserver(auth_settings, clock=clock)
     async with serving(auth_app, AUTH):
