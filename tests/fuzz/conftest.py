@@ -32,11 +32,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def secrets_in(data_dir: Path) -> set[str]:
     """The dev secrets a service keeps in its data directory (admin token, KEK)."""
-    return {
-        (data_dir / name).read_text().strip()
-        for name in ("admin-token", "kek")
-        if (data_dir / name).is_file()
-    }
+    return {(data_dir / name).read_text().strip() for name in ("admin-token", "kek") if (data_dir / name).is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +51,6 @@ def postgres_db(tmp_path_factory: pytest.TempPathFactory, pg_template: str) -> I
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
     yield tmp_path_factory.mktemp("fuzz-pg"), _pg_url(name)
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
-from hypothesis import event
+from hypothesis import currently_in_test_context, event
 
 # RFC 6749 §5.2, RFC 7009 §2.2.1, RFC 8693 §2.2.2, RFC 8707 §2, OpenID Connect Core §3.1.2.6.
 OAUTH_ERRORS = frozenset(
@@ -144,6 +144,7 @@ async def send(
     except Exception as exc:
         # Inside the app this is an unhandled exception: over the wire, a 500.
         raise AssertionError(f"{method} {url}: unhandled {type(exc).__name__} in the app (a 500): {exc}") from exc
-    event(f"{method} -> {response.status_code}")  # --hypothesis-show-statistics: how deep the fuzz reaches
+    if currently_in_test_context():  # --hypothesis-show-statistics: how deep the fuzz reaches
+        event(f"{method} -> {response.status_code}")
     check(response, shape, secrets, f"{url} {kwargs!r}")
     return response

@@ -22,7 +22,16 @@ class KnownOpen:
 KNOWN_OPEN: dict[str, KnownOpen] = {
     "numbers-out-of-range": KnownOpen(
         "numbers out of range → OverflowError/500 (being fixed on another branch)",
-        "GET /revocations?after=99999999999999999999 (authserver)",
+        "GET /revocations?after=99999999999999999999 (authserver); "
+        "GET /fhir/Patient/<id>/_history/99999999999999999999",
+    ),
+    "deep-json": KnownOpen(
+        "too deeply nested JSON → RecursionError (being fixed on another branch)",
+        'POST /launch {"patient": [[[…100000 deep…]]]} (authserver: json.loads raises RecursionError)',
+    ),
+    "trailing-slash-redirect": KnownOpen(
+        "trailing-slash 307 redirects built from the Host header (being fixed on another branch)",
+        "GET /fhir/Patient/ with Host: evil.example → 307 Location: https://evil.example/fhir/Patient",
     ),
 }
 

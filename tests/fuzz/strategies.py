@@ -60,7 +60,9 @@ NASTY = (
 )
 
 # Text that httpx can put in a URL, form or header value is any text without surrogates.
-text = st.one_of(st.sampled_from(NASTY), st.text(max_size=40), st.from_regex(r"[A-Za-z0-9._:/|-]{1,24}", fullmatch=True))
+text = st.one_of(
+    st.sampled_from(NASTY), st.text(max_size=40), st.from_regex(r"[A-Za-z0-9._:/|-]{1,24}", fullmatch=True)
+)
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 
 # The largest integer generated while "out-of-range numbers" is a known open class.
@@ -111,7 +113,9 @@ jwt_headers = st.fixed_dictionaries(
 def jwt_claims(defaults: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     """`defaults` (valid claims) with some replaced or dropped and random ones added."""
     claim_value = json_values
-    aud_values = claim_value if not is_open("assertion-aud-list") else claim_value.filter(lambda v: not isinstance(v, list))
+    aud_values = (
+        claim_value if not is_open("assertion-aud-list") else claim_value.filter(lambda v: not isinstance(v, list))
+    )
 
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:
@@ -122,7 +126,9 @@ def jwt_claims(defaults: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
                 del claims[name]
             elif choice == 1:
                 claims[name] = draw(aud_values if name == "aud" else claim_value)
-        claims.update(draw(st.dictionaries(st.sampled_from(["nbf", "cnf", "act", "scope", "x"]), claim_value, max_size=2)))
+        claims.update(
+            draw(st.dictionaries(st.sampled_from(["nbf", "cnf", "act", "scope", "x"]), claim_value, max_size=2))
+        )
         return claims
 
     return build()

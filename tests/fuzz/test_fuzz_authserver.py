@@ -20,7 +20,16 @@ from tests.fuzz.conftest import secrets_in
 from tests.fuzz.invariants import any_shape, bare_401_shape, oauth_shape, send
 from tests.fuzz.known_open import is_open
 from tests.fuzz.strategies import forged_jwts, header_text, json_values, jwt_claims, numbers_text, text
-from tests.integration.authharness import EXCHANGE, FHIR, JWT_BEARER, TOKEN_URL, TT_ACCESS, TT_JWT, Harness, running_authserver
+from tests.integration.authharness import (
+    EXCHANGE,
+    FHIR,
+    JWT_BEARER,
+    TOKEN_URL,
+    TT_ACCESS,
+    TT_JWT,
+    Harness,
+    running_authserver,
+)
 
 APP_SECRET = "app-secret-value-that-must-never-be-echoed"
 REDIRECT = "https://app.test/callback"
@@ -55,12 +64,22 @@ async def auth(sqlite_db: tuple[Path, str]) -> AsyncIterator[Auth]:
     directory, url = sqlite_db
     async with running_authserver(directory, url) as h:
         async with h.app.state.runtime.sessions() as session, session.begin():
-            app = Client("app-1", "smart-app", "App", "client_secret_basic", "patient/*.rs openid fhirUser launch",
-                         False, True, redirect_uris=(REDIRECT,))  # fmt: skip
+            app = Client(
+                "app-1",
+                "smart-app",
+                "App",
+                "client_secret_basic",
+                "patient/*.rs openid fhirUser launch",
+                False,
+                True,
+                redirect_uris=(REDIRECT,),
+            )
             await clients.register(session, app, APP_SECRET)
         access = await h.backend_token()
         secrets = secrets_in(directory) | {h.admin_token, APP_SECRET, access}
-        secrets |= {str(k.key.as_dict(private=True)["d"]) for k in h.keys.values() if "d" in k.key.as_dict(private=True)}
+        secrets |= {
+            str(k.key.as_dict(private=True)["d"]) for k in h.keys.values() if "d" in k.key.as_dict(private=True)
+        }
         signer = await h.app.state.runtime.signing_keys.signer()
         secrets.add(str(signer.key.as_dict(private=True)["d"]))
         yield Auth(h, secrets, access)
@@ -99,18 +118,25 @@ def client_auth(h: Harness) -> st.SearchStrategy[tuple[dict[str, str], dict[str,
     now = int(h.clock())
     forged = forged_jwts({"iss": "ehr", "sub": "ehr", "aud": TOKEN_URL, "iat": now, "exp": now + 60, "jti": "j"})
     assertion_type = st.sampled_from([JWT_BEARER, JWT_BEARER, "urn:x", ""]) | text
-    basic = st.one_of(
-        st.just(f"app-1:{APP_SECRET}"), st.builds(lambda c, s: f"{c}:{s}", CLIENT_IDS, text), text
-    ).map(lambda raw: "Basic " + base64.b64encode(raw.encode()).decode())
-    genuine = st.sampled_from(["ehr", "cds-a", "backend-1", "backend-2"]).map(lambda c: h.client_auth(c))
+    basic = st.one_of(st.just(f"app-1:{APP_SECRET}"), st.builds(lambda c, s: f"{c}:{s}", CLIENT_IDS, text), text).map(
+        lambda raw: "Basic " + base64.b64encode(raw.encode()).decode()
+    )
+    genuine = st.sampled_from(["ehr", "cds-a", "backend-1", "backend-2"]).map(h.client_auth)
     return st.one_of(
         st.tuples(genuine, st.just({})),
-        st.tuples(st.fixed_dictionaries({"client_assertion_type": st.just(JWT_BEARER), "client_assertion": signed_assertions(h)}), st.just({})),
-        st.tuples(st.fixed_dictionaries({"client_assertion_type": assertion_type, "client_assertion": forged}), st.just({})),
+        st.tuples(
+            st.fixed_dictionaries(
+                {"client_assertion_type": st.just(JWT_BEARER), "client_assertion": signed_assertions(h)}
+            ),
+            st.just({}),
+        ),
+        st.tuples(
+            st.fixed_dictionaries({"client_assertion_type": assertion_type, "client_assertion": forged}), st.just({})
+        ),
         st.tuples(st.just({}), st.fixed_dictionaries({"Authorization": basic | header_text})),
         st.tuples(st.fixed_dictionaries({"client_id": CLIENT_IDS}), st.just({})),
         st.tuples(st.just({}), st.just({})),
-    )  # fmt: skip
+    )
 
 
 @st.composite
@@ -120,9 +146,13 @@ def subject_tokens(draw: st.DrawFn, auth: Auth) -> str:
     kind = draw(st.integers(0, 3))
     if kind == 0:
         claims = draw(jwt_claims({"sub": "Practitioner/dr-a", "iat": now, "exp": now + 30}))
-        overrides = {k: claims.get(k) for k in ("sub", "iat", "exp")} | {k: v for k, v in claims.items() if k not in ("sub", "iat", "exp")}
+        overrides = {k: claims.get(k) for k in ("sub", "iat", "exp")} | {
+            k: v for k, v in claims.items() if k not in ("sub", "iat", "exp")
+        }
         try:
-            return h.user_assertion(str(overrides.pop("sub", "x")), typ=draw(st.sampled_from(["user+jwt", "JWT", "at+jwt"])), **overrides)
+            return h.user_assertion(
+                str(overrides.pop("sub", "x")), typ=draw(st.sampled_from(["user+jwt", "JWT", "at+jwt"])), **overrides
+            )
         except Exception:  # noqa: BLE001 - the test's own signer refused these claims: nothing was sent
             reject()
     if kind == 1:
@@ -131,7 +161,9 @@ def subject_tokens(draw: st.DrawFn, auth: Auth) -> str:
 
 
 @given(data=st.data())
-async def test_the_token_endpoint_answers_every_form_with_an_oauth_error_or_a_token(auth: Auth, data: st.DataObject) -> None:
+async def test_the_token_endpoint_answers_every_form_with_an_oauth_error_or_a_token(
+    auth: Auth, data: st.DataObject
+) -> None:
     form, headers = data.draw(client_auth(auth.h))
     fields: list[tuple[str, str]] = list(form.items())
     fields.append(("grant_type", data.draw(st.sampled_from(GRANTS) | text)))
@@ -195,19 +227,45 @@ AUTHORIZE_PARAMS = {
 
 @given(data=st.data())
 async def test_the_browser_endpoints_answer_any_parameters(auth: Auth, data: st.DataObject) -> None:
-    fields = [(n, data.draw(AUTHORIZE_PARAMS[n])) for n in data.draw(st.lists(st.sampled_from(sorted(AUTHORIZE_PARAMS)), max_size=9))]
-    form = data.draw(st.dictionaries(st.sampled_from(["csrf", "username", "password", "next", "patient", "cancel"]), text, max_size=4))
-    cookies = data.draw(st.dictionaries(st.sampled_from(["__Host-mockehr-session", "__Host-mockehr-csrf", "x"]), header_text.filter(lambda v: ";" not in v and "," not in v and " " not in v), max_size=2))
+    fields = [
+        (n, data.draw(AUTHORIZE_PARAMS[n]))
+        for n in data.draw(st.lists(st.sampled_from(sorted(AUTHORIZE_PARAMS)), max_size=9))
+    ]
+    form = data.draw(
+        st.dictionaries(
+            st.sampled_from(["csrf", "username", "password", "next", "patient", "cancel"]), text, max_size=4
+        )
+    )
+    cookies = data.draw(
+        st.dictionaries(
+            st.sampled_from(["__Host-mockehr-session", "__Host-mockehr-csrf", "x"]),
+            header_text.filter(lambda v: ";" not in v and "," not in v and " " not in v),
+            max_size=2,
+        )
+    )
     auth.h.client.cookies.clear()
     auth.h.client.cookies.update(cookies)
-    route = data.draw(st.sampled_from(["GET /authorize", "POST /authorize", "POST /authorize/select", "GET /login", "POST /login", "POST /logout"]))
+    route = data.draw(
+        st.sampled_from(
+            ["GET /authorize", "POST /authorize", "POST /authorize/select", "GET /login", "POST /login", "POST /logout"]
+        )
+    )
     method, path = route.split()
     if method == "GET":
         if path == "/login":
-            fields = [("next", data.draw(st.sampled_from(["/authorize?client_id=app-1", "//evil.example", "/authorize?\\x"]) | text))]
+            fields = [
+                (
+                    "next",
+                    data.draw(
+                        st.sampled_from(["/authorize?client_id=app-1", "//evil.example", "/authorize?\\x"]) | text
+                    ),
+                )
+            ]
         await auth.send(method, path, params=fields, shape=any_shape)
     else:
-        await auth.send(method, path, data=[*fields, *form.items()] if path == "/authorize" else list(form.items()), shape=any_shape)
+        await auth.send(
+            method, path, data=[*fields, *form.items()] if path == "/authorize" else list(form.items()), shape=any_shape
+        )
     auth.h.client.cookies.clear()
 
 
@@ -234,22 +292,43 @@ async def test_launch_registration_answers_any_body(auth: Auth, data: st.DataObj
 
 
 @given(data=st.data())
-async def test_the_admin_api_refuses_strangers_with_a_bare_401_and_answers_admins(auth: Auth, data: st.DataObject) -> None:
+async def test_the_admin_api_refuses_strangers_with_a_bare_401_and_answers_admins(
+    auth: Auth, data: st.DataObject
+) -> None:
     admin = data.draw(st.booleans())
-    credential = f"Bearer {auth.h.admin_token}" if admin else data.draw(
-        st.sampled_from([f"Bearer {auth.h.admin_token[:-1]}", f"bearer {auth.h.admin_token}x", "Bearer", ""]) | header_text
+    credential = (
+        f"Bearer {auth.h.admin_token}"
+        if admin
+        else data.draw(
+            st.sampled_from([f"Bearer {auth.h.admin_token[:-1]}", f"bearer {auth.h.admin_token}x", "Bearer", ""])
+            | header_text
+        )
     )
-    client_id = data.draw(st.sampled_from(["app-1", "new-client", "ehr"]) | text.filter(lambda t: "/" not in t and t not in ("", ".", "..")))
+    client_id = data.draw(
+        st.sampled_from(["app-1", "new-client", "ehr"])
+        | text.filter(lambda t: "/" not in t and t not in ("", ".", ".."))
+    )
     route = data.draw(st.sampled_from(["GET /clients", "PUT /clients/{id}", "POST /clients/{id}/disable"]))
     method, path = route.split()
     path = "/admin" + path.replace("{id}", __import__("urllib.parse").parse.quote(client_id, safe=""))
-    body = data.draw(st.one_of(
-        json_values,
-        st.fixed_dictionaries({"kind": st.sampled_from(["smart-app", "backend", "ehr", "x"]), "name": text},
-                              optional={"auth_method": st.sampled_from(["none", "private_key_jwt", "client_secret_basic"]) | text,
-                                        "scope": text, "redirect_uris": json_values, "jwks": json_values, "jwks_uri": text,
-                                        "secret": text, "first_party": json_values, "launch_url": text}),
-    ))  # fmt: skip
+    body = data.draw(
+        st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {"kind": st.sampled_from(["smart-app", "backend", "ehr", "x"]), "name": text},
+                optional={
+                    "auth_method": st.sampled_from(["none", "private_key_jwt", "client_secret_basic"]) | text,
+                    "scope": text,
+                    "redirect_uris": json_values,
+                    "jwks": json_values,
+                    "jwks_uri": text,
+                    "secret": text,
+                    "first_party": json_values,
+                    "launch_url": text,
+                },
+            ),
+        )
+    )
     response = await auth.send(method, path, json=body, headers={"Authorization": credential}, shape=bare_401_shape)
     if not admin:
         assert response.status_code == 401, response.text
@@ -257,9 +336,20 @@ async def test_the_admin_api_refuses_strangers_with_a_bare_401_and_answers_admin
         oauth_shape(response)
 
 
-@given(path=st.sampled_from(["/jwks", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server",
-                             "/.well-known/openid-configuration", "/smart-style.json", "/healthz", "/readyz"]),
-       params=st.dictionaries(text, text, max_size=3))  # fmt: skip
+@given(
+    path=st.sampled_from(
+        [
+            "/jwks",
+            "/.well-known/jwks.json",
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+            "/smart-style.json",
+            "/healthz",
+            "/readyz",
+        ]
+    ),
+    params=st.dictionaries(text, text, max_size=3),
+)
 async def test_the_metadata_documents_answer_any_query(auth: Auth, path: str, params: dict[str, str]) -> None:
     response = await auth.send("GET", path, params=params, shape=any_shape)
     assert response.status_code == 200, response.text

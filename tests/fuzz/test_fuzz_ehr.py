@@ -38,7 +38,9 @@ class Ehr:
     def __repr__(self) -> str:
         return "Ehr(...)"
 
-    async def send(self, method: str, url: str, *, shape: Any = ehr_api_shape, admin: bool = True, **kwargs: Any) -> Any:
+    async def send(
+        self, method: str, url: str, *, shape: Any = ehr_api_shape, admin: bool = True, **kwargs: Any
+    ) -> Any:
         headers = {k: v.encode() for k, v in (kwargs.pop("headers", None) or {}).items()}
         if admin:
             headers["Authorization"] = f"Bearer {self.h.admin_token}".encode()
@@ -69,9 +71,15 @@ async def test_firing_a_hook_with_any_body_gets_an_answer_or_a_clear_error(ehr: 
         "patientId": maybe(st.sampled_from([ehr.patient, "nobody", "../x"])),
         "encounterId": maybe(text),
         "services": maybe(st.lists(st.sampled_from(["fuzz", "nope"]) | text, max_size=3)),
-        "context": maybe(st.dictionaries(st.sampled_from(["draftOrders", "selections", "appointments", "x"]), json_values, max_size=3)),
-    }  # fmt: skip
-    body = {n: data.draw(fields[n]) for n in data.draw(st.lists(st.sampled_from(sorted(fields)), max_size=5, unique=True))}
+        "context": maybe(
+            st.dictionaries(
+                st.sampled_from(["draftOrders", "selections", "appointments", "x"]), json_values, max_size=3
+            )
+        ),
+    }
+    body = {
+        n: data.draw(fields[n]) for n in data.draw(st.lists(st.sampled_from(sorted(fields)), max_size=5, unique=True))
+    }
     if data.draw(st.integers(0, 9)) == 0:
         body = data.draw(json_values)
     await ehr.send("POST", f"/api/hooks/{quote(hook, safe='')}", json=body, admin=data.draw(st.integers(0, 5)) > 0)
@@ -79,19 +87,51 @@ async def test_firing_a_hook_with_any_body_gets_an_answer_or_a_clear_error(ehr: 
 
 @given(data=st.data())
 async def test_the_exchange_log_and_registry_apis_answer_any_parameters(ehr: Ehr, data: st.DataObject) -> None:
-    route = data.draw(st.sampled_from(["GET /api/exchanges", "GET /api/exchanges/{id}", "GET /api/services",
-                                       "PATCH /api/services/{id}", "POST /api/services/{id}/disable", "POST /api/services"]))  # fmt: skip
+    route = data.draw(
+        st.sampled_from(
+            [
+                "GET /api/exchanges",
+                "GET /api/exchanges/{id}",
+                "GET /api/services",
+                "PATCH /api/services/{id}",
+                "POST /api/services/{id}/disable",
+                "POST /api/services",
+            ]
+        )
+    )
     method, path = route.split()
-    ident = data.draw(st.sampled_from([str(uuid.uuid4()), "nope", ".."]) | text.filter(lambda t: "/" not in t and t not in ("", ".", "..")))
+    ident = data.draw(
+        st.sampled_from([str(uuid.uuid4()), "nope", ".."])
+        | text.filter(lambda t: "/" not in t and t not in ("", ".", ".."))
+    )
     path = path.replace("{id}", quote(ident, safe=""))
-    params = data.draw(st.dictionaries(st.sampled_from(["patientId", "serviceId", "hook", "before", "limit", "x"]), numbers_text | text, max_size=4))
-    body = data.draw(st.one_of(
-        json_values,
-        st.fixed_dictionaries({}, optional={"discoveryUrl": st.sampled_from(["https://nowhere.test/cds-services", "http://127.0.0.1:1/x", "file:///etc/passwd"]) | text,
-                                            "hooks": maybe(st.lists(text)), "prefetch": maybe(st.lists(text)), "scope": maybe(st.lists(text)),
-                                            "deadlineSeconds": maybe(st.floats()), "enabled": json_values, "approveAllPrefetch": json_values,
-                                            "clientCertFile": maybe(st.just("/etc/passwd")), "clientId": json_values}),
-    ))  # fmt: skip
+    params = data.draw(
+        st.dictionaries(
+            st.sampled_from(["patientId", "serviceId", "hook", "before", "limit", "x"]), numbers_text | text, max_size=4
+        )
+    )
+    body = data.draw(
+        st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "discoveryUrl": st.sampled_from(
+                        ["https://nowhere.test/cds-services", "http://127.0.0.1:1/x", "file:///etc/passwd"]
+                    )
+                    | text,
+                    "hooks": maybe(st.lists(text)),
+                    "prefetch": maybe(st.lists(text)),
+                    "scope": maybe(st.lists(text)),
+                    "deadlineSeconds": maybe(st.floats()),
+                    "enabled": json_values,
+                    "approveAllPrefetch": json_values,
+                    "clientCertFile": maybe(st.just("/etc/passwd")),
+                    "clientId": json_values,
+                },
+            ),
+        )
+    )
     kwargs: dict[str, Any] = {"params": params} if method == "GET" else {"json": body}
     await ehr.send(method, path, admin=data.draw(st.integers(0, 4)) > 0, **kwargs)
 
@@ -109,7 +149,9 @@ async def test_card_actions_answer_any_body(ehr: Ehr, data: st.DataObject) -> No
         "overrideReason": json_values,
         "userComment": json_values,
     }
-    body = {n: data.draw(fields[n]) for n in data.draw(st.lists(st.sampled_from(sorted(fields)), max_size=8, unique=True))}
+    body = {
+        n: data.draw(fields[n]) for n in data.draw(st.lists(st.sampled_from(sorted(fields)), max_size=8, unique=True))
+    }
     raw = data.draw(st.sampled_from([None, None, None, b"", b"{", b"\xff"]))
     if raw is None:
         await ehr.send("POST", path, json=body)
@@ -119,19 +161,61 @@ async def test_card_actions_answer_any_body(ehr: Ehr, data: st.DataObject) -> No
 
 @given(data=st.data())
 async def test_ui_pages_and_form_posts_without_a_session_are_refused_cleanly(ehr: Ehr, data: st.DataObject) -> None:
-    route = data.draw(st.sampled_from(["POST /admin/elevate", "POST /ui/launch", "POST /ui/orders", "POST /logout",
-                                       "POST /admin/clients/{id}/disable", "POST /admin/keys/rotate", "GET /patients/{id}",
-                                       "GET /patients/{id}/sections", "GET /exchanges", "GET /oauth/callback", "GET /login",
-                                       "GET /", "GET /patients", "GET /admin", "GET /admin/services", "GET /admin/clients",
-                                       "GET /admin/keys"]))  # fmt: skip
+    route = data.draw(
+        st.sampled_from(
+            [
+                "POST /admin/elevate",
+                "POST /ui/launch",
+                "POST /ui/orders",
+                "POST /logout",
+                "POST /admin/clients/{id}/disable",
+                "POST /admin/keys/rotate",
+                "GET /patients/{id}",
+                "GET /patients/{id}/sections",
+                "GET /exchanges",
+                "GET /oauth/callback",
+                "GET /login",
+                "GET /",
+                "GET /patients",
+                "GET /admin",
+                "GET /admin/services",
+                "GET /admin/clients",
+                "GET /admin/keys",
+            ]
+        )
+    )
     method, path = route.split()
-    path = path.replace("{id}", quote(data.draw(st.just(ehr.patient) | text.filter(lambda t: t not in ("", ".", ".."))), safe=""))
+    path = path.replace(
+        "{id}", quote(data.draw(st.just(ehr.patient) | text.filter(lambda t: t not in ("", ".", ".."))), safe="")
+    )
     cookie_value = header_text.filter(lambda v: not re.search(r"[;, \"\\]", v))
-    cookies = data.draw(st.dictionaries(st.sampled_from(["__Host-ehr-session", "__Host-ehr-login", "__Host-ehr-csrf", "x"]), cookie_value, max_size=2))
-    headers = data.draw(st.fixed_dictionaries({}, optional={"X-CSRF-Token": header_text, "Origin": st.sampled_from(["https://ehr.test", "https://evil.example", "null"]),
-                                                           "Sec-Fetch-Site": st.sampled_from(["same-origin", "cross-site"])}))  # fmt: skip
-    form = data.draw(st.dictionaries(st.sampled_from(["csrf", "token", "url", "patientId", "launchUrl", "appContext", "order", "next"]), text, max_size=4))
-    params = data.draw(st.dictionaries(st.sampled_from(["state", "code", "iss", "error", "q", "next"]), text, max_size=3))
+    cookies = data.draw(
+        st.dictionaries(
+            st.sampled_from(["__Host-ehr-session", "__Host-ehr-login", "__Host-ehr-csrf", "x"]),
+            cookie_value,
+            max_size=2,
+        )
+    )
+    headers = data.draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "X-CSRF-Token": header_text,
+                "Origin": st.sampled_from(["https://ehr.test", "https://evil.example", "null"]),
+                "Sec-Fetch-Site": st.sampled_from(["same-origin", "cross-site"]),
+            },
+        )
+    )
+    form = data.draw(
+        st.dictionaries(
+            st.sampled_from(["csrf", "token", "url", "patientId", "launchUrl", "appContext", "order", "next"]),
+            text,
+            max_size=4,
+        )
+    )
+    params = data.draw(
+        st.dictionaries(st.sampled_from(["state", "code", "iss", "error", "q", "next"]), text, max_size=3)
+    )
     ehr.h.ehr.cookies.clear()
     ehr.h.ehr.cookies.update(cookies)
     try:
@@ -143,11 +227,36 @@ async def test_ui_pages_and_form_posts_without_a_session_are_refused_cleanly(ehr
 
 # --- what a CDS Service answers ---------------------------------------------------------------------
 
-URLS = st.sampled_from(["https://example.org/x", "https://evil.example/login", "javascript:alert(1)", "http://example.org/",
-                        "data:text/html,<script>alert(1)</script>", "https://localhost:9004/launch", "//evil.example", ""]) | text  # fmt: skip
-MARKDOWN = st.sampled_from(['<script>alert(1)</script>', '<img src=x onerror="alert(1)">', "[x](javascript:alert(1))",
-                            '<a href="javascript:alert(1)">a</a>', "![i](https://evil.example/t.png)", "<iframe src=//evil.example>",
-                            "<svg onload=alert(1)>", "**bold**"]) | text  # fmt: skip
+URLS = (
+    st.sampled_from(
+        [
+            "https://example.org/x",
+            "https://evil.example/login",
+            "javascript:alert(1)",
+            "http://example.org/",
+            "data:text/html,<script>alert(1)</script>",
+            "https://localhost:9004/launch",
+            "//evil.example",
+            "",
+        ]
+    )
+    | text
+)
+MARKDOWN = (
+    st.sampled_from(
+        [
+            "<script>alert(1)</script>",
+            '<img src=x onerror="alert(1)">',
+            "[x](javascript:alert(1))",
+            '<a href="javascript:alert(1)">a</a>',
+            "![i](https://evil.example/t.png)",
+            "<iframe src=//evil.example>",
+            "<svg onload=alert(1)>",
+            "**bold**",
+        ]
+    )
+    | text
+)
 
 
 def odd(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -157,32 +266,72 @@ def odd(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 resources = st.fixed_dictionaries(
     {"resourceType": odd(st.sampled_from(["ServiceRequest", "MedicationRequest", "Observation", "Patient"]))},
-    optional={"id": odd(text), "status": odd(st.sampled_from(["draft", "active"])), "subject": json_values, "intent": odd(text)},
+    optional={
+        "id": odd(text),
+        "status": odd(st.sampled_from(["draft", "active"])),
+        "subject": json_values,
+        "intent": odd(text),
+    },
 )
 actions = st.fixed_dictionaries(
     {"type": odd(st.sampled_from(["create", "update", "delete"]))},
-    optional={"description": odd(text), "resource": odd(resources), "resourceId": odd(st.lists(text, max_size=2)), "uuid": odd(text)},
+    optional={
+        "description": odd(text),
+        "resource": odd(resources),
+        "resourceId": odd(st.lists(text, max_size=2)),
+        "uuid": odd(text),
+    },
 )
 links = st.fixed_dictionaries(
     {"label": odd(text), "url": odd(URLS), "type": odd(st.sampled_from(["absolute", "smart"]))},
     optional={"appContext": json_values, "autolaunchable": json_values},
 )
 cards = st.fixed_dictionaries(
-    {"uuid": odd(st.uuids().map(str)), "summary": odd(MARKDOWN), "indicator": odd(st.sampled_from(["info", "warning", "critical"])),
-     "source": odd(st.fixed_dictionaries({"label": odd(MARKDOWN)}, optional={"url": odd(URLS), "icon": odd(URLS), "topic": json_values}))},
-    optional={"detail": odd(MARKDOWN), "suggestions": odd(st.lists(st.fixed_dictionaries({"label": odd(text)}, optional={"uuid": odd(text), "isRecommended": json_values, "actions": odd(st.lists(actions, max_size=3))}), max_size=3)),
-              "selectionBehavior": odd(st.sampled_from(["at-most-one", "any"])), "overrideReasons": json_values, "links": odd(st.lists(links, max_size=3)),
-              "x": json_values},
-)  # fmt: skip
+    {
+        "uuid": odd(st.uuids().map(str)),
+        "summary": odd(MARKDOWN),
+        "indicator": odd(st.sampled_from(["info", "warning", "critical"])),
+        "source": odd(
+            st.fixed_dictionaries(
+                {"label": odd(MARKDOWN)}, optional={"url": odd(URLS), "icon": odd(URLS), "topic": json_values}
+            )
+        ),
+    },
+    optional={
+        "detail": odd(MARKDOWN),
+        "suggestions": odd(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"label": odd(text)},
+                    optional={
+                        "uuid": odd(text),
+                        "isRecommended": json_values,
+                        "actions": odd(st.lists(actions, max_size=3)),
+                    },
+                ),
+                max_size=3,
+            )
+        ),
+        "selectionBehavior": odd(st.sampled_from(["at-most-one", "any"])),
+        "overrideReasons": json_values,
+        "links": odd(st.lists(links, max_size=3)),
+        "x": json_values,
+    },
+)
 answers = st.one_of(
-    st.fixed_dictionaries({"cards": odd(st.lists(cards, max_size=4))}, optional={"systemActions": odd(st.lists(actions, max_size=3)), "extension": json_values}),
+    st.fixed_dictionaries(
+        {"cards": odd(st.lists(cards, max_size=4))},
+        optional={"systemActions": odd(st.lists(actions, max_size=3)), "extension": json_values},
+    ),
     json_values,
-)  # fmt: skip
+)
 _ACTIVE = re.compile(r"<script|<iframe|<svg|\son\w+\s*=|javascript:|data:text", re.IGNORECASE)
 
 
 @given(data=st.data())
-async def test_whatever_a_cds_service_answers_the_ehr_answers_cleanly_and_renders_no_active_content(ehr: Ehr, data: st.DataObject) -> None:
+async def test_whatever_a_cds_service_answers_the_ehr_answers_cleanly_and_renders_no_active_content(
+    ehr: Ehr, data: st.DataObject
+) -> None:
     raw = data.draw(st.sampled_from([None] * 8 + [b"", b"{", b"null", b"\xff\xfe", b'{"cards": [}']))
     if raw is None:
         answer = data.draw(answers)

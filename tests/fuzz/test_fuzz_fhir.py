@@ -35,7 +35,7 @@ class Fhir:
     def __repr__(self) -> str:
         return "Fhir(...)"  # keeps hypothesis's report of a failing example short
 
-    async def send(self, method: str, url: str, token: str | None = "read", **kwargs: Any) -> Any:
+    async def send(self, method: str, url: str, token: str | None = "read", **kwargs: Any) -> Any:  # noqa: S107
         headers = dict(kwargs.pop("headers", {}) or {})
         if token in self.tokens:
             headers["Authorization"] = f"Bearer {self.tokens[token]}"
@@ -43,9 +43,7 @@ class Fhir:
             headers["Authorization"] = token
         # Raw bytes on the wire: a client may send any octets in a header value.
         headers = {k: v.encode() if isinstance(v, str) else v for k, v in headers.items()}
-        return await send(
-            self.h.client, method, url, shape=fhir_shape, secrets=self.secrets, headers=headers, **kwargs
-        )
+        return await send(self.h.client, method, url, shape=fhir_shape, secrets=self.secrets, headers=headers, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +68,37 @@ async def fhir(both_dbs: tuple[Path, str]) -> AsyncIterator[Fhir]:
 # --- search ------------------------------------------------------------------------------------
 
 PREFIXES = ["", "", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap", "xx"]
-MODIFIERS = ["", "", "", ":missing", ":exact", ":contains", ":not", ":text", ":above", ":below", ":in", ":not-in",
-             ":of-type", ":identifier", ":Patient", ":Practitioner", ":iterate", ":", ":x"]  # fmt: skip
+MODIFIERS = [
+    "",
+    "",
+    "",
+    ":missing",
+    ":exact",
+    ":contains",
+    ":not",
+    ":text",
+    ":above",
+    ":below",
+    ":in",
+    ":not-in",
+    ":of-type",
+    ":identifier",
+    ":Patient",
+    ":Practitioner",
+    ":iterate",
+    ":",
+    ":x",
+]
 
 dates = st.one_of(
     st.dates().map(lambda d: d.isoformat()),
     st.datetimes(timezones=st.none() | st.timezones()).map(lambda d: d.isoformat()),
-    st.from_regex(r"-?\d{1,6}(-\d{1,2}(-\d{1,2}(T\d{1,2}(:\d{1,2}(:\d{1,2}(\.\d{1,12})?)?)?(Z|[+-]\d{1,2}:\d{2})?)?)?)?", fullmatch=True),
+    st.from_regex(
+        r"-?\d{1,6}(-\d{1,2}(-\d{1,2}(T\d{1,2}(:\d{1,2}(:\d{1,2}(\.\d{1,12})?)?)?(Z|[+-]\d{1,2}:\d{2})?)?)?)?",
+        fullmatch=True,
+    ),
     text,
-)  # fmt: skip
+)
 
 
 def values_for(kind: str, ids: list[str]) -> st.SearchStrategy[str]:
@@ -120,23 +140,40 @@ def search_param(draw: st.DrawFn, rtype: str, ids: list[str]) -> tuple[str, str]
         tail = draw(st.sampled_from(["name", "birthdate", "_id", "identifier", "general-practitioner.name", "x", ""]))
         return f"{ref}{target}.{tail}", draw(values_for("string", ids))
     if kind == 5:  # reverse chain
-        other, ref, code = draw(st.sampled_from(RTYPES + ["Nope"])), draw(text), draw(st.sampled_from(["code", "_id", "x"]))
+        other, ref, code = (
+            draw(st.sampled_from([*RTYPES, "Nope"])),
+            draw(text),
+            draw(st.sampled_from(["code", "_id", "x"])),
+        )
         return f"_has:{other}:{ref}:{code}", draw(text)
     if kind == 6:  # _include and _revinclude
-        name = draw(st.sampled_from(["_include", "_revinclude", "_include:iterate", "_revinclude:iterate", "_include:x"]))
+        name = draw(
+            st.sampled_from(["_include", "_revinclude", "_include:iterate", "_revinclude:iterate", "_include:x"])
+        )
         src, code = draw(st.sampled_from([rtype, *RTYPES[:3], "*"])), draw(st.sampled_from([*codes, "*", ""]))
         target = draw(st.sampled_from(["", ":Patient", ":Nope", ":"]))
         return name, draw(st.sampled_from([f"{src}:{code}{target}", "*", ""]) | text)
     if kind == 7:  # result parameters
-        name = draw(st.sampled_from(["_count", "_sort", "_summary", "_total", "_elements", "_cursor", "_format", "_pretty"]))
+        name = draw(
+            st.sampled_from(["_count", "_sort", "_summary", "_total", "_elements", "_cursor", "_format", "_pretty"])
+        )
         if name == "_count":
             return name, draw(numbers_text)
         if name == "_sort":
-            return name, ",".join(draw(st.lists(st.sampled_from(["-", ""]), min_size=1, max_size=3).map(
-                lambda signs: [s + draw(st.sampled_from([*codes, "_lastUpdated", "_id", "x", ""])) for s in signs])))
+            return name, ",".join(
+                draw(
+                    st.lists(st.sampled_from(["-", ""]), min_size=1, max_size=3).map(
+                        lambda signs: [
+                            s + draw(st.sampled_from([*codes, "_lastUpdated", "_id", "x", ""])) for s in signs
+                        ]
+                    )
+                )
+            )
         if name == "_format":
             return name, draw(st.sampled_from(["json", "application/fhir+json", "xml", "html"]) | text)
-        return name, draw(st.sampled_from(["true", "false", "count", "text", "data", "none", "accurate", "id,name"]) | text)
+        return name, draw(
+            st.sampled_from(["true", "false", "count", "text", "data", "none", "accurate", "id,name"]) | text
+        )
     if kind == 8:
         return draw(st.sampled_from(["_id", "_lastUpdated"])), draw(values_for("date", ids) | st.sampled_from(ids))
     return draw(text), draw(text)  # anything at all
@@ -148,8 +185,21 @@ def searches(draw: st.DrawFn, ids: list[str]) -> tuple[str, list[tuple[str, str]
     return rtype, draw(st.lists(search_param(rtype, ids), min_size=1, max_size=4))
 
 
-ACCEPT = st.sampled_from(["", "application/fhir+json", "application/json", "*/*", "text/html", "application/fhir+xml",
-                          "application/fhir+json; fhirVersion=3.0", "application/*;q=0"]) | header_text  # fmt: skip
+ACCEPT = (
+    st.sampled_from(
+        [
+            "",
+            "application/fhir+json",
+            "application/json",
+            "*/*",
+            "text/html",
+            "application/fhir+xml",
+            "application/fhir+json; fhirVersion=3.0",
+            "application/*;q=0",
+        ]
+    )
+    | header_text
+)
 
 
 @given(data=st.data())
@@ -172,7 +222,9 @@ async def test_a_raw_query_string_never_fails_badly(fhir: Fhir, query: str) -> N
 
 # --- reads, history, vread -----------------------------------------------------------------------
 
-odd_ids = st.one_of(st.from_regex(r"[A-Za-z0-9\-.]{1,64}", fullmatch=True), text, st.sampled_from(["-", "..", "$everything"]))
+odd_ids = st.one_of(
+    st.from_regex(r"[A-Za-z0-9\-.]{1,64}", fullmatch=True), text, st.sampled_from(["-", "..", "$everything"])
+)
 vids = numbers_text if is_open("numbers-out-of-range") else st.one_of(numbers_text, st.just("9" * 40))
 
 
@@ -183,16 +235,31 @@ async def test_reads_history_and_vreads_never_fail_badly(fhir: Fhir, data: st.Da
     vid = quote(data.draw(vids), safe="")
     path = data.draw(
         st.sampled_from(
-            [f"{rtype}/{rid}", f"{rtype}/{rid}/_history", f"{rtype}/{rid}/_history/{vid}", f"{rtype}/_history",
-             f"Patient/{rid}/$everything", "metadata", ".well-known/smart-configuration"]  # fmt: skip
+            [
+                f"{rtype}/{rid}",
+                f"{rtype}/{rid}/_history",
+                f"{rtype}/{rid}/_history/{vid}",
+                f"{rtype}/_history",
+                f"Patient/{rid}/$everything",
+                "metadata",
+                ".well-known/smart-configuration",
+            ]
         )
     )
-    params = data.draw(st.dictionaries(st.sampled_from(["_count", "_since", "_at", "_format", "start", "x"]), text, max_size=2))
+    params = data.draw(
+        st.dictionaries(st.sampled_from(["_count", "_since", "_at", "_format", "start", "x"]), text, max_size=2)
+    )
     if "_count" in params and is_open("numbers-out-of-range"):
         params["_count"] = str(data.draw(st.integers(-5, 10**6)))
     headers = {"Accept": data.draw(ACCEPT), "If-None-Match": data.draw(header_text)}
     token = data.draw(st.sampled_from(["read", "patient", "user", None]))
-    await fhir.send(data.draw(st.sampled_from(["GET", "GET", "HEAD", "PATCH"])), f"/fhir/{path}", token, params=params, headers=headers)
+    await fhir.send(
+        data.draw(st.sampled_from(["GET", "GET", "HEAD", "PATCH"])),
+        f"/fhir/{path}",
+        token,
+        params=params,
+        headers=headers,
+    )
 
 
 # --- writes ----------------------------------------------------------------------------------------
@@ -200,13 +267,29 @@ async def test_reads_history_and_vreads_never_fail_badly(fhir: Fhir, data: st.Da
 
 def templates(ids: list[str]) -> list[dict[str, Any]]:
     return [
-        {"resourceType": "Patient", "name": [{"family": "Fuzz", "given": ["Ada"]}], "gender": "female", "birthDate": "1970-01-01"},
-        {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-         "subject": {"reference": f"Patient/{ids[0]}"}, "effectiveDateTime": "2024-01-01T00:00:00Z",
-         "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
-        {"resourceType": "Condition", "subject": {"reference": f"Patient/{ids[1]}"}, "code": {"text": "x"},
-         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}},
-    ]  # fmt: skip
+        {
+            "resourceType": "Patient",
+            "name": [{"family": "Fuzz", "given": ["Ada"]}],
+            "gender": "female",
+            "birthDate": "1970-01-01",
+        },
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/{ids[0]}"},
+            "effectiveDateTime": "2024-01-01T00:00:00Z",
+            "valueQuantity": {"value": 72, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
+        },
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{ids[1]}"},
+            "code": {"text": "x"},
+            "clinicalStatus": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+            },
+        },
+    ]
 
 
 @st.composite
@@ -214,7 +297,9 @@ def resources(draw: st.DrawFn, ids: list[str]) -> Any:
     if draw(st.integers(0, 5)) == 0:
         return draw(json_values)
     resource = dict(draw(st.sampled_from(templates(ids))))
-    for key in draw(st.lists(st.sampled_from(sorted(resource) + ["id", "meta", "text", "contained", "extension", "x"]), max_size=3)):
+    for key in draw(
+        st.lists(st.sampled_from([*sorted(resource), "id", "meta", "text", "contained", "extension", "x"]), max_size=3)
+    ):
         resource[key] = draw(json_values | st.sampled_from(ids) | st.just({"versionId": "1", "lastUpdated": "x"}))
     if draw(st.booleans()):
         resource["id"] = draw(st.sampled_from(ids) | odd_ids)
@@ -222,16 +307,40 @@ def resources(draw: st.DrawFn, ids: list[str]) -> Any:
 
 
 IF_MATCH = st.sampled_from(['W/"1"', '"1"', "1", 'W/"0"', 'W/"', "*", ""]) | header_text
-PREFER = st.sampled_from(["return=minimal", "return=representation", "return=OperationOutcome", "handling=strict",
-                          "handling=lenient", "return=x", ""]) | header_text  # fmt: skip
-CONTENT_TYPES = st.sampled_from(["application/fhir+json", "application/fhir+json", "application/fhir+json", "application/json", "application/json+fhir", "text/plain",
-                                 "application/fhir+json; charset=latin-1", ""])  # fmt: skip
+PREFER = (
+    st.sampled_from(
+        [
+            "return=minimal",
+            "return=representation",
+            "return=OperationOutcome",
+            "handling=strict",
+            "handling=lenient",
+            "return=x",
+            "",
+        ]
+    )
+    | header_text
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/fhir+json",
+        "application/fhir+json",
+        "application/fhir+json",
+        "application/json",
+        "application/json+fhir",
+        "text/plain",
+        "application/fhir+json; charset=latin-1",
+        "",
+    ]
+)
 
 
 @given(data=st.data())
 async def test_creates_updates_and_deletes_never_fail_badly(fhir: Fhir, data: st.DataObject) -> None:
     body = data.draw(resources(fhir.ids))
-    rtype = body.get("resourceType") if isinstance(body, dict) and isinstance(body.get("resourceType"), str) else "Patient"
+    rtype = (
+        body.get("resourceType") if isinstance(body, dict) and isinstance(body.get("resourceType"), str) else "Patient"
+    )
     rtype = data.draw(st.sampled_from([rtype, rtype, "Observation", "Nope"]))
     rid = data.draw(st.sampled_from(fhir.ids) | odd_ids)
     if isinstance(body, dict) and data.draw(st.booleans()):
@@ -258,14 +367,36 @@ def bundles(draw: st.DrawFn, ids: list[str]) -> Any:
     def entry() -> dict[str, Any]:
         resource = draw(resources(ids))
         method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", ""]) | text)
-        url = draw(st.sampled_from(["Patient", f"Patient/{ids[0]}", "Observation?code=8867-4", f"Patient/{ids[0]}/_history/1",
-                                    "metadata", "Nope/1", "", "/Patient", f"{FHIR}/Patient", "Patient?_count=2"]) | text)  # fmt: skip
+        url = draw(
+            st.sampled_from(
+                [
+                    "Patient",
+                    f"Patient/{ids[0]}",
+                    "Observation?code=8867-4",
+                    f"Patient/{ids[0]}/_history/1",
+                    "metadata",
+                    "Nope/1",
+                    "",
+                    "/Patient",
+                    f"{FHIR}/Patient",
+                    "Patient?_count=2",
+                ]
+            )
+            | text
+        )
         request: dict[str, Any] = {"method": method, "url": url}
-        for key in draw(st.lists(st.sampled_from(["ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"]), max_size=2, unique=True)):
+        for key in draw(
+            st.lists(
+                st.sampled_from(["ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"]), max_size=2, unique=True
+            )
+        ):
             request[key] = draw(text)
         found: dict[str, Any] = {"resource": resource, "request": request}
         if draw(st.booleans()):
-            found["fullUrl"] = draw(st.sampled_from(["urn:uuid:3f9c1b6e-6b3a-4c1e-8d7a-1a2b3c4d5e6f", "urn:uuid:x", f"{FHIR}/Patient/p"]) | text)
+            found["fullUrl"] = draw(
+                st.sampled_from(["urn:uuid:3f9c1b6e-6b3a-4c1e-8d7a-1a2b3c4d5e6f", "urn:uuid:x", f"{FHIR}/Patient/p"])
+                | text
+            )
         for key in draw(st.lists(st.sampled_from(["resource", "request", "fullUrl"]), max_size=1)):
             found[key] = draw(json_values)
         return found
@@ -293,8 +424,16 @@ async def test_batches_and_transactions_never_fail_badly(fhir: Fhir, data: st.Da
 @given(data=st.data())
 async def test_forged_and_malformed_credentials_get_a_bare_401(fhir: Fhir, data: st.DataObject) -> None:
     now = int(fhir.h.clock())
-    valid = {"iss": AUTH, "sub": "test-client", "aud": FHIR, "client_id": "test-client", "scope": "system/*.rs",
-             "iat": now, "exp": now + 300, "jti": "j"}  # fmt: skip
+    valid = {
+        "iss": AUTH,
+        "sub": "test-client",
+        "aud": FHIR,
+        "client_id": "test-client",
+        "scope": "system/*.rs",
+        "iat": now,
+        "exp": now + 300,
+        "jti": "j",
+    }
     credential = data.draw(
         st.one_of(
             forged_jwts(valid).map(lambda t: f"Bearer {t}"),
