@@ -24,7 +24,7 @@ from mockehr import migrate
 
 _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
 settings.register_profile(
-    "ci", max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=_SUPPRESSED
+    "ci", max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=_SUPPRESSED
 )
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_SUPPRESSED)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
