@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.fuzz.conftest import secrets_in
 from tests.fuzz.invariants import any_shape, ehr_api_shape, send
 from tests.fuzz.strategies import header_text, json_values, numbers_text, text
-from tests.integration.ehrharness import CdsDouble, EhrHarness, card, ehr_harness, greeting_service
+from tests.integration.ehrharness import CdsDouble, EhrHarness, ehr_harness, greeting_service
 
 HOOKS = ["patient-view", "order-select", "order-sign", "encounter-start", "encounter-discharge", "appointment-book"]
 
@@ -344,6 +344,3 @@ async def test_whatever_a_cds_service_answers_the_ehr_answers_cleanly_and_render
     for service in response.json()["services"]:
         for shown in service.get("cards") or []:
             assert not _ACTIVE.search(shown.get("detailHtml", "")), shown["detailHtml"]
-
-
-_ = card

@@ -19,7 +19,7 @@ from fhirserver import searchparams
 from tests.fuzz.conftest import secrets_in
 from tests.fuzz.invariants import fhir_shape, send
 from tests.fuzz.known_open import is_open
-from tests.fuzz.strategies import NASTY, forged_jwts, header_text, integers, json_values, numbers_text, text
+from tests.fuzz.strategies import forged_jwts, header_text, json_values, numbers_text, text
 from tests.integration.fhirharness import AUTH, FHIR, FhirHarness, fhir_harness
 
 RTYPES = sorted(searchparams.SUPPORTED_TYPES)
@@ -446,6 +446,3 @@ async def test_forged_and_malformed_credentials_get_a_bare_401(fhir: Fhir, data:
     response = await fhir.send("GET", f"/fhir/{path}", credential)
     if credential.strip() != f"Bearer {fhir.tokens['read']}":  # HTTP drops whitespace around a value
         assert response.status_code == 401, (credential, response.status_code, response.text)
-
-
-_ = (NASTY, integers)
