@@ -7,7 +7,7 @@ ARGS ?=
 # Two workers: the machine has two cores; every test is isolated (own database, own ports).
 PYTEST_WORKERS ?= 2
 
-.PHONY: install up test test-fast lint bench clean
+.PHONY: install up test test-fast fuzz lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ up: install
 ## test: the whole suite (unit, integration, e2e) on SQLite and PostgreSQL
 test: install
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(ARGS)
+
+## fuzz: the property-based fuzz tests (tests/fuzz) with the "long" hypothesis profile: random, many
+## more examples, failures saved in .hypothesis/ and replayed first (`make test` runs the "ci" profile)
+fuzz: install
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -n $(PYTEST_WORKERS) tests/fuzz $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

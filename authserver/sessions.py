@@ -114,7 +114,8 @@ class CsrfSigner:
     def check(self, cookie: str | None, purpose: str, token: object) -> bool:
         if not cookie or not isinstance(token, str) or not token or len(cookie) > _MAX_COOKIE:
             return False
-        return hmac.compare_digest(self.token(cookie, purpose), token)
+        # Bytes: compare_digest refuses a str with non-ASCII characters (TypeError, a 500).
+        return hmac.compare_digest(self.token(cookie, purpose).encode(), token.encode())
 
 
 def set_csrf_cookie(response: Response, value: str) -> None:

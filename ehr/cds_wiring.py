@@ -7,9 +7,10 @@ import logging
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.clock import Clock
 from common.http import make_http_client
@@ -67,6 +68,15 @@ class CdsWiring:
                 return PlainTextResponse("Internal Server Error", status_code=500)
             body = {"error": "server_error", "message": "the EHR failed to handle this request; see its log"}
             return JSONResponse(body, status_code=500, headers=NO_STORE)
+
+        @app.exception_handler(StarletteHTTPException)
+        async def routing(request: Request, exc: StarletteHTTPException) -> Response:
+            # No route or method under /api/ (e.g. `/api/hooks/`) still answers in the API's shape.
+            if not request.url.path.startswith("/api/"):
+                return await http_exception_handler(request, exc)
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+            body = {"error": code, "message": str(exc.detail)}
+            return JSONResponse(body, status_code=exc.status_code, headers={**NO_STORE, **(exc.headers or {})})
 
         @app.exception_handler(RequestValidationError)
         async def invalid(request: Request, exc: RequestValidationError) -> Response:

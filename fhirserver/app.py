@@ -169,7 +169,10 @@ def create_app(
         kind = body.get("type") if isinstance(body, dict) else None
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
             raise FhirError([Issue("POST to the base takes a batch or transaction Bundle", code="invalid")])
-        if len(body.get("entry") or []) > settings.max_bundle_entries:
+        entries = body.get("entry") or []
+        if not isinstance(entries, list):  # FHIR R4 Bundle.entry is 0..*: a JSON array
+            raise FhirError([Issue("Bundle.entry must be a list", code="invalid")])
+        if len(entries) > settings.max_bundle_entries:
             raise FhirError(
                 [Issue(f"a Bundle may hold at most {settings.max_bundle_entries} entries", code="too-costly")],
                 status=413,

@@ -154,4 +154,9 @@ def new_csrf() -> str:
 
 
 def csrf_ok(session: Session, presented: object) -> bool:
-    return isinstance(presented, str) and bool(presented) and hmac.compare_digest(presented, session.csrf)
+    # Bytes: compare_digest refuses a str with non-ASCII characters (TypeError, a 500).
+    return (
+        isinstance(presented, str)
+        and bool(presented)
+        and hmac.compare_digest(presented.encode(), session.csrf.encode())
+    )

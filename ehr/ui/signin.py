@@ -71,7 +71,7 @@ def signin_router() -> APIRouter:
         )
         params = request.query_params
         state = params.get("state", "")
-        if login is None or not state or not secrets.compare_digest(state, login.state):
+        if login is None or not state or not secrets.compare_digest(state.encode(), login.state.encode()):
             return render(
                 "error.html", 400, title="Sign-in failed", message="This sign-in was not started here. Sign in again."
             )
