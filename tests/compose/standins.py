@@ -163,9 +163,7 @@ def docker_env() -> dict[str, str]:
 
 def _run(args: list[str], timeout: float, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     try:
-        result = subprocess.run(
-            args, input=stdin, capture_output=True, timeout=timeout, env=docker_env(), check=False
-        )
+        result = subprocess.run(args, input=stdin, capture_output=True, timeout=timeout, env=docker_env(), check=False)
     except subprocess.TimeoutExpired as exc:
         raise StandinError(f"{' '.join(args[:3])} … did not finish within {timeout} s") from exc
     return result
@@ -257,9 +255,7 @@ def _build_base(docker: str, wanted: str, say: Callable[[str], None]) -> None:
     mirror = debian_mirror()
     say(f"building {BASE_TAG}: debootstrap --variant=minbase {SUITE} from {mirror}")
     with tempfile.TemporaryDirectory(prefix="mockehr-debootstrap-") as root:
-        _check(
-            _run([debootstrap, "--variant=minbase", SUITE, root, mirror], BUILD_TIMEOUT), f"debootstrap {SUITE}"
-        )
+        _check(_run([debootstrap, "--variant=minbase", SUITE, root, mirror], BUILD_TIMEOUT), f"debootstrap {SUITE}")
         for cache in (Path(root) / "var/cache/apt/archives").glob("*.deb"):
             cache.unlink()
         # docker import reads a tarball of the root file system from stdin.
