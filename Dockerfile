@@ -38,6 +38,6 @@ RUN pip install --no-cache-dir -c constraints.txt -e . \
 
 USER mockehr:mockehr
 
-EXPOSE 9000 9001 9002 9003
+EXPOSE 9000 9001 9002 9003 9004
 
 CMD ["mockehr", "--help"]

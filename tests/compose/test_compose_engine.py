@@ -292,5 +292,8 @@ def test_the_compose_stack_answers_a_hook_over_its_network_and_a_browser_signs_i
         _trusting_home(home, data_dir / "ca.pem")
         listed = _sign_in(home, login, user["password"])
         assert patient in listed, listed
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- docker-compose logs (last lines per service) ---\n{compose.logs()}") from None
+    except Exception as exc:  # a failed assertion, a browser or subprocess error: each with the logs
+        logs = compose.logs()
+        raise AssertionError(
+            f"{type(exc).__name__}: {exc}\n--- docker-compose logs (last lines per service) ---\n{logs}"
+        ) from exc
