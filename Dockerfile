@@ -2,7 +2,11 @@
 # `mockehr` CLI (used by the compose `init` service). No secrets are baked in: the dev CA, TLS
 # certificates, key-encryption key and admin token are created at run time by `mockehr init` in
 # the shared data volume (/data), or supplied through the environment in production.
-FROM python:3.11-slim
+# The base image is overridable (compose passes MOCKEHR_PYTHON_IMAGE) so that a machine that cannot
+# pull from a container registry can build on a stand-in with the same interface: `python` and
+# `pip` on PATH (see tests/compose/standins.py).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -34,6 +38,6 @@ RUN pip install --no-cache-dir -c constraints.txt -e . \
 
 USER mockehr:mockehr
 
-EXPOSE 9000 9001 9002 9003
+EXPOSE 9000 9001 9002 9003 9004
 
 CMD ["mockehr", "--help"]
