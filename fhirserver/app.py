@@ -20,8 +20,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.app import service_app
-from common.clock import Clock, system_clock
 from common.app_origins import registered_origins
+from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
 from common.db import is_statement_timeout, make_sessionmaker
 from common.errors import BodyRefusedError

@@ -46,7 +46,11 @@ async def _create(fhir: FhirHarness, resource: dict[str, Any]) -> str:
 async def _role_of(fhir: FhirHarness, practitioner: str) -> str:
     return await _create(
         fhir,
-        {"resourceType": "PractitionerRole", "active": True, "practitioner": {"reference": f"Practitioner/{practitioner}"}},
+        {
+            "resourceType": "PractitionerRole",
+            "active": True,
+            "practitioner": {"reference": f"Practitioner/{practitioner}"},
+        },
     )
 
 
@@ -123,7 +127,9 @@ async def test_another_practitioner_cannot_be_reached_by_include_revinclude_or_c
     assert _ids(gp, "Practitioner") == {me}
     chained = (await fhir.get("Encounter", token, **{"participant:Practitioner._id": other})).json()
     assert "entry" not in chained
-    hidden_role = (await fhir.get("PractitionerRole", token, _id=other_role, _include="PractitionerRole:practitioner")).json()
+    hidden_role = (
+        await fhir.get("PractitionerRole", token, _id=other_role, _include="PractitionerRole:practitioner")
+    ).json()
     assert "entry" not in hidden_role
 
 

@@ -141,9 +141,7 @@ async def test_unregistered_null_and_look_alike_origins_get_no_cors_header_from_
             assert response.status_code < 500, response.text
             assert _cors(response) == {}, (origin, str(response.request.url))
         for client, path in ((auth, "/token"), (stack.fhir.client, "/fhir/Patient")):
-            preflight = await client.options(
-                path, headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
-            )
+            preflight = await client.options(path, headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
             assert _cors(preflight) == {}, (origin, path)
 
 
