@@ -8,7 +8,9 @@
   endpoint URL; `exp` at most 5 minutes ahead; `jti` never used before (a database row, so the
   rule holds across replicas and restarts).
 - client_secret_basic (RFC 6749 §2.3.1) for symmetric clients, argon2-hashed secrets.
-- public clients (SMART apps with auth_method none) identify themselves with `client_id`.
+- public clients (SMART apps with auth_method none) identify themselves with `client_id`; on a
+  refresh they may instead be identified by the refresh token they present (RFC 6749 §6: only a
+  confidential client must authenticate), which `public_client` checks.
 
 Every failure is the same `invalid_client` (401): the reason goes to the log, never to the peer.
 """
@@ -81,6 +83,24 @@ class ClientAuthenticator:
                 raise _fail(f"{client_id} is confidential but sent no credentials")
             return client
         raise _fail("no client credentials")
+
+    @staticmethod
+    def identifies_itself(form: FormData, headers: Headers) -> bool:
+        """Does the request carry any client identification (an assertion, Basic or client_id)?"""
+        return (
+            "client_assertion" in form
+            or "client_assertion_type" in form
+            or "client_id" in form
+            or headers.get("authorization", "")[:6].lower() == "basic "
+        )
+
+    async def public_client(self, client_id: str) -> Client:
+        """The active public client a refresh token was issued to, for a request that sent no
+        credentials; a confidential client never passes without authenticating."""
+        client = await self._client(client_id)
+        if client.auth_method != "none":
+            raise _fail(f"{client_id} is confidential but sent no credentials")
+        return client
 
     async def _client(self, client_id: str) -> Client:
         async with autocommit(self.sessions) as session:

@@ -21,6 +21,7 @@ from authserver.client_credentials import client_credentials_grant
 from authserver.codes import authorization_code_grant
 from authserver.deps import RuntimeDep
 from authserver.errors import (
+    InvalidGrantError,
     InvalidRequestError,
     InvalidTargetError,
     UnauthorizedClientError,
@@ -86,7 +87,7 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         form = await request.form()
         grant_type = _one(form, "grant_type")
         if grant_type in (AUTHORIZATION_CODE, REFRESH_TOKEN):
-            app = await auth_of(request).authenticate(form, request.headers, allow_public=True)
+            app = await _app_of(request, runtime, form, grant_type)
             _audience(settings, _one(form, "resource"))
             if grant_type == AUTHORIZATION_CODE:
                 body = await authorization_code_grant(runtime, settings, app, form)
@@ -103,6 +104,18 @@ def oauth_router(settings: AuthSettings) -> APIRouter:
         return await issue(
             runtime, await _exchange(request, runtime, form, client, audience), {"issued_token_type": TOKEN_TYPE_ACCESS}
         )
+
+    async def _app_of(request: Request, runtime: Runtime, form: Any, grant_type: str) -> clients.Client:
+        """The SMART app making a user grant request: authenticated, or public and identified."""
+        if grant_type == REFRESH_TOKEN and not auth_of(request).identifies_itself(form, request.headers):
+            # RFC 6749 §6: a public client need not send client_id on a refresh (fhirclient.js
+            # does not by default): the refresh token names its client. A confidential client
+            # must still authenticate; binding, rotation and reuse detection apply as usual.
+            issued_to = await refresh.owner(runtime, form)
+            if issued_to is None:
+                raise InvalidGrantError("the refresh token is invalid")
+            return await auth_of(request).public_client(issued_to)
+        return await auth_of(request).authenticate(form, request.headers, allow_public=True)
 
     async def _exchange(request: Request, runtime: Runtime, form: Any, actor: clients.Client, audience: str) -> Grant:
         check_actor(actor)

@@ -5,6 +5,8 @@ RFC 6749 §6; RFC 9700 §4.14 (refresh token protection):
 - issued only when `offline_access` or `online_access` was granted; `online_access` tokens live
   only as long as the user's login session at this server (sign out, or session expiry, ends them);
 - opaque, 256 random bits, stored as SHA-256 (`oauth_refresh_tokens`), bound to the client;
+- a public client may leave out `client_id`: the token names its client (RFC 6749 §6 asks only
+  confidential clients to authenticate; `owner`), which must still be active and public;
 - rotated on every use: the presented token is marked used and a new one of the same family is
   returned. Presenting a token already rotated (or another client presenting it) is taken as
   theft: the whole family — every refresh token and every access token of the grant — is revoked
@@ -158,6 +160,21 @@ def _narrower(requested: ScopeSet, allowed: ScopeSet) -> bool:
     return {s.to_v2() for s in narrowed.resources} == {s.to_v2() for s in requested.resources} and (
         narrowed.other == requested.other
     )
+
+
+async def owner(runtime: Runtime, form: Any) -> str | None:
+    """The client a presented refresh token was issued to (None if it is no refresh token of
+    ours): how a public client that sends no client_id is identified (RFC 6749 §6)."""
+    presented = _one(form, "refresh_token")
+    if not presented:
+        raise InvalidRequestError("refresh_token is required")
+    if len(presented) > 256:
+        return None
+    async with tokens.autocommit(runtime.sessions) as session:
+        found = await session.execute(
+            select(RefreshTokenRow.client_id).where(RefreshTokenRow.token_hash == digest(presented))
+        )
+        return found.scalar_one_or_none()
 
 
 async def refresh_token_grant(

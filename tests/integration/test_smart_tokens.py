@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from authserver import clients
 from authserver.models import AuthorizationCodeRow, RefreshTokenRow, RevocationRow
 from authserver.sessions import digest
 from common.errors import TokenInvalidError
@@ -269,6 +270,72 @@ async def test_a_refresh_token_is_bound_to_its_client(smart: Smart) -> None:
     # Presented by another client it is taken as stolen: the family is revoked.
     _invalid_grant(await smart.refresh(body["refresh_token"]))
     assert await smart.introspect(body["access_token"]) == {"active": False}
+
+
+def _refresh_form(refresh_token: str) -> dict[str, str]:
+    """A refresh as fhirclient.js sends it by default (refreshTokenWithClientId: false): no client_id."""
+    return {"grant_type": "refresh_token", "refresh_token": refresh_token}
+
+
+async def _confidential_tokens(smart: Smart) -> dict[str, Any]:
+    params = {"client_id": CONF_APP, "redirect_uri": CONF_REDIRECT}
+    code, verifier, _ = await smart.code_for(**params)
+    response = await smart.auth.token(
+        {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": CONF_REDIRECT},
+        headers=_basic(CONF_APP, CONF_SECRET),
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_a_public_app_may_refresh_without_client_id_and_rotation_still_holds(smart: Smart) -> None:
+    body = await smart.tokens_for()
+    rotated = await smart.auth.token(_refresh_form(body["refresh_token"]))
+    assert rotated.status_code == 200, rotated.text
+    second = rotated.json()
+    assert claims_of(second["access_token"])["client_id"] == APP and second["patient"] == "p-a1"
+    assert second["refresh_token"] != body["refresh_token"]
+    # Reuse detection is unchanged: the rotated-out token, again without client_id, kills the family.
+    _invalid_grant(await smart.auth.token(_refresh_form(body["refresh_token"])))
+    _invalid_grant(await smart.refresh(second["refresh_token"]))
+    assert await smart.introspect(second["access_token"]) == {"active": False}
+
+
+async def test_a_confidential_apps_refresh_token_without_client_authentication_is_refused(smart: Smart) -> None:
+    body = await _confidential_tokens(smart)
+    for form in (
+        _refresh_form(body["refresh_token"]),
+        {**_refresh_form(body["refresh_token"]), "client_id": CONF_APP},
+    ):
+        refused = await smart.auth.token(form)
+        assert (refused.status_code, refused.json()["error"]) == (401, "invalid_client"), form
+    # The refusals spent nothing: the app, authenticating, refreshes with the same token.
+    ok = await smart.auth.token(_refresh_form(body["refresh_token"]), headers=_basic(CONF_APP, CONF_SECRET))
+    assert ok.status_code == 200, ok.text
+    assert claims_of(ok.json()["access_token"])["client_id"] == CONF_APP
+
+
+async def test_a_client_id_that_is_not_the_refresh_tokens_client_is_refused(smart: Smart) -> None:
+    body = await _confidential_tokens(smart)
+    # A public client naming itself cannot ride a confidential client's refresh token.
+    _invalid_grant(await smart.refresh(body["refresh_token"], client_id=APP))
+    assert await smart.introspect(body["access_token"]) == {"active": False}
+
+
+async def test_an_unknown_refresh_token_without_client_id_is_an_invalid_grant(smart: Smart) -> None:
+    _invalid_grant(await smart.auth.token(_refresh_form("no-such-refresh-token")))
+    _invalid_grant(await smart.auth.token(_refresh_form("x" * 300)))
+    missing = await smart.auth.token({"grant_type": "refresh_token"})
+    assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
+
+
+async def test_a_disabled_public_apps_refresh_token_without_client_id_is_refused(smart: Smart) -> None:
+    body = await smart.tokens_for()
+    async with smart.auth.app.state.runtime.sessions() as session, session.begin():
+        assert await clients.set_active(session, APP, False)
+    refused = await smart.auth.token(_refresh_form(body["refresh_token"]))
+    assert (refused.status_code, refused.json()["error"]) == (401, "invalid_client")
 
 
 async def test_an_expired_refresh_token_is_refused(smart: Smart) -> None:
