@@ -43,6 +43,7 @@ from authserver.clients import Client
 from authserver.codes import CHALLENGE_S256, CodeGrant
 from authserver.deps import RuntimeDep
 from authserver.launch import FHIR_ID, LaunchContext
+from authserver.launch_options import LaunchOptions
 from authserver.login import csrf_cookie, csrf_of, current_user, error_page, origin_of, page
 from authserver.models import LaunchRow
 from authserver.reach import FhirReach, ReachUnavailableError
@@ -313,6 +314,12 @@ def authorize_router(settings: AuthSettings) -> APIRouter:
             raise RedirectError("invalid_scope", "none of the requested scopes is allowed to this app and user")
         if registered is not None and "launch" not in granted.other:
             raise RedirectError("invalid_scope", "a launch parameter needs the launch scope")
+        if registered is not None:
+            simulated = LaunchOptions.from_column(registered.launch_options).simulate_error
+            if simulated in ("access_denied", "invalid_scope"):
+                # The EHR asked this launch to fail here (launch_options.py), as a user's denial
+                # or an unacceptable scope would (RFC 6749 §4.1.2.1).
+                raise RedirectError(simulated, "simulated by the EHR's launch options")
         if select is not None:
             return await select(areq, user, login)
         if registered is not None:

@@ -11,7 +11,8 @@ left to them (as CDS Hooks says of `appContext`); here:
        "client_id": "<the SMART app>", "patient": "<Patient id>", "encounter": "<Encounter id>",
        "user": "<username | Practitioner/id | Patient/id>",
        "fhirContext": [{"reference": "MedicationRequest/1"}, ...],
-       "appContext": "<string>", "need_patient_banner": false}
+       "appContext": "<string>", "need_patient_banner": false,
+       "launch_options": {"access_token_lifetime": 60, "simulate_error": "refresh_refused"}}
     → 200 {"launch": "<opaque>", "expires_in": 300}
 
 - The value is 256 random bits; only its SHA-256 is stored (`smart_launches`).
@@ -25,6 +26,8 @@ left to them (as CDS Hooks says of `appContext`); here:
 - `appContext` is a string, as CDS Hooks 2.0 defines Link.appContext ("could be escaped JSON,
   base64 encoded XML, or even a simple string"); it reaches the app in the token response next
   to the SMART launch parameters. An object is refused rather than silently re-encoded.
+- `launch_options` (authserver/launch_options.py): a shorter token lifetime or a simulated error
+  for this launch only; never sent to the app.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from authserver import clients, users
 from authserver.client_auth import ClientAuthenticator
 from authserver.deps import RuntimeDep
 from authserver.errors import InvalidRequestError, UnauthorizedClientError
+from authserver.launch_options import LaunchOptions
+from authserver.launch_options import parse as parse_options
 from authserver.models import LaunchRow
 from authserver.reach import ReachUnavailableError
 from authserver.sessions import digest, new_secret
@@ -69,6 +74,8 @@ class LaunchContext:
     fhir_context: list[dict[str, Any]] = field(default_factory=list)
     app_context: str | None = None
     need_patient_banner: bool = True
+    # Not launch context in the SMART sense: how this launch's grant behaves (never sent to the app).
+    options: LaunchOptions = field(default_factory=LaunchOptions)
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -77,6 +84,7 @@ class LaunchContext:
             "fhir_context": json.dumps(self.fhir_context) if self.fhir_context else None,
             "app_context": self.app_context,
             "need_patient_banner": self.need_patient_banner,
+            "launch_options": self.options.column(),
         }
 
     @classmethod
@@ -88,6 +96,7 @@ class LaunchContext:
             fhir_context=json.loads(row.fhir_context) if row.fhir_context else [],
             app_context=row.app_context,
             need_patient_banner=bool(row.need_patient_banner),
+            options=LaunchOptions.from_column(row.launch_options),
         )
 
     def response_fields(self) -> dict[str, Any]:
@@ -221,6 +230,7 @@ def launch_router(settings: AuthSettings) -> APIRouter:
             fhir_context=check_fhir_context(body.get("fhirContext")),
             app_context=app_context,
             need_patient_banner=banner,
+            options=parse_options(body.get("launch_options"), max_lifetime=settings.access_token_lifetime_seconds),
         )
         async with runtime.sessions() as session:
             app = await clients.get(session, str(body.get("client_id") or ""))

@@ -134,6 +134,7 @@ class LaunchRow(Base):
     fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array
     app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
     need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
+    launch_options: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON (revision 0009)
     created_at: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[int] = mapped_column(Integer)
     used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -159,6 +160,7 @@ class AuthorizationCodeRow(Base):
     fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)
     app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
     need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
+    launch_options: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON (revision 0009)
     nonce: Mapped[str | None] = mapped_column(String(255), nullable=True)
     session_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     auth_time: Mapped[int] = mapped_column(Integer)
@@ -187,6 +189,7 @@ class RefreshTokenRow(Base):
     fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)
     app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
     need_patient_banner: Mapped[bool] = mapped_column(Boolean, default=False)
+    launch_options: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON (revision 0009)
     created_at: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[int] = mapped_column(Integer)
     used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)  # rotated

@@ -69,13 +69,18 @@ async def issue_user_token(
         sub=user.username,
         scope=scope,
         audience=settings.fhir_base_url,
-        lifetime=settings.access_token_lifetime_seconds,
+        lifetime=context.options.lifetime(settings.access_token_lifetime_seconds),
         grant=family,
         patient=context.patient,
         fhir_user=f"{settings.fhir_base_url.rstrip('/')}/{user.fhir_user}",
         encounter=context.encounter,
     )
-    return await tokens.issue(session, runtime.signing_keys, settings.base_url, grant, now)
+    issued = await tokens.issue(session, runtime.signing_keys, settings.base_url, grant, now)
+    if context.options.simulate_error == "token_revoked":
+        # Launch options: refused by the FHIR server before its exp (launch_options.py).
+        row = await tokens.record(session, issued.jti)
+        await tokens.revoke(session, [row] if row is not None else [], now)
+    return issued
 
 
 def token_body(issued: Issued, scope: str, context: LaunchContext, settings: AuthSettings) -> dict[str, Any]:
@@ -83,7 +88,7 @@ def token_body(issued: Issued, scope: str, context: LaunchContext, settings: Aut
     body: dict[str, Any] = {
         "access_token": issued.token,
         "token_type": "Bearer",
-        "expires_in": settings.access_token_lifetime_seconds,
+        "expires_in": context.options.lifetime(settings.access_token_lifetime_seconds),
         "scope": scope,
     }
     body.update(context.response_fields())
@@ -227,6 +232,8 @@ async def refresh_token_grant(
             failure = "the refresh token was already used; every token of this grant is now revoked"
         elif not fresh or row.expires_at <= now:
             failure = "the refresh token is revoked or expired"
+        elif LaunchContext.of(row).options.simulate_error == "refresh_refused":
+            failure = "refresh refused (simulated by the EHR's launch options)"
         elif row.access == "online" and not (row.session_hash and await sessions.alive(session, row.session_hash, now)):
             await revoke_family(session, row.family, now)
             failure = "the user is no longer signed in (online_access)"

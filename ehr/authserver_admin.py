@@ -20,6 +20,13 @@ from ehr.errors import Conflict, UpstreamFailed
 SMART_URLS_TTL_SECONDS = 5.0
 
 
+def smart_apps(registered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Active SMART apps with a launch URL, by name (the chart's Apps menu). Read from the
+    registry at each request, never cached, so a disabled app disappears at once."""
+    found = [c for c in registered if c.get("kind") == "smart-app" and c.get("active") and c.get("launch_url")]
+    return sorted(found, key=lambda c: str(c.get("name") or c.get("client_id")).lower())
+
+
 class AuthserverAdmin:
     def __init__(self, http: httpx.AsyncClient, base_url: str, admin_token: str, *, clock: Clock) -> None:
         self._http = http

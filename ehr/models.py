@@ -106,3 +106,26 @@ class CdsCardOutcomeRow(Base):
     __table_args__ = (
         UniqueConstraint("hook_instance", "service_id", "card_uuid", name="uq_ehr_cds_card_outcomes_card"),
     )
+
+
+class SmartLaunchRow(Base):
+    """One SMART app launch the EHR registered at the authorization server (the chart's Apps menu
+    or a card's smart link): for whom, with which context and launch options, and the outcome."""
+
+    __tablename__ = "ehr_smart_launches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_ref: Mapped[str] = mapped_column(String(255))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    encounter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    app_name: Mapped[str] = mapped_column(String(255))
+    launch_url: Mapped[str] = mapped_column(Text)
+    fhir_context: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array
+    app_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    options: Mapped[str] = mapped_column(Text)  # JSON: the launch options sent (revision 0009)
+    outcome: Mapped[str] = mapped_column(String(16))  # registered | refused
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it was refused
+    created_at: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_ehr_smart_launches_user", "user_ref", "created_at"),)

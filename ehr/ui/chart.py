@@ -110,6 +110,11 @@ class Chart:
     def latest_encounter(self) -> str:
         return self.encounters[0].id if self.encounters else ""
 
+    @property
+    def open_encounter(self) -> str:
+        """The encounter in progress (FHIR R4 Encounter.status), if any: an app's launch context."""
+        return next((e.id for e in self.encounters if e.detail == "in-progress"), "")
+
 
 @dataclass(frozen=True)
 class PatientSummary:
@@ -169,6 +174,14 @@ class FhirReader:
             return False
         patient = await self._get(f"Patient/{patient_id}")
         return patient is not None and patient.get("id") == patient_id
+
+    async def readable(self, reference: str) -> bool:
+        """Whether the user may read this resource (`Type/id`)."""
+        kind, _, rid = reference.partition("/")
+        if not FHIR_ID.fullmatch(rid):
+            return False
+        found = await self._get(f"{kind}/{rid}")
+        return found is not None and found.get("resourceType") == kind and found.get("id") == rid
 
     async def encounter_of(self, patient_id: str, encounter_id: str) -> bool:
         """Whether the user may see this Encounter and it is this patient's."""

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ehr.settings import EhrSettings
 from ehr.ui.admin import admin_router
 from ehr.ui.config import UiConfig
+from ehr.ui.launcher import launcher_router
 from ehr.ui.pages import pages_router
 from ehr.ui.signin import signin_router
 from ehr.ui.signing import signing_router
@@ -32,6 +33,7 @@ def install_ui(app: FastAPI, settings: EhrSettings) -> None:
     app.state.session_resolver = resolve_session
     app.include_router(signin_router())
     app.include_router(pages_router())
+    app.include_router(launcher_router())
     app.include_router(signing_router())
     app.include_router(admin_router())
     app.mount("/static", _Static(directory=STATIC), name="static")

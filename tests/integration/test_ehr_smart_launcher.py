@@ -1,0 +1,292 @@
+"""The chart's Apps menu and launch options, against the real authorization server and FHIR
+server (ehrharness): the menu lists active SMART apps that have a launch URL, read at each page
+view; a launch registers the context and the options at the authorization server, the EHR records
+them, and the options change that launch's grant only (the launch next to it is untouched)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from authserver import clients
+from authserver.clients import Client
+from authserver.models import LaunchRow
+from authserver.sessions import digest
+from ehr.models import SmartLaunchRow
+from ehr.ui.session import SESSION_COOKIE, CookieBox, Session
+from mockehr.demo import USERS_FILE
+from tests.integration.authharness import claims_of
+from tests.integration.ehrharness import EHR, EhrHarness, Router, ehr_harness
+from tests.integration.fhirharness import AUTH, FHIR
+
+CSRF = "csrf-of-this-session"
+LAUNCH = "https://app.test/launch"
+REDIRECT = "https://app.test/callback"
+SCOPE = "launch openid fhirUser patient/*.rs offline_access"
+POST = {"X-CSRF-Token": CSRF, "Origin": EHR}
+
+
+@pytest.fixture
+async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
+    async with ehr_harness(tmp_path, database_url) as harness:
+        runtime = harness.fhir.auth_app.state.runtime
+        async with runtime.sessions() as session, session.begin():
+            for client in (
+                Client(
+                    "app-a",
+                    "smart-app",
+                    "Zeta app",
+                    "none",
+                    SCOPE,
+                    False,
+                    True,
+                    redirect_uris=(REDIRECT,),
+                    launch_url=LAUNCH,
+                ),
+                Client(
+                    "app-b",
+                    "smart-app",
+                    "Alpha app",
+                    "none",
+                    SCOPE,
+                    False,
+                    True,
+                    redirect_uris=("https://b.test/cb",),
+                    launch_url="https://b.test/launch",
+                ),
+                Client(
+                    "app-nolaunch",
+                    "smart-app",
+                    "No launch URL",
+                    "none",
+                    SCOPE,
+                    False,
+                    True,
+                    redirect_uris=("https://c.test/cb",),
+                ),
+                Client(
+                    "cds-x",
+                    "cds-service",
+                    "A CDS Service",
+                    "none",
+                    "patient/*.rs",
+                    False,
+                    True,
+                    launch_url="https://x.test/l",
+                ),
+            ):
+                await clients.register(session, client, None)
+        # The UI reads FHIR and calls the authserver with the runtime's client: route it in-process.
+        routed = httpx.AsyncClient(
+            transport=Router({"auth.test": harness.fhir.auth_app, "fhir.test": harness.fhir.fhir_app})
+        )
+        original = harness.ehr_app.state.runtime.http
+        harness.ehr_app.state.runtime.http = routed
+        try:
+            yield harness
+        finally:
+            harness.ehr_app.state.runtime.http = original
+            await routed.aclose()
+
+
+async def _sign_in(h: EhrHarness, practitioner: int = 0) -> str:
+    """A UI session of a demo practitioner, with a real user token of theirs."""
+    user = h.fhir.practitioner(practitioner)
+    token = await h.fhir.token("user/*.cruds", user=user, client_id="ehr", record=True)
+    now = int(h.fhir.clock())
+    session = Session(user, "Dr. Demo", token, now + 280, None, CSRF, now, now, sid=f"sid-{practitioner}")
+    h.ehr.cookies.set(
+        SESSION_COOKIE, CookieBox(h.ehr_app.state.runtime.settings.kek()).seal(SESSION_COOKIE, asdict(session))
+    )
+    return user
+
+
+def _menu(page: str) -> list[str]:
+    found = re.search(r'<ul id="apps-list">(.*?)</ul>', page, re.S)
+    return re.findall(r'data-client="([^"]+)"', found.group(1)) if found else []
+
+
+async def _launch(h: EhrHarness, **body: Any) -> httpx.Response:
+    return await h.ehr.post("/ui/launch", json={"url": LAUNCH, **body}, headers=POST)
+
+
+def _launch_value(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    url = response.json()["url"]
+    assert url.startswith(LAUNCH + "?")
+    query = parse_qs(urlsplit(url).query)
+    assert query["iss"] == [FHIR]
+    return query["launch"][0]
+
+
+async def test_the_apps_menu_lists_active_smart_apps_with_a_launch_url_and_a_disabled_app_disappears_at_once(
+    h: EhrHarness,
+) -> None:
+    await _sign_in(h)
+    patient = h.fhir.patient_of(0)
+    page = await h.ehr.get(f"/patients/{patient}")
+    assert page.status_code == 200
+    assert _menu(page.text) == ["app-b", "app-a"]  # by name; no app without a launch URL, no other kind
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=h.fhir.auth_app), base_url=AUTH) as auth:
+        disabled = await auth.post("/admin/clients/app-a/disable", headers=h.admin)
+    assert disabled.status_code == 204
+    assert _menu((await h.ehr.get(f"/patients/{patient}")).text) == ["app-b"]
+    refused = await _launch(h, patientId=patient)
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+
+
+async def test_a_launch_sends_the_context_and_options_to_the_authserver_and_the_ehr_records_them(
+    h: EhrHarness,
+) -> None:
+    user = await _sign_in(h)
+    patient = h.fhir.patient_of(0)
+    bundle = (await h.fhir_read("MedicationRequest", patient=patient)).json()
+    medication = f"MedicationRequest/{bundle['entry'][0]['resource']['id']}"
+    options = {"accessTokenLifetime": 60, "simulateError": "token_revoked"}
+    with_options = _launch_value(await _launch(h, patientId=patient, fhirContext=[medication], options=options))
+    plain = _launch_value(await _launch(h, patientId=patient))
+    async with h.fhir.auth_app.state.runtime.sessions() as session:
+        row = await session.get(LaunchRow, digest(with_options))
+        other = await session.get(LaunchRow, digest(plain))
+    assert row is not None and other is not None
+    assert json.loads(row.launch_options) == {"access_token_lifetime": 60, "simulate_error": "token_revoked"}
+    assert json.loads(row.fhir_context) == [{"reference": medication}]
+    assert (row.patient, row.client_id) == (patient, "app-a")
+    assert other.launch_options is None
+    async with h.ehr_app.state.runtime.sessions() as session:
+        recorded = list((await session.execute(select(SmartLaunchRow).order_by(SmartLaunchRow.id))).scalars())
+    assert [(r.user_ref, r.patient_id, r.client_id, r.outcome) for r in recorded] == [
+        (user, patient, "app-a", "registered"),
+        (user, patient, "app-a", "registered"),
+    ]
+    assert json.loads(recorded[0].options) == {"access_token_lifetime": 60, "simulate_error": "token_revoked"}
+    assert json.loads(recorded[1].options) == {}
+    page = await h.ehr.get("/launches")
+    assert page.status_code == 200
+    assert "token lifetime 60 s" in page.text and "<code>token_revoked</code>" in page.text
+    assert medication in page.text
+
+
+async def test_another_users_launches_are_not_shown_on_the_launches_page(h: EhrHarness) -> None:
+    await _sign_in(h, 0)
+    _launch_value(await _launch(h, patientId=h.fhir.patient_of(0), options={"simulateError": "access_denied"}))
+    await _sign_in(h, 1)
+    page = await h.ehr.get("/launches")
+    assert "access_denied" not in page.text and "No launches yet." in page.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"options": {"simulateError": "server_error"}},
+        {"options": {"accessTokenLifetime": 5}},
+        {"options": {"scope": "system/*.*"}},
+        {"fhirContext": ["Patient/other"]},
+        {"fhirContext": "MedicationRequest/1"},
+        {"fhirContext": ["http://evil.test/MedicationRequest/1"]},
+    ],
+)
+async def test_launch_options_and_fhir_context_out_of_bounds_are_refused(h: EhrHarness, body: dict[str, Any]) -> None:
+    await _sign_in(h)
+    response = await _launch(h, patientId=h.fhir.patient_of(0), **body)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
+async def test_fhir_context_must_be_resources_the_user_can_read(h: EhrHarness) -> None:
+    await _sign_in(h, 0)
+    others = (await h.fhir_read("MedicationRequest", patient=h.fhir.patient_of(1))).json()
+    foreign = f"MedicationRequest/{others['entry'][0]['resource']['id']}"
+    response = await _launch(h, patientId=h.fhir.patient_of(0), fhirContext=[foreign])
+    assert response.status_code == 400 and foreign in response.json()["message"]
+
+
+# --- the options' effect, through the app's own authorization and token requests ---------------
+
+
+async def _app_tokens(h: EhrHarness, launch: str, practitioner: int = 0) -> dict[str, Any]:
+    """What the app gets: the demo user signs in at the authserver, the app redeems the code."""
+    username = h.fhir.data.practitioners[practitioner].username
+    password = json.loads((Path(h.ehr_app.state.runtime.settings.data_dir) / USERS_FILE).read_text())[username][
+        "password"
+    ]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=h.fhir.auth_app), base_url=AUTH) as browser:
+        login = await browser.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', login.text)
+        assert csrf
+        signed = await browser.post(
+            "/login", data={"username": username, "password": password, "csrf": csrf.group(1), "next": ""}
+        )
+        assert signed.status_code == 303, signed.text
+        verifier = "v" * 64
+        import base64
+        import hashlib
+
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        answer = await browser.get(
+            "/authorize",
+            params={
+                "response_type": "code",
+                "client_id": "app-a",
+                "redirect_uri": REDIRECT,
+                "scope": SCOPE,
+                "state": "s",
+                "aud": FHIR,
+                "launch": launch,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+        )
+        query = {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["location"]).query).items()}
+        if "code" not in query:
+            return query
+        token = await browser.post(
+            "/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": query["code"],
+                "code_verifier": verifier,
+                "redirect_uri": REDIRECT,
+                "client_id": "app-a",
+            },
+        )
+        assert token.status_code == 200, token.text
+        body: dict[str, Any] = token.json()
+        return body
+
+
+async def test_a_token_revoked_launch_is_refused_by_the_fhir_server_before_exp_and_the_launch_next_to_it_reads(
+    h: EhrHarness,
+) -> None:
+    await _sign_in(h)
+    patient = h.fhir.patient_of(0)
+    revoked = await _app_tokens(
+        h, _launch_value(await _launch(h, patientId=patient, options={"simulateError": "token_revoked"}))
+    )
+    plain = await _app_tokens(h, _launch_value(await _launch(h, patientId=patient)))
+    await h.fhir.fhir_app.state.revocations.poll_once()  # what the FHIR server does every ≤ 0.5 s
+    assert claims_of(revoked["access_token"])["exp"] > h.fhir.clock()
+    refused = await h.fhir.get(f"Patient/{patient}", revoked["access_token"])
+    assert refused.status_code == 401
+    read = await h.fhir.get(f"Patient/{patient}", plain["access_token"])
+    assert read.status_code == 200 and read.json()["id"] == patient
+
+
+async def test_a_simulated_denial_reaches_the_app_as_access_denied_and_the_launch_next_to_it_gets_a_code(
+    h: EhrHarness,
+) -> None:
+    await _sign_in(h)
+    patient = h.fhir.patient_of(0)
+    denied = await _app_tokens(
+        h, _launch_value(await _launch(h, patientId=patient, options={"simulateError": "access_denied"}))
+    )
+    assert denied["error"] == "access_denied"
+    assert "access_token" in await _app_tokens(h, _launch_value(await _launch(h, patientId=patient)))
