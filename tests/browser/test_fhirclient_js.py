@@ -229,9 +229,9 @@ def test_an_app_written_with_fhirclient_js_defaults_completes_an_ehr_launch_from
     with signed_in(browser, stack, user) as page:
         open_chart(page, stack, patient)
         with watching(page.context, stack) as tokens:
-            page.click("#apps-menu")
+            page.click("#apps-menu summary")
             with page.context.expect_page() as opened:
-                page.click(f"[data-client-id='{APP}']")
+                page.click(f"#apps-list button.app-launch[data-client='{APP}']")
             app = opened.value
             app.wait_for_url(f"{stack.app}/app.html?**")
             results = results_of(app, "ehr-launch")
