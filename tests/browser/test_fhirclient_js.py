@@ -66,35 +66,27 @@ def static_app(bundle: Path) -> Starlette:
     )
 
 
-def register_app(stack: AppStack) -> None:
-    """`mockehr clients add`, exactly as the README's "Launching a SMART app" shows."""
-    scopes = [arg for scope in APP_SCOPE for arg in ("--scope", scope)]
+def mockehr(stack: AppStack, *args: str) -> str:
+    """Run the `mockehr` CLI on the stack's data directory, as a developer would."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mockehr",
-            "clients",
-            "add",
-            APP,
-            "--kind",
-            "smart-app",
-            "--auth-method",
-            "none",
-            "--redirect-uri",
-            f"{stack.app}/app.html",
-            "--launch-url",
-            f"{stack.app}/launch.html",
-            *scopes,
-            "--data-dir",
-            str(stack.up.data_dir),
-        ],
+        [sys.executable, "-m", "mockehr", *args, "--data-dir", str(stack.up.data_dir)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def register_app(stack: AppStack, client_id: str, origin: str) -> None:
+    """`mockehr clients add`, exactly as the README's "Launching a SMART app" shows."""
+    scopes = [arg for scope in APP_SCOPE for arg in ("--scope", scope)]
+    mockehr(
+        stack,
+        *("clients", "add", client_id, "--kind", "smart-app", "--auth-method", "none"),
+        *("--redirect-uri", f"{origin}/app.html", "--launch-url", f"{origin}/launch.html", *scopes),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppStack]:
     try:
         up.wait_for("Ctrl-C stops every service.")
         found = AppStack(up, app=f"https://localhost:{port}")
-        register_app(found)
+        register_app(found, APP, found.app)
         with serve_tls(static_app(bundle), data_dir, port):
             yield found
     finally:
@@ -236,3 +228,53 @@ def test_an_app_written_with_fhirclient_js_defaults_completes_an_ehr_launch_from
             app.wait_for_url(f"{stack.app}/app.html?**")
             results = results_of(app, "ehr-launch")
         assert_the_app_read_everything(results, patient, user, tokens)
+
+
+CORS_PROBE = """async (urls) => {
+    const answers = [];
+    for (const url of urls) {
+        try { answers.push((await fetch(url)).status); } catch (error) { answers.push(String(error)); }
+    }
+    return answers;
+}"""
+
+
+def test_disabling_an_app_withdraws_its_cors_origin_and_its_apps_menu_entry_at_once(
+    stack: AppStack, browser: Any
+) -> None:
+    # An app of its own, on an origin of its own, so that the other tests' app keeps working.
+    other = "js-app-disabled"
+    bundle = fhirclient_bundle()
+    with serve_tls(static_app(bundle), stack.up.data_dir) as origin:
+        register_app(stack, other, origin)
+        user = stack.users[0]
+        with signed_in(browser, stack, user) as page:
+            app = page.context.new_page()
+            app.goto(f"{origin}/fhir-client.js")  # any document of the app's origin
+            urls = [f"{stack.fhir}/.well-known/smart-configuration", f"{stack.auth}/.well-known/openid-configuration"]
+            assert app.evaluate(CORS_PROBE, urls) == [200, 200]
+            open_chart(page, stack, user.patients[0])
+            entry = f"#apps-list button.app-launch[data-client='{other}']"
+            assert page.locator(entry).count() == 1
+
+            assert "disabled" in mockehr(stack, "clients", "disable", other)
+
+            # No wait: the very next requests are refused. The browser's fetch fails on CORS.
+            answers = app.evaluate(CORS_PROBE, urls)
+            assert all(a.startswith("TypeError") for a in answers), answers
+            open_chart(page, stack, user.patients[0])
+            assert page.locator(entry).count() == 0
+            # Nor does a launch of its URL go through the EHR by hand.
+            refused = page.evaluate(
+                """async ([url, patientId]) => {
+                    const csrf = document.querySelector('meta[name=csrf-token]').content;
+                    const r = await fetch('/ui/launch', {method: 'POST', headers: {'Content-Type': 'application/json',
+                        'X-CSRF-Token': csrf}, body: JSON.stringify({url, patientId})});
+                    return r.status; }""",
+                [f"{origin}/launch.html", user.patients[0]],
+            )
+            assert refused == 403
+            # The app that stays registered still gets its CORS answers.
+            still = page.context.new_page()
+            still.goto(f"{stack.app}/fhir-client.js")
+            assert still.evaluate(CORS_PROBE, urls) == [200, 200]
