@@ -20,6 +20,10 @@ from ehr.errors import Conflict, UpstreamFailed
 SMART_URLS_TTL_SECONDS = 5.0
 
 
+class RegistrationRefused(Exception):
+    """The admin API refused a registration; the message is its error_description."""
+
+
 def smart_apps(registered: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Active SMART apps with a launch URL, by name (the chart's Apps menu). Read from the
     registry at each request, never cached, so a disabled app disappears at once."""
@@ -67,6 +71,23 @@ class AuthserverAdmin:
         )
         self._smart_urls = (now, urls)
         return urls
+
+    async def register_smart_app(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A new SMART app, validated by the authorization server itself (the admin API's rules,
+        its message passed on). An existing client_id is refused, never overwritten."""
+        client_id = str(body.get("client_id") or "")
+        if await self.get_client(client_id) is not None:
+            raise Conflict(f"client {client_id!r} is already registered")
+        response = await self._call("PUT", f"/admin/clients/{client_id}", {**body, "kind": "smart-app"})
+        if response.status_code == 400:
+            detail = ""
+            with contextlib.suppress(ValueError, AttributeError):
+                detail = str(response.json().get("error_description", ""))
+            raise RegistrationRefused(detail or "the authorization server refused the registration")
+        if response.status_code != 200:
+            raise UpstreamFailed(f"the authorization server's admin API answered {response.status_code}")
+        saved: dict[str, Any] = response.json()
+        return saved
 
     async def register_cds_service(self, client_id: str, name: str, scope: str) -> dict[str, Any]:
         """Create the service's client, or update the scope of an existing one (keys kept)."""

@@ -25,7 +25,7 @@ SMART_EXAMPLE_CLIENT_ID = "smart-example"
 # writes (accepting a suggestion creates resources as the user). Narrowed further to the role.
 EHR_UI_SCOPE = "openid fhirUser profile online_access user/*.cruds"
 EHR_UI_CALLBACK = "/oauth/callback"
-SMART_EXAMPLE_SCOPE = "launch openid fhirUser patient/Patient.rs patient/Observation.rs"
+SMART_EXAMPLE_SCOPE = "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/MedicationRequest.rs"
 CDS_EXAMPLE_SCOPE = (
     "patient/Patient.rs patient/Observation.rs patient/Condition.rs "
     "patient/MedicationRequest.rs patient/AllergyIntolerance.rs patient/Encounter.rs"

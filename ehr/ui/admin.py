@@ -7,8 +7,11 @@ pages offer the form and nothing else, and the EHR API refuses the admin routes.
 
 - CDS Services: the page's script calls the EHR API (`/api/services`), which owns discovery,
   approvals and enabling.
-- Clients: read from, and disabled at, the authorization server's admin API (the EHR holds the
-  admin token in its settings; the browser never sees it).
+- Clients: read from, registered at (SMART apps: /admin/clients/new) and disabled at, the
+  authorization server's admin API (the EHR holds the admin token in its settings; the browser
+  never sees it). A registration is validated by the admin API itself, its message shown in the
+  form; a confidential app's secret is made here, sent once to the authserver (which keeps only
+  its hash) and shown once, on the answer to the form post (no-store).
 - Keys: the EHR's own signing keys: list, and rotate (the new key is published at once and
   signs after the publish-ahead delay; the old one stays published for the overlap).
 """
@@ -16,7 +19,9 @@ pages offer the form and nothing else, and the EHR API refuses the admin routes.
 from __future__ import annotations
 
 import hmac
+import json
 import re
+import secrets
 from dataclasses import replace
 
 from fastapi import APIRouter, Request
@@ -24,8 +29,8 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from common.keys import list_keys, rotate
-from ehr.authserver_admin import AuthserverAdmin
-from ehr.errors import UpstreamFailed
+from ehr.authserver_admin import AuthserverAdmin, RegistrationRefused
+from ehr.errors import Conflict, UpstreamFailed
 from ehr.ui.oauth import OAuthFailure
 from ehr.ui.pages import Page, with_session
 from ehr.ui.session import CSRF_FIELD, Session, csrf_ok
@@ -36,6 +41,50 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 # Seconds the old key stays published: publish-ahead + the longest token lifetime + leeway (as
 # `mockehr keys rotate`).
 ROTATION_OVERLAP = 340
+CLIENT_TYPES = {
+    "public": "Public (no secret; PKCE)",
+    "confidential-symmetric": "Confidential, with a client secret",
+    "confidential-asymmetric": "Confidential asymmetric (private_key_jwt: JWKS URL or pasted JWKS)",
+}
+MAX_FIELD = 16384
+
+
+def _app_body(form: FormData) -> tuple[dict[str, object], str | None] | str:
+    """The admin API's client body from the form, and the secret to show (or what is wrong)."""
+    values = {
+        k: str(form.get(k) or "").strip()
+        for k in ("client_id", "name", "redirect_uris", "launch_url", "client_type", "jwks_uri", "jwks", "scope")
+    }
+    if any(len(v) > MAX_FIELD for v in values.values()):
+        return "A field is too long."
+    kind = values["client_type"]
+    body: dict[str, object] = {
+        "client_id": values["client_id"],
+        "name": values["name"],
+        "scope": " ".join(values["scope"].split()),
+        "redirect_uris": values["redirect_uris"].split(),
+        "launch_url": values["launch_url"] or None,
+    }
+    secret = None
+    if kind == "public":
+        body["auth_method"] = "none"
+    elif kind == "confidential-symmetric":
+        secret = secrets.token_urlsafe(32)
+        body.update(auth_method="client_secret_basic", client_secret=secret)
+    elif kind == "confidential-asymmetric":
+        body["auth_method"] = "private_key_jwt"
+        if values["jwks_uri"]:
+            body["jwks_uri"] = values["jwks_uri"]
+        if values["jwks"]:
+            try:
+                body["jwks"] = json.loads(values["jwks"])
+            except ValueError:
+                return 'The JWKS is not JSON (paste a JWK Set: {"keys": [...]}).'
+    else:
+        return "Choose a client type."
+    if not CLIENT_ID.fullmatch(values["client_id"]):
+        return "client_id: 1–128 characters of A-Z a-z 0-9 . _ : -"
+    return body, secret
 
 
 def _forbidden() -> Response:
@@ -105,6 +154,35 @@ def admin_router() -> APIRouter:
 
         return await _admin(request, page)
 
+    @router.get("/admin/clients/new")
+    async def new_client(request: Request) -> Response:
+        async def page(ui: UiState, session: Session) -> Response:
+            return _register_form(session, {}, "")
+
+        return await _admin(request, page)
+
+    @router.post("/admin/clients/new")
+    async def register_client(request: Request) -> Response:
+        form = await request.form()
+
+        async def page(ui: UiState, session: Session) -> Response:
+            parsed = _app_body(form)
+            if isinstance(parsed, str):
+                return _register_form(session, form, parsed, 400)
+            body, secret = parsed
+            registry: AuthserverAdmin = request.app.state.authserver_admin
+            try:
+                saved = await registry.register_smart_app(body)
+            except (RegistrationRefused, Conflict) as exc:
+                return _register_form(session, form, str(exc), 400)
+            except UpstreamFailed as exc:
+                return _register_form(session, form, exc.message, 503)
+            return render(
+                "admin_client_registered.html", title="App registered", session=session, client=saved, secret=secret
+            )
+
+        return await _admin_write(request, form, page)
+
     @router.post("/admin/clients/{client_id}/disable")
     async def disable_client(request: Request, client_id: str) -> Response:
         form = await request.form()
@@ -148,6 +226,26 @@ def admin_router() -> APIRouter:
         return await _admin_write(request, form, page)
 
     return router
+
+
+def _register_form(session: Session, values: object, error: str, status: int = 200) -> Response:
+    shown = (
+        {
+            k: str(values.get(k) or "")
+            for k in ("client_id", "name", "redirect_uris", "launch_url", "client_type", "jwks_uri", "jwks", "scope")
+        }
+        if hasattr(values, "get")
+        else {}
+    )
+    return render(
+        "admin_client_new.html",
+        status,
+        title="Register a SMART app",
+        session=session,
+        values=shown,
+        error=error,
+        client_types=CLIENT_TYPES,
+    )
 
 
 async def _admin(request: Request, page: Page) -> Response:

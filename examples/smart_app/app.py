@@ -46,10 +46,22 @@ from common.middleware import SecurityHeadersMiddleware, limit_bodies
 from common.settings import load_settings
 from examples.smart_app.launches import Pending, PendingLaunches
 from examples.smart_app.settings import SmartAppSettings
-from examples.smart_app.smart import LaunchError, begin, discover, fetch_jwks, read_patient, redeem
+from examples.smart_app.smart import (
+    LaunchError,
+    MedicationView,
+    begin,
+    discover,
+    fetch_jwks,
+    read_medications,
+    read_patient,
+    redeem,
+)
 from examples.smart_app.transport import smart_session
 
 LAUNCH_COOKIE = "__Host-smart-example-launch"
+# The EHR's own stylesheet, served by this app as is (SMART apps usually match their EHR's look;
+# one file, so the two never drift apart).
+EHR_STYLESHEET = Path(__file__).resolve().parents[2] / "ehr" / "ui" / "static" / "ehr.css"
 ID_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,16 +75,14 @@ def _templates() -> Environment:
 
 
 def page(status: int = 200, **context: Any) -> HTMLResponse:
-    """The app's one page: no script at all, one nonce'd style, never framed, no referrer."""
-    nonce = secrets.token_urlsafe(16)
-    html = _templates().get_template("page.html").render(nonce=nonce, **context)
+    """The app's one page: no script at all, its one stylesheet, never framed, no referrer."""
+    html = _templates().get_template("page.html").render(**context)
     return HTMLResponse(
         html,
         status_code=status,
         headers={
             "Content-Security-Policy": (
-                f"default-src 'none'; style-src 'nonce-{nonce}'; frame-ancestors 'none'; "
-                "base-uri 'none'; form-action 'none'"
+                "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
             ),
             "Cache-Control": "no-store",
         },
@@ -124,6 +134,14 @@ def create_app(
                 return work(session)
 
         return await to_thread.run_sync(run)
+
+    @app.get("/static/ehr.css")
+    async def stylesheet() -> Response:
+        return Response(
+            EHR_STYLESHEET.read_bytes(),
+            media_type="text/css",
+            headers={"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
 
     @app.get("/launch")
     async def launch(request: Request) -> Response:
@@ -197,8 +215,16 @@ def create_app(
         except LaunchError as exc:
             log.warning("patient not read: %s", type(exc.__cause__).__name__ if exc.__cause__ else "bad id")
             raise
+        medications: list[MedicationView] = []
+        medications_error = ""
+        try:
+            medications = await blocking(lambda session: read_medications(client, session, patient_id))
+        except LaunchError as exc:  # the patient is still shown; the page says what is missing
+            medications_error = str(exc)
         app_context = context.get("appContext")
         return {
+            "medications": medications,
+            "medications_error": medications_error,
             "title": "Launched from the EHR",
             "patient_name": patient.name,
             "patient_id": patient.id,

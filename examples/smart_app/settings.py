@@ -18,7 +18,7 @@ class SmartAppSettings(ServiceSettings):
     # refused before anything is fetched from it (SMART App Launch 2.2 "EHR Launch": the app
     # SHOULD check iss against an allow list; otherwise an attacker picks the server).
     fhir_base_url: str = "https://localhost:9002/fhir"
-    scope: str = "launch openid fhirUser patient/Patient.rs patient/Observation.rs"
+    scope: str = "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/MedicationRequest.rs"
     # How long a started launch may take to come back to /callback.
     pending_seconds: int = Field(default=600, ge=30, le=3600)
 

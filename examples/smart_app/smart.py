@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from fhirclient.auth import FHIRAuth
@@ -37,6 +37,20 @@ class Discovery:
     authorize: str
     token: str
     jwks_uri: str
+
+
+@dataclass(frozen=True)
+class MedicationView:
+    """One MedicationRequest as the page shows it."""
+
+    id: str
+    text: str
+    status: str
+    authored: str
+    dosage: str
+
+
+MAX_MEDICATIONS = 50
 
 
 @dataclass(frozen=True)
@@ -144,3 +158,44 @@ def read_patient(client: Any, session: requests.Session, patient_id: str) -> Pat
         name = first.text or client.human_name(first)
     birth = patient.birthDate.isostring if patient.birthDate is not None else ""
     return PatientView(id=str(patient.id or patient_id), name=str(name), birth_date=str(birth or ""))
+
+
+def _concept_text(concept: object) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    if isinstance(concept.get("text"), str) and concept["text"]:
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display") or coding.get("code"), str):
+            return str(coding.get("display") or coding.get("code"))
+    return ""
+
+
+def read_medications(client: Any, session: requests.Session, patient_id: str) -> list[MedicationView]:
+    """The patient's MedicationRequests (FHIR R4 search `patient`), newest first: what the app
+    was launched to review. Read with the access token; a server that refuses (the scope was not
+    granted) raises LaunchError, which the page shows next to the patient."""
+    if not FHIR_ID.fullmatch(patient_id):
+        raise LaunchError("The launch carried no usable patient id.")
+    client.server.session = session
+    path = f"MedicationRequest?patient={quote(patient_id)}&_count={MAX_MEDICATIONS}&_sort=-authoredon"
+    try:
+        bundle = client.server.request_json(path)
+    except Exception as exc:  # fhirclient raises on any status >= 400; requests' errors; bad JSON
+        raise LaunchError("The medications could not be read with the token received.") from exc
+    found = []
+    for entry in (bundle.get("entry") if isinstance(bundle, dict) else None) or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "MedicationRequest":
+            continue
+        dosage = resource.get("dosageInstruction") or [{}]
+        found.append(
+            MedicationView(
+                id=str(resource.get("id") or ""),
+                text=_concept_text(resource.get("medicationCodeableConcept")) or "medication",
+                status=str(resource.get("status") or ""),
+                authored=str(resource.get("authoredOn") or ""),
+                dosage=str(dosage[0].get("text") or "") if isinstance(dosage[0], dict) else "",
+            )
+        )
+    return found[:MAX_MEDICATIONS]

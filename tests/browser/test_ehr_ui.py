@@ -575,3 +575,61 @@ def test_removing_the_draft_from_an_order_select_card_discards_it_before_any_sig
         assert page.locator("#signature").is_hidden()
         page.reload()
         assert page.locator("#medications tr").count() == before
+
+
+def test_the_apps_menu_launches_the_example_app_which_shows_the_patient_and_their_medications(
+    stack: Stack, browser: Any
+) -> None:
+    user = stack.users[0]
+    with signed_in(browser, stack, user) as page:
+        patient = user.patients[0]
+        open_chart(page, stack, patient)
+        page.click("#apps-menu summary")
+        button = page.locator("#apps-list button.app-launch", has_text="smart-example").or_(
+            page.locator(f"#apps-list button.app-launch[data-url='{stack.smart_app}/launch']")
+        )
+        page.select_option("#launch-lifetime", "60")
+        shot(page, "apps-menu")
+        with page.context.expect_page() as opened:
+            button.first.click()
+        app = opened.value
+        app.wait_for_selector("#patient-id, #error")
+        assert app.url.startswith(stack.smart_app + "/callback?")
+        assert app.locator("#patient-id").inner_text() == patient
+        assert "metformin" in app.locator("#medication-list").inner_text().lower()  # the seed's diabetic patient
+        # The EHR's look: the EHR's stylesheet applied (its header colour), served by the app.
+        color = app.evaluate("getComputedStyle(document.querySelector('header.top')).backgroundColor")
+        assert color == "rgb(18, 50, 79)"
+        shot(app, "smart-app-medications")
+        # The launch and its options are on record.
+        page.goto(stack.ehr + "/launches")
+        row = page.locator("#launches tbody tr.launch-row").first
+        assert patient in row.inner_text() and "token lifetime 60 s" in row.inner_text()
+
+
+def test_an_admin_registers_a_smart_app_in_the_form_and_sees_its_secret_once(stack: Stack, browser: Any) -> None:
+    token = (stack.up.data_dir / "admin-token").read_text().strip()
+    with signed_in(browser, stack, stack.users[1]) as page:
+        page.goto(stack.ehr + "/admin")
+        page.fill("#admin-token", token)
+        page.click("#elevate")
+        page.wait_for_url(stack.ehr + "/admin/services")
+        page.goto(stack.ehr + "/admin/clients")
+        page.click("#register-app")
+        page.fill("#reg-client-id", "browser-app")
+        page.fill("#reg-name", "Browser app")
+        page.fill("#reg-redirect-uris", "http://app.example/callback")  # not https: the admin API refuses
+        page.fill("#reg-launch-url", "https://app.example/launch")
+        page.check("#reg-type-confidential-symmetric")
+        page.click("#reg-submit")
+        assert "https" in page.locator("#register-error").inner_text()
+        assert page.input_value("#reg-client-id") == "browser-app"  # the form keeps what was typed
+        page.fill("#reg-redirect-uris", "https://app.example/callback")
+        page.click("#reg-submit")
+        page.wait_for_selector("#registered")
+        secret = page.locator("#client-secret").inner_text()
+        assert len(secret) >= 40
+        shot(page, "admin-register")
+        page.goto(stack.ehr + "/admin/clients")
+        assert "browser-app" in page.locator("#clients").inner_text()
+        assert secret not in page.content()

@@ -290,3 +290,142 @@ async def test_a_simulated_denial_reaches_the_app_as_access_denied_and_the_launc
     )
     assert denied["error"] == "access_denied"
     assert "access_token" in await _app_tokens(h, _launch_value(await _launch(h, patientId=patient)))
+
+
+# --- registering an app in the admin pages ------------------------------------------------------
+
+
+async def _sign_in_admin(h: EhrHarness, *, admin: bool = True) -> None:
+    await _sign_in(h)
+    now = int(h.fhir.clock())
+    user = h.fhir.practitioner(0)
+    token = await h.fhir.token("user/*.cruds", user=user, client_id="ehr", record=True)
+    session = Session(user, "Dr. Admin", token, now + 280, None, CSRF, now, now, is_admin=admin, sid="sid-admin")
+    box = CookieBox(h.ehr_app.state.runtime.settings.kek())
+    h.ehr.cookies.set(SESSION_COOKIE, box.seal(SESSION_COOKIE, asdict(session)))
+
+
+def _form(**changes: str) -> dict[str, str]:
+    form = {
+        "csrf": CSRF,
+        "client_id": "my-app",
+        "name": "My app",
+        "redirect_uris": "https://my.test/callback\nhttps://my.test/cb2",
+        "launch_url": "https://my.test/launch",
+        "client_type": "public",
+        "jwks_uri": "",
+        "jwks": "",
+        "scope": "launch openid fhirUser patient/*.rs",
+    }
+    form.update(changes)
+    return form
+
+
+async def _registered(h: EhrHarness, client_id: str = "my-app") -> Client | None:
+    async with h.fhir.auth_app.state.runtime.sessions() as session:
+        return await clients.get(session, client_id)
+
+
+async def test_an_admin_registers_a_public_app_in_the_form_and_it_is_in_the_apps_menu_at_once(h: EhrHarness) -> None:
+    await _sign_in_admin(h)
+    form = await h.ehr.get("/admin/clients/new")
+    assert form.status_code == 200 and 'id="register-form"' in form.text
+    answer = await h.ehr.post("/admin/clients/new", data=_form(), headers={"Origin": EHR})
+    assert answer.status_code == 200, answer.text
+    assert 'id="client-secret"' not in answer.text
+    saved = await _registered(h)
+    assert saved is not None
+    assert (saved.kind, saved.auth_method, saved.redirect_uris, saved.launch_url) == (
+        "smart-app",
+        "none",
+        ("https://my.test/callback", "https://my.test/cb2"),
+        "https://my.test/launch",
+    )
+    assert "my-app" in _menu((await h.ehr.get(f"/patients/{h.fhir.patient_of(0)}")).text)
+
+
+async def test_a_confidential_apps_secret_is_shown_once_and_only_its_hash_is_kept(h: EhrHarness) -> None:
+    await _sign_in_admin(h)
+    answer = await h.ehr.post("/admin/clients/new", data=_form(client_type="confidential-symmetric"))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    found = re.search(r'<code id="client-secret">([^<]+)</code>', answer.text)
+    assert found and len(found.group(1)) >= 40
+    secret = found.group(1)
+    saved = await _registered(h)
+    assert saved is not None and saved.auth_method == "client_secret_basic"
+    assert saved.secret_hash and secret not in saved.secret_hash
+    assert secret not in (await h.ehr.get("/admin/clients")).text
+    # The secret authenticates the app at the token endpoint (a bad one does not).
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=h.fhir.auth_app), base_url=AUTH) as auth:
+        form = {"grant_type": "refresh_token", "refresh_token": "x" * 43}
+        good = await auth.post("/token", data=form, auth=("my-app", secret))
+        bad = await auth.post("/token", data=form, auth=("my-app", secret + "x"))
+    assert good.json()["error"] == "invalid_grant"  # authenticated; the refresh token is made up
+    assert bad.status_code == 401 and bad.json()["error"] == "invalid_client"
+
+
+async def test_an_asymmetric_app_registers_with_a_pasted_jwks_and_a_private_key_is_refused(h: EhrHarness) -> None:
+    from common.keys import generate_key, public_jwk
+
+    await _sign_in_admin(h)
+    key = generate_key("ES384")
+    public = {"keys": [public_jwk(key, "k1", "ES384")]}
+    ok = await h.ehr.post(
+        "/admin/clients/new", data=_form(client_type="confidential-asymmetric", jwks=json.dumps(public))
+    )
+    assert ok.status_code == 200, ok.text
+    saved = await _registered(h)
+    assert saved is not None and saved.auth_method == "private_key_jwt" and saved.jwks == public
+    private = {"keys": [{**public["keys"][0], "d": "c2VjcmV0"}]}
+    refused = await h.ehr.post(
+        "/admin/clients/new",
+        data=_form(client_id="my-app-2", client_type="confidential-asymmetric", jwks=json.dumps(private)),
+    )
+    assert refused.status_code == 400 and 'id="register-error"' in refused.text
+    assert await _registered(h, "my-app-2") is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"redirect_uris": "http://my.test/callback"}, "https"),
+        ({"scope": "launch patient/*.zz"}, ""),
+        ({"client_type": "confidential-asymmetric"}, "JWKS"),
+        ({"client_id": "bad id/../x"}, "client_id"),
+        ({"client_type": "magic"}, "client type"),
+    ],
+)
+async def test_a_registration_the_admin_api_refuses_shows_its_reason_in_the_form_and_registers_nothing(
+    h: EhrHarness, changes: dict[str, str], message: str
+) -> None:
+    await _sign_in_admin(h)
+    answer = await h.ehr.post("/admin/clients/new", data=_form(**changes))
+    assert answer.status_code == 400, answer.text
+    error = re.search(r'id="register-error" role="alert">([^<]*)<', answer.text)
+    assert error and message.lower() in error.group(1).lower()
+    assert await _registered(h, changes.get("client_id", "my-app")) is None
+
+
+async def test_a_registration_never_overwrites_an_existing_client(h: EhrHarness) -> None:
+    await _sign_in_admin(h)
+    answer = await h.ehr.post("/admin/clients/new", data=_form(client_id="app-a", redirect_uris="https://evil.test/cb"))
+    assert answer.status_code == 400 and "already registered" in answer.text
+    saved = await _registered(h, "app-a")
+    assert saved is not None and saved.redirect_uris == (REDIRECT,)
+
+
+async def test_a_registration_without_the_csrf_token_or_from_another_origin_is_refused(h: EhrHarness) -> None:
+    await _sign_in_admin(h)
+    assert (await h.ehr.post("/admin/clients/new", data=_form(csrf=""))).status_code == 403
+    cross = await h.ehr.post("/admin/clients/new", data=_form(), headers={"Origin": "https://evil.test"})
+    assert cross.status_code == 403
+    assert await _registered(h) is None
+
+
+async def test_a_user_not_elevated_to_admin_cannot_register_an_app(h: EhrHarness) -> None:
+    await _sign_in_admin(h, admin=False)
+    assert (await h.ehr.get("/admin/clients/new")).headers["location"] == "/admin"
+    answer = await h.ehr.post("/admin/clients/new", data=_form())
+    assert answer.status_code == 303 and answer.headers["location"] == "/admin"
+    assert await _registered(h) is None

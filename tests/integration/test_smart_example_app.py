@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,6 +52,8 @@ class Servers:
     token_extra: dict[str, Any] = field(default_factory=dict)
     smart_configuration: httpx.Response | None = None
     token_error: httpx.Response | None = None
+    medications_status: int = 200
+    medication_queries: list[dict[str, str]] = field(default_factory=list)
 
     def id_token(self) -> str:
         now = int(time.time())
@@ -110,7 +113,34 @@ class Servers:
                     "birthDate": "1961-04-02",
                 },
             )
+        if url == f"{FHIR}/MedicationRequest" and request.headers.get("authorization") == "Bearer access-token-1":
+            self.medication_queries.append(dict(request.url.params))
+            if self.medications_status != 200:
+                return httpx.Response(self.medications_status, json={"resourceType": "OperationOutcome", "issue": []})
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": MEDICATIONS})
         return httpx.Response(404)
+
+
+MEDICATIONS = [
+    {
+        "resource": {
+            "resourceType": "MedicationRequest",
+            "id": "mr-1",
+            "status": "active",
+            "authoredOn": "2026-01-02",
+            "medicationCodeableConcept": {"coding": [{"display": "Warfarin 5 MG Oral Tablet"}]},
+            "dosageInstruction": [{"text": "<b>once daily</b>"}],
+        }
+    },
+    {
+        "resource": {
+            "resourceType": "MedicationRequest",
+            "id": "mr-2",
+            "status": "stopped",
+            "medicationCodeableConcept": {"text": "Aspirin 81 MG"},
+        }
+    },
+]
 
 
 class ServersAdapter(BaseAdapter):
@@ -239,7 +269,7 @@ async def test_the_app_shows_the_patient_and_the_app_context_and_proves_pkce(
     # The launch cookie is gone, and every call went out with TLS verified against the dev CA only,
     # a timeout, no proxy from the environment, from a worker thread (never the event loop's).
     assert LAUNCH_COOKIE not in app.cookies
-    assert servers.calls[-1] == f"{FHIR}/Patient/{PATIENT}"
+    assert servers.calls[-2:] == [f"{FHIR}/Patient/{PATIENT}", f"{FHIR}/MedicationRequest"]
     assert servers.sent_with and all(
         s["verify"] == str(settings.ca_path) and s["timeout"] and not s["proxies"] for s in servers.sent_with
     )
@@ -414,3 +444,32 @@ def test_the_session_trusts_only_the_dev_ca_follows_no_redirect_and_ignores_the_
         session.get("http://fhir.test/fhir/metadata")
     settings = session.merge_environment_settings("https://fhir.test/fhir", {}, None, None, None)
     assert settings["verify"] == str(tmp_path / "ca.pem") and not settings["proxies"]
+
+
+async def test_the_app_lists_the_patients_medication_requests_in_the_ehrs_look(
+    app: httpx.AsyncClient, servers: Servers
+) -> None:
+    query = await launch(app, servers)
+    page = await app.get("/callback", params={"code": "c-1", "state": query["state"], "iss": AUTH})
+    assert page.status_code == 200, page.text
+    assert servers.medication_queries == [{"patient": PATIENT, "_count": "50", "_sort": "-authoredon"}]
+    rows = re.findall(r'<tr class="medication" data-id="([^"]+)"><td>([^<]+)</td><td>([^<]*)</td>', page.text)
+    assert rows == [("mr-1", "Warfarin 5 MG Oral Tablet", "active"), ("mr-2", "Aspirin 81 MG", "stopped")]
+    assert "&lt;b&gt;once daily&lt;/b&gt;" in page.text  # the server's text, escaped
+    # The EHR's stylesheet, the very file, served by the app itself (the CSP allows only 'self').
+    assert '<link rel="stylesheet" href="/static/ehr.css">' in page.text
+    assert "style-src 'self'" in page.headers["content-security-policy"]
+    css = await app.get("/static/ehr.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert css.content == (Path(__file__).resolve().parents[2] / "ehr/ui/static/ehr.css").read_bytes()
+
+
+async def test_medications_the_server_refuses_are_said_so_and_the_patient_is_still_shown(
+    app: httpx.AsyncClient, servers: Servers
+) -> None:
+    servers.medications_status = 403
+    query = await launch(app, servers)
+    page = await app.get("/callback", params={"code": "c-1", "state": query["state"], "iss": AUTH})
+    assert page.status_code == 200
+    assert "Ann Lee" in page.text and 'id="medications-error"' in page.text
+    assert 'class="medication"' not in page.text
