@@ -38,7 +38,7 @@ from tests.integration.probeharness import free_port, serve_tls
 pytestmark = pytest.mark.e2e
 
 APP = "js-app"
-# The most the app may ever be granted; each page asks for what its launch needs.
+# The most the app may ever be granted; its pages ask for all of it, as the README's launch.html does.
 APP_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
