@@ -16,6 +16,7 @@ import ehr.models  # noqa: F401
 import ehr.ui.signouts as _ehr_ui_tables  # noqa: F401  (ehr_ui_signouts)
 import fhirserver.models  # noqa: F401
 from alembic import context
+from common.app_origins import AppOriginRow  # noqa: F401  (smart_app_origins)
 from common.db import Base, make_engine, normalize_database_url
 from common.keys import SigningKeyRow  # noqa: F401
 

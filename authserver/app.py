@@ -25,6 +25,7 @@ from authserver.sessions import CsrfSigner
 from authserver.settings import AuthSettings
 from authserver.token_exchange import GRANT_TYPE as TOKEN_EXCHANGE
 from common.app import service_app
+from common.app_origins import registered_origins
 from common.clock import Clock, system_clock
 from common.errors import BodyRefusedError
 from common.runtime import Runtime
@@ -162,7 +163,7 @@ def create_app(settings: AuthSettings | None = None, *, clock: Clock = system_cl
     app.include_router(login_router(settings))
     app.include_router(authorize_router(settings))
     app.include_router(launch_router(settings))
-    app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
+    app.add_middleware(CorsMiddleware, origins=settings.cors_origins, registered=registered_origins(app))
 
     @app.get("/jwks")
     @app.get("/.well-known/jwks.json")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authserver.models import ClientRow
 from authserver.passwords import hash_password
+from common import app_origins
 from common.http import check_outbound_url
 from common.jose import import_public_jwks
 from common.scopes import parse_scopes
@@ -142,7 +143,17 @@ async def register(session: AsyncSession, client: Client, secret: str | None = N
     row.launch_url = client.launch_url
     row.secret_hash = hash_password(secret) if secret else None
     await session.flush()
+    await _sync_origins(session, row)
     return _from_row(row)
+
+
+async def _sync_origins(session: AsyncSession, row: ClientRow) -> None:
+    """Browser origins granted CORS (common/app_origins.py): those of an active SMART app's
+    redirect URIs and launch URL, kept in the transaction that changes the registration."""
+    urls: list[str] = []
+    if row.active and row.kind == "smart-app":
+        urls = [*json.loads(row.redirect_uris or "[]"), *([row.launch_url] if row.launch_url else [])]
+    await app_origins.sync(session, row.client_id, urls)
 
 
 async def get(session: AsyncSession, client_id: str) -> Client | None:
@@ -160,4 +171,5 @@ async def set_active(session: AsyncSession, client_id: str, active: bool) -> boo
     if row is None:
         return False
     row.active = active
+    await _sync_origins(session, row)
     return True

@@ -3,15 +3,16 @@ token, keys and metadata to be usable from the browser): /token, /jwks, /.well-k
 /smart-style.json — and nothing else. Never /authorize or /login (those are top-level
 navigations, not fetches), never /introspect, /revoke, /launch or the admin API.
 
-Only origins listed in `cors_origins` get `Access-Control-Allow-Origin` (the origin itself, never
-`*`); no credentials are allowed (the token endpoint uses no cookies). An empty list sends no CORS
-header at all. Preflights (OPTIONS with Access-Control-Request-Method) from an allowed origin are
+Only the origins of registered, active SMART apps (`common.app_origins`, read at request time)
+and those listed in `cors_origins` get `Access-Control-Allow-Origin` (the origin itself, never
+`*`); no credentials are allowed (the token endpoint uses no cookies); any other origin gets no
+CORS header at all. Preflights (OPTIONS with Access-Control-Request-Method) from an allowed origin are
 answered with 204; anything else passes through. The mechanics are `common.cors.CorsMiddleware`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.types import ASGIApp
 
@@ -33,8 +34,16 @@ def cors_methods(path: str) -> str | None:
 
 
 class CorsMiddleware(cors.CorsMiddleware):
-    def __init__(self, app: ASGIApp, *, origins: Collection[str]) -> None:
-        super().__init__(app, origins=origins, methods_for=cors_methods, allow_headers=_ALLOWED_HEADERS)
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        origins: Collection[str],
+        registered: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
+        super().__init__(
+            app, origins=origins, methods_for=cors_methods, allow_headers=_ALLOWED_HEADERS, registered=registered
+        )
 
 
 __all__ = ["CorsMiddleware", "cors_methods"]

@@ -3,9 +3,11 @@
 A service chooses which paths take part (`methods_for`: path → the methods a browser may use
 there, or None when CORS never applies to it). On those paths only:
 
-* an `Origin` that is exactly one of the configured origins gets `Access-Control-Allow-Origin`
-  set to that origin — never `*` — and the configured `Access-Control-Expose-Headers`;
-  any other origin (including `null` or a look-alike) gets no CORS header at all;
+* an `Origin` that is exactly one of the configured origins, or that `registered` (an async
+  predicate, e.g. `common.app_origins.RegisteredOrigins`: the origins of registered SMART apps,
+  read at request time) accepts, gets `Access-Control-Allow-Origin` set to that origin — never
+  `*` — and the configured `Access-Control-Expose-Headers`; any other origin (including `null`
+  or a look-alike) gets no CORS header at all;
 * credentials are never allowed (`Access-Control-Allow-Credentials` is never sent): these
   endpoints take bearer tokens or form posts, not cookies;
 * every response carries `Vary: Origin` (Fetch standard, "CORS protocol and HTTP caches"), so a
@@ -15,12 +17,12 @@ there, or None when CORS never applies to it). On those paths only:
   the requested headers that are allowed, and `Access-Control-Max-Age`. A preflight from any
   other origin passes through to the app, which answers it as any other OPTIONS request.
 
-With no configured origins the middleware does nothing.
+With no configured origins and no `registered` predicate the middleware does nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -84,8 +86,10 @@ class CorsMiddleware:
         allow_headers: Collection[str],
         expose_headers: Collection[str] = (),
         max_age: int = MAX_AGE,
+        registered: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.app = app
+        self.registered = registered
         self.origins = frozenset(origins)
         if "*" in self.origins:
             raise ValueError("CORS origins must be listed; '*' is never allowed")
@@ -95,7 +99,7 @@ class CorsMiddleware:
         self.max_age = str(max_age).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.origins:
+        if scope["type"] != "http" or not (self.origins or self.registered):
             await self.app(scope, receive, send)
             return
         methods = self.methods_for(scope["path"])
@@ -103,7 +107,9 @@ class CorsMiddleware:
             await self.app(scope, receive, send)
             return
         origin = _header(scope, b"origin")
-        allowed = origin is not None and origin in self.origins
+        allowed = origin is not None and (
+            origin in self.origins or (self.registered is not None and await self.registered(origin))
+        )
         if allowed and scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
             await self._preflight(scope, send, origin or "", methods)
             return

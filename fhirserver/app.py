@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.app import service_app
+from common.app_origins import registered_origins
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
 from common.db import is_statement_timeout, make_sessionmaker
@@ -114,13 +115,15 @@ def create_app(
         extra_checks=extra_checks,
     )
     _handlers(app)
-    # Outermost, so a preflight from a configured origin is answered before any route or guard.
+    # Outermost, so a preflight from an allowed origin (configured, or of a registered SMART app)
+    # is answered before any route or guard.
     app.add_middleware(
         CorsMiddleware,
         origins=settings.cors_origins,
         methods_for=_cors_methods,
         allow_headers=("Authorization", "Content-Type", "Accept", "If-Match", "If-None-Exist", "Prefer"),
         expose_headers=("Location", "ETag", "Content-Location", "Last-Modified"),
+        registered=registered_origins(app),
     )
 
     @app.get("/fhir/metadata")

@@ -63,7 +63,7 @@ def capability_statement(settings: FhirSettings, started: str) -> dict[str, Any]
             {
                 "mode": "server",
                 "security": {
-                    "cors": bool(settings.cors_origins),
+                    "cors": True,  # for registered SMART apps' origins, and any configured ones
                     "service": [
                         {
                             "coding": [

@@ -7,6 +7,10 @@ server → `aud` this server's base URL exactly (RFC 8707: a token for another r
 refused) → not expired → not revoked (revocations.py) → scopes (SMART v1 and v2, granular
 `?param=` filters) → compartment: `patient/` scopes see only the token's patient's compartment,
 `user/` scopes only the user's patients, `system/` scopes only tokens of backend clients.
+Outside the compartment, a token whose `fhirUser` is a Practitioner may read and search (with a
+patient/ or user/ scope for the type) that Practitioner and their PractitionerRoles, and nothing
+else: SMART App Launch 2.2 "fhirUser" lets an app read the user, and a CDS prefetch
+`Practitioner/{{userPractitionerId}}` names them.
 
 Authentication failures are a bare 401 with `WWW-Authenticate: Bearer error="invalid_token"`
 (RFC 6750 §3.1) and no detail.
@@ -31,6 +35,8 @@ Permission = Literal["c", "r", "u", "d", "s"]
 ACCESS_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 # A practitioner's panel is re-read at most this often: care-team changes apply within 2 s.
 PANEL_CACHE_SECONDS = 2.0
+# The types in which a Practitioner user's own resources are visible outside the compartment.
+OWN_TYPES = frozenset({"Practitioner", "PractitionerRole"})
 VERIFIED_CACHE_SIZE = 10_000
 
 
@@ -74,11 +80,15 @@ class Access:
     """What a principal may see of one type for one interaction.
 
     `patient_ids` None means unrestricted (system scopes); `filters` are granular scope filters
-    (OR of AND-groups); empty means none.
+    (OR of AND-groups); empty means none. `own_practitioner`: for a read or search of one of
+    OWN_TYPES by a Practitioner user, that Practitioner's id (their own resources are visible
+    besides the compartment); None otherwise, and always for writes.
     """
 
     patient_ids: frozenset[str] | None
     filters: tuple[tuple[tuple[str, str], ...], ...]
+    resource_type: str = ""
+    own_practitioner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,9 @@ class View:
     types: frozenset[str]
     type_filters: dict[str, tuple[tuple[tuple[str, str], ...], ...]]
     patient_ids: frozenset[str] | None
+    # The readable OWN_TYPES in which the Practitioner user's own resources show (includes).
+    own_types: frozenset[str] = frozenset()
+    own_practitioner: str | None = None
 
 
 def _fhir_user(claims: dict[str, Any], fhir_base: str) -> tuple[str, str] | None:
@@ -223,7 +236,18 @@ class Guard:
         filters: tuple[tuple[tuple[str, str], ...], ...] = ()
         if all(s.params for s in matched):
             filters = tuple(s.params for s in matched)
-        return Access(patient_ids=None if unrestricted else frozenset(patient_ids), filters=filters), from_panel
+        own = None
+        if permission in ("r", "s") and resource_type in OWN_TYPES and not unrestricted:
+            # Only patient/ or user/ scopes matched here (system/ ones never do for a user-bound
+            # token): the user may read themself, never another Practitioner (SMART "fhirUser").
+            own = principal.fhir_user[1] if principal.fhir_user and principal.fhir_user[0] == "Practitioner" else None
+        access = Access(
+            patient_ids=None if unrestricted else frozenset(patient_ids),
+            filters=filters,
+            resource_type=resource_type,
+            own_practitioner=own,
+        )
+        return access, from_panel
 
     async def view(self, principal: Principal, types: list[str]) -> View:
         """What the principal may read across types: for includes, chains and _has.
@@ -239,6 +263,8 @@ class Guard:
         readable: set[str] = set()
         type_filters: dict[str, tuple[tuple[tuple[str, str], ...], ...]] = {}
         patient_sets: list[frozenset[str]] = []
+        own_types: set[str] = set()
+        own: str | None = None
         for rtype in types:
             try:
                 access, panel = await self._access(principal, rtype, "r")
@@ -246,12 +272,21 @@ class Guard:
                 continue
             from_panel = from_panel or panel
             readable.add(rtype)
+            if access.own_practitioner is not None:
+                own_types.add(rtype)
+                own = access.own_practitioner
             if access.filters:
                 type_filters[rtype] = access.filters
             if access.patient_ids is not None:
                 patient_sets.append(access.patient_ids)
         patients = frozenset.intersection(*patient_sets) if patient_sets else None
-        view = View(types=frozenset(readable), type_filters=type_filters, patient_ids=patients)
+        view = View(
+            types=frozenset(readable),
+            type_filters=type_filters,
+            patient_ids=patients,
+            own_types=frozenset(own_types),
+            own_practitioner=own,
+        )
         if not from_panel:
             principal.memo[key] = view
         return view

@@ -101,11 +101,18 @@ class Context:
         patients = access.patient_ids
         if view.patient_ids is not None:
             patients = view.patient_ids if patients is None else patients & view.patient_ids
+        # The user's own Practitioner (and roles): in the searched type only if this interaction
+        # reads it (a write never reaches them this way), in included types as the view says.
+        own_types = view.own_types - {access.resource_type}
+        if access.own_practitioner is not None:
+            own_types |= {access.resource_type}
         return Restriction(
             allowed_patient_ids=patients,
             extra_filters=[list(group) for group in access.filters],
             types=view.types,
             type_filters={t: [list(g) for g in f] for t, f in view.type_filters.items()},
+            own_practitioner=(access.own_practitioner or view.own_practitioner) if own_types else None,
+            own_types=frozenset(own_types),
         )
 
     def record(self, interaction: str, target: str, status: int) -> None:

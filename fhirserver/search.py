@@ -129,12 +129,20 @@ class Restriction:
       parameter this server cannot evaluate matches nothing (fail closed).
     - types: the resource types that may be returned at all (None: any).
     - type_filters: like extra_filters, for other types (included resources, _has and chains).
+    - own_practitioner, own_types: besides the compartment, in these types (Practitioner,
+      PractitionerRole) the user's own Practitioner and the PractitionerRoles naming it are
+      visible (`own_condition`); nothing else outside the compartment is.
     """
 
     allowed_patient_ids: frozenset[str] | None = None
     extra_filters: Filters = field(default_factory=list)
     types: frozenset[str] | None = None
     type_filters: dict[str, Filters] = field(default_factory=dict)
+    own_practitioner: str | None = None
+    own_types: frozenset[str] = frozenset()
+
+    def shows_own(self, rtype: str) -> bool:
+        return self.own_practitioner is not None and rtype in self.own_types
 
 
 @dataclass
@@ -538,7 +546,10 @@ class _Builder:
             return [false()]
         conds: list[Cond] = []
         if r.allowed_patient_ids is not None:
-            conds.append(compartment_condition(rtype, cols.id, r.allowed_patient_ids))
+            compartment = compartment_condition(rtype, cols.id, r.allowed_patient_ids)
+            if r.own_practitioner is not None and r.shows_own(rtype):
+                compartment = or_(compartment, own_condition(rtype, cols.id, r.own_practitioner))
+            conds.append(compartment)
         filters = r.extra_filters if rtype == self.main_type else r.type_filters.get(rtype, [])
         if filters:
             conds.append(or_(*[self._filter_group(rtype, cols, group) for group in filters]))
@@ -589,6 +600,22 @@ def compartment_condition(rtype: str, id_col: ColumnElement[str], patient_ids: f
     )
     cond = id_col.in_(members)
     return or_(id_col.in_(sorted(patient_ids)), cond) if rtype == "Patient" else cond
+
+
+def own_condition(rtype: str, id_col: ColumnElement[str], practitioner_id: str) -> Cond:
+    """`id_col` is the user's own Practitioner, or a PractitionerRole whose `practitioner` is them."""
+    if rtype == "Practitioner":
+        return id_col == practitioner_id
+    if rtype == "PractitionerRole":
+        return id_col.in_(
+            select(REF.resource_id).where(
+                REF.resource_type == "PractitionerRole",
+                REF.param == "practitioner",
+                REF.target_type == "Practitioner",
+                REF.target_id == practitioner_id,
+            )
+        )
+    return false()
 
 
 # --- result parameters (search.html#count, #sort, #summary, #elements, #include) -------------
@@ -859,7 +886,8 @@ async def find_by_id(
         raise FhirError([Issue(f"resource type {rtype!r} is not searchable", code="not-supported")])
     if not _ID.match(rid):
         return None  # not a FHIR id (R4 datatypes.html#id): no resource has it
-    if restriction.extra_filters:
+    if restriction.extra_filters or (restriction.allowed_patient_ids is not None and restriction.shows_own(rtype)):
+        # The prepared statement knows only the compartment: the general search decides the rest.
         found = await search(
             session, rtype, [("_id", rid)], restriction=restriction, base_url=base_url, page_size_default=1
         )
@@ -926,6 +954,8 @@ def _restriction_key(r: Restriction | None) -> tuple[Any, ...] | None:
         tuple(tuple(group) for group in r.extra_filters),
         r.types,
         tuple(sorted((t, tuple(tuple(g) for g in f)) for t, f in r.type_filters.items())),
+        r.own_practitioner,
+        r.own_types,
     )
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from authserver import clients
+from authserver.clients import Client
 from common.errors import TokenInvalidError
 from common.jose import unverified_claims, verify_jwt
 from common.tls import CertPaths, ensure_ca, issue_certificate
@@ -181,6 +183,32 @@ async def test_two_services_on_one_hook_each_receive_only_their_own_approved_pre
     assert to_a.body["fhirAuthorization"]["subject"] == "cds-a"
     assert to_b.body["fhirAuthorization"]["subject"] == "cds-b"
     assert unverified_claims(to_b.body["fhirAuthorization"]["access_token"])["client_id"] == "cds-b"
+
+
+async def test_an_approved_user_prefetch_carries_the_users_practitioner_and_no_other(
+    stack: EngineStack, doubles: tuple[Doubles, str]
+) -> None:
+    found, base = doubles
+    fhir = stack.fhir
+    user, other, mine = fhir.practitioner(0), fhir.practitioner(1), fhir.patient_of(0)
+    scope = f"{SCOPES} patient/Practitioner.rs"
+    runtime = fhir.auth_app.state.runtime
+    async with runtime.sessions() as session, session.begin():
+        await clients.register(session, Client("cds-a", "cds-service", "cds-a", "none", scope, False, True))
+    config = service(
+        base,
+        "ok-a",
+        scope=scope,
+        prefetch={"user": "Practitioner/{{userPractitionerId}}", "someone": f"Practitioner?_id={other.split('/')[1]}"},
+    )
+    outcome = await stack.engine.run_hook(stack.call(user, mine), [config])
+    [result] = outcome.results
+    assert result.status == "ok", result.reason
+    [received] = found.to("ok-a")
+    prefetch = received.body["prefetch"]
+    assert (prefetch["user"]["resourceType"], prefetch["user"]["id"]) == ("Practitioner", user.split("/")[1])
+    # Another Practitioner is as absent as before: the service's token reads only its user.
+    assert prefetch["someone"]["type"] == "searchset" and prefetch["someone"].get("entry", []) == []
 
 
 async def test_a_hostile_context_value_cannot_widen_a_prefetch_query(

@@ -155,15 +155,23 @@ async def test_authorize_login_introspect_revoke_and_launch_never_send_cors_head
         assert not any(h.startswith("access-control-") for h in response.headers), response.request.url
 
 
-async def test_without_configured_origins_no_cors_header_is_ever_sent(tmp_path: Path, database_url: str) -> None:
+async def test_without_configured_origins_only_registered_apps_origins_get_cors(
+    tmp_path: Path, database_url: str
+) -> None:
     async with running_smart(tmp_path, database_url) as smart:
-        for path in ("/jwks", "/.well-known/openid-configuration"):
-            response = await smart.browser.get(path, headers={"Origin": ALLOWED})
-            assert "access-control-allow-origin" not in response.headers
-        preflight = await smart.browser.options(
-            "/token", headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST"}
-        )
-        assert "access-control-allow-origin" not in preflight.headers
+        # https://app.test is the origin of the registered app's redirect URI; the others are no app's.
+        for origin, granted in (
+            (ALLOWED, True),
+            ("http://localhost:8000", False),
+            ("https://unregistered.test", False),
+        ):
+            for path in ("/jwks", "/.well-known/openid-configuration"):
+                response = await smart.browser.get(path, headers={"Origin": origin})
+                assert response.headers.get("access-control-allow-origin") == (origin if granted else None), origin
+            preflight = await smart.browser.options(
+                "/token", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+            )
+            assert preflight.headers.get("access-control-allow-origin") == (origin if granted else None), origin
 
 
 @pytest.mark.parametrize(
