@@ -1,7 +1,7 @@
 """smart_app_origins: the browser origins of active SMART apps (CORS without configuration)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07 22:00:00
 
 Filled here from the registrations that exist; kept in step by authserver/clients.py afterwards.
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
