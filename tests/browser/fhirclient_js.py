@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -21,11 +20,6 @@ PUBLIC = HERE / "public"
 BUNDLE = HERE / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
 # Written after a complete `npm ci`: the hash of the lock file it installed.
 MARKER = HERE / "node_modules" / ".mockehr-lock-sha256"
-
-
-def installed_version() -> str:
-    package = json.loads((HERE / "node_modules" / "fhirclient" / "package.json").read_text())
-    return str(package["version"])
 
 
 def fhirclient_bundle() -> Path:
