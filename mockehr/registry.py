@@ -25,6 +25,7 @@ SMART_EXAMPLE_CLIENT_ID = "smart-example"
 # writes (accepting a suggestion creates resources as the user). Narrowed further to the role.
 EHR_UI_SCOPE = "openid fhirUser profile online_access user/*.cruds"
 EHR_UI_CALLBACK = "/oauth/callback"
+_SMART_EXAMPLE_SCOPE_BEFORE = "launch openid fhirUser patient/Patient.rs patient/Observation.rs"
 SMART_EXAMPLE_SCOPE = "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/MedicationRequest.rs"
 CDS_EXAMPLE_SCOPE = (
     "patient/Patient.rs patient/Observation.rs patient/Condition.rs "
@@ -71,10 +72,15 @@ def stack_clients(stack: Stack) -> list[Client]:
 async def register_stack_clients(sessions: async_sessionmaker[AsyncSession], stack: Stack) -> None:
     """Create the stack's clients once; an administrator's later changes are kept.
 
-    One exception: an `ehr` registration from before the EHR had a web UI (no redirect URI) gets
-    the UI's redirect URI and scope, so an existing data directory can sign in to the UI."""
+    Two exceptions: an `ehr` registration from before the EHR had a web UI (no redirect URI) gets
+    the UI's redirect URI and scope, so an existing data directory can sign in to the UI; and a
+    `smart-example` still at its scope from before the app listed medications gets the new one."""
     async with sessions() as session, session.begin():
         for client in stack_clients(stack):
             existing = await clients.get(session, client.client_id)
-            if existing is None or (client.client_id == EHR_CLIENT_ID and not existing.redirect_uris):
+            if (
+                existing is None
+                or (client.client_id == EHR_CLIENT_ID and not existing.redirect_uris)
+                or (client.client_id == SMART_EXAMPLE_CLIENT_ID and existing.scope == _SMART_EXAMPLE_SCOPE_BEFORE)
+            ):
                 await clients.register(session, client)

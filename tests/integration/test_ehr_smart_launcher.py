@@ -125,7 +125,7 @@ def _launch_value(response: httpx.Response) -> str:
     assert url.startswith(LAUNCH + "?")
     query = parse_qs(urlsplit(url).query)
     assert query["iss"] == [FHIR]
-    return query["launch"][0]
+    return str(query["launch"][0])
 
 
 async def test_the_apps_menu_lists_active_smart_apps_with_a_launch_url_and_a_disabled_app_disappears_at_once(
