@@ -1,7 +1,7 @@
 """smart_app_origins: the browser origins of active SMART apps (CORS without configuration)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07 22:00:00
 
 Filled here from the registrations that exist; kept in step by authserver/clients.py afterwards.

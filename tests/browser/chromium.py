@@ -7,6 +7,8 @@ a missing Chromium is a failure, not a skip, like a missing PostgreSQL.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,21 @@ def require_chromium() -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
     pytest.skip(reason)
+
+
+def trusting_home(ca: Path, home: Path) -> dict[str, str]:
+    """The environment of a Chromium that trusts the dev CA for real: a fresh NSS database in
+    `home`/.pki/nssdb (where Chromium on Linux reads user trust anchors) holding `ca` as a trusted
+    authority, made with `certutil` from Debian's libnss3-tools. Every other certificate is checked
+    as usual, so nothing like `ignore_https_errors` is needed."""
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        reason = "certutil is not installed (Debian's libnss3-tools; .ci/run installs it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
+        pytest.skip(reason)
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    for args in (["-N", "--empty-password"], ["-A", "-n", "mockehr dev CA", "-t", "C,,", "-i", str(ca)]):
+        subprocess.run([certutil, "-d", f"sql:{nssdb}", *args], check=True, capture_output=True, timeout=30)
+    return {**os.environ, "HOME": str(home)}
