@@ -1,33 +1,28 @@
 """The EHR UI in a real browser against the whole stack (`mockehr up`, real TLS): Debian's
 Chromium through Playwright's `executable_path` (no browser is ever downloaded).
 
-The browser trusts exactly the stack's server certificate (`--ignore-certificate-errors-spki-list`
-with its public key's hash), not every certificate. The example CDS Service is registered at the
+The browser trusts the stack's dev CA for real, through a fresh NSS database
+(`tests.browser.chromium.trusting_home`); no certificate error is ignored. The example CDS Service is registered at the
 EHR through the API with the admin token, as an administrator would. Screenshots go to
 test-artifacts/.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium
+from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium, trusting_home
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 from tests.integration.probeharness import free_port, serve_tls
 
@@ -67,12 +62,6 @@ class Stack:
         return httpx.Client(base_url=self.ehr, verify=tls, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
-def spki_hash(data_dir: Path) -> str:
-    cert = x509.load_pem_x509_certificate((data_dir / "tls" / "server.pem").read_bytes())
-    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_chromium()
@@ -90,14 +79,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def browser(stack: Stack) -> Iterator[Any]:
+def browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
+    env = trusting_home(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home"))
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[*ARGS, f"--ignore-certificate-errors-spki-list={spki_hash(stack.up.data_dir)}"],
-        )
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
         try:
             yield chromium
         finally:

@@ -11,12 +11,13 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser.chromium import ARGS, CHROMIUM, require_chromium
-from tests.browser.test_ehr_ui import TIMEOUT, shot, spki_hash
+from tests.browser.chromium import ARGS, CHROMIUM, require_chromium, trusting_home
+from tests.browser.test_ehr_ui import TIMEOUT, shot
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +57,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
         process.stop()
 
 
-def test_the_readme_two_minute_tour_works_as_written(up: UpProcess) -> None:
+def test_the_readme_two_minute_tour_works_as_written(up: UpProcess, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     # Step 1: `mockehr up` printed a demo user line and the admin token; step 2: the example
@@ -71,10 +72,8 @@ def test_the_readme_two_minute_tour_works_as_written(up: UpProcess) -> None:
     violations: list[str] = []
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[*ARGS, f"--ignore-certificate-errors-spki-list={spki_hash(up.data_dir)}"],
-        )
+        env = trusting_home(up.data_dir / "ca.pem", tmp_path / "chromium-home")
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
         context = chromium.new_context(viewport={"width": 1280, "height": 1000})
         context.set_default_timeout(TIMEOUT)
 

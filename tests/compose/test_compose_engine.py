@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium
+from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium, trusting_home
 from tests.compose.standins import StandinError, base_images, docker_env
 
 pytestmark = pytest.mark.e2e
@@ -221,24 +221,12 @@ def _hook(data_dir: Path, login: str, patient: str) -> dict[str, Any]:
     return answer
 
 
-def _trusting_home(home: Path, ca: Path) -> None:
-    """An NSS database in $HOME/.pki/nssdb (where Chromium on Linux looks) trusting the dev CA."""
-    certutil = shutil.which("certutil")
-    if certutil is None:
-        _missing("certutil is not installed (apt-get install libnss3-tools; .ci/run installs it)")
-    assert certutil is not None
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    for args in (["-N", "--empty-password"], ["-A", "-t", "C,,", "-n", "mockehr compose dev CA", "-i", str(ca)]):
-        subprocess.run([certutil, "-d", f"sql:{nssdb}", *args], capture_output=True, timeout=60, check=True)
-
-
-def _sign_in(home: Path, login: str, password: str) -> list[str]:
+def _sign_in(env: dict[str, str], login: str, password: str) -> list[str]:
     """Sign in through the EHR UI; returns the patients listed on My patients."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env={**os.environ, "HOME": str(home)})
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
         try:
             page = chromium.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(BROWSER_TIMEOUT)
@@ -288,9 +276,8 @@ def test_the_compose_stack_answers_a_hook_over_its_network_and_a_browser_signs_i
 
         # A browser on the host follows https://ehr.localhost:9000 → authserver.localhost → back,
         # trusting only the dev CA (the certificate must cover the names).
-        home = tmp_path / "home"
-        _trusting_home(home, data_dir / "ca.pem")
-        listed = _sign_in(home, login, user["password"])
+        env = trusting_home(data_dir / "ca.pem", tmp_path / "home")
+        listed = _sign_in(env, login, user["password"])
         assert patient in listed, listed
     except Exception as exc:  # a failed assertion, a browser or subprocess error: each with the logs
         logs = compose.logs()
