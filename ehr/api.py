@@ -14,7 +14,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ehr import exchange_log
 from ehr.deps import AdminDep, PrincipalDep, RuntimeDep
@@ -23,7 +23,7 @@ from ehr.exchange import HookCall, HookOutcome, ServiceConfig, ServiceResult
 from ehr.hooks import HOOKS, HookContextError, hook_has_user, validate_context
 from ehr.principal import Principal
 from ehr.registry import Approval, Registry
-from ehr.suggestions import CardActions, CardRef
+from ehr.suggestions import CardActions, CardRef, SuggestionRef
 
 USER_REF = r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
 UUIDISH = r"^[A-Za-z0-9\-._:]{1,128}$"
@@ -36,6 +36,8 @@ PATIENT_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 HOOK_NAME = r"^[a-z][a-z0-9-]{0,63}$"
 # Exchange row ids (the `before` cursor) are 32-bit integers in the database.
 MAX_ROW_ID = 2**31 - 1
+# A card's or suggestion's position in a recorded response (far above what ehr/cards.py keeps).
+MAX_POSITION = 1000
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -64,12 +66,27 @@ class HookRequest(_Body):
     services: list[Annotated[str, Field(pattern=SERVICE_ID)]] | None = Field(default=None, min_length=1, max_length=50)
 
 
+def _one_of(body: BaseModel, by_uuid: str, by_index: str) -> None:
+    # CDS Hooks 2.0: `uuid` is optional on cards and suggestions; one without is named by its
+    # position in the recorded response instead (ehr/suggestions.py). Exactly one way, never both.
+    if (getattr(body, by_uuid) is None) == (getattr(body, by_index) is None):
+        raise ValueError(f"give exactly one of {by_uuid} and {by_index}")
+
+
 class AcceptRequest(_Body):
     hookInstance: str = Field(pattern=UUIDISH)
     serviceId: str = Field(pattern=SERVICE_ID)
-    cardUuid: str = Field(pattern=CARD_ID)
-    suggestionUuid: str = Field(pattern=CARD_ID)
+    cardUuid: str | None = Field(default=None, pattern=CARD_ID)
+    cardIndex: int | None = Field(default=None, ge=0, le=MAX_POSITION)
+    suggestionUuid: str | None = Field(default=None, pattern=CARD_ID)
+    suggestionIndex: int | None = Field(default=None, ge=0, le=MAX_POSITION)
     userId: str | None = Field(default=None, pattern=USER_REF)
+
+    @model_validator(mode="after")
+    def _named_once(self) -> AcceptRequest:
+        _one_of(self, "cardUuid", "cardIndex")
+        _one_of(self, "suggestionUuid", "suggestionIndex")
+        return self
 
 
 class Coding(BaseModel):
@@ -83,11 +100,17 @@ class Coding(BaseModel):
 class FeedbackRequest(_Body):
     hookInstance: str = Field(pattern=UUIDISH)
     serviceId: str = Field(pattern=SERVICE_ID)
-    cardUuid: str = Field(pattern=CARD_ID)
+    cardUuid: str | None = Field(default=None, pattern=CARD_ID)
+    cardIndex: int | None = Field(default=None, ge=0, le=MAX_POSITION)
     outcome: str = Field(pattern=r"^overridden$")
     overrideReason: Coding | None = None
     userComment: str | None = Field(default=None, max_length=2000)
     userId: str | None = Field(default=None, pattern=USER_REF)
+
+    @model_validator(mode="after")
+    def _named_once(self) -> FeedbackRequest:
+        _one_of(self, "cardUuid", "cardIndex")
+        return self
 
 
 class ServiceAdd(_Body):
@@ -241,14 +264,15 @@ def api_router() -> APIRouter:
     async def accept(request: Request, principal: PrincipalDep) -> JSONResponse:
         body = await parse_body(request, AcceptRequest)
         actions: CardActions = request.app.state.card_actions
-        ref = CardRef(body.hookInstance, body.serviceId, body.cardUuid)
-        return JSONResponse(await actions.accept(principal, ref, body.suggestionUuid, body.userId))
+        ref = CardRef(body.hookInstance, body.serviceId, body.cardUuid, body.cardIndex)
+        which = SuggestionRef(body.suggestionUuid, body.suggestionIndex)
+        return JSONResponse(await actions.accept(principal, ref, which, body.userId))
 
     @router.post("/feedback")
     async def feedback(request: Request, principal: PrincipalDep) -> JSONResponse:
         body = await parse_body(request, FeedbackRequest)
         actions: CardActions = request.app.state.card_actions
-        ref = CardRef(body.hookInstance, body.serviceId, body.cardUuid)
+        ref = CardRef(body.hookInstance, body.serviceId, body.cardUuid, body.cardIndex)
         reason = body.overrideReason.model_dump(exclude_none=True) if body.overrideReason else None
         return JSONResponse(await actions.override(principal, ref, reason, body.userComment, body.userId))
 
@@ -285,7 +309,8 @@ def api_router() -> APIRouter:
             rows = [r for r in rows if r.user_ref is not None and r.user_ref == principal.user_ref]
         if not rows:
             raise NotFound("no such exchange")
-        return JSONResponse(exchange_log.exchange_json(rows))
+        decisions = await exchange_log.card_decisions(runtime.sessions, hook_instance)
+        return JSONResponse(exchange_log.exchange_json(rows, decisions))
 
     # --- the registry (admin) ------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ strictly and sanitized before anything reaches a clinician.
 - At most `max_cards` cards are kept; the rest are dropped with a reason.
 - `detail` is rendered to `detailHtml` (ehr.markdown); summary and labels stay plain text, and
   `summaryHtml` carries the escaped summary for HTML contexts.
+- What the EHR ignores is noted, never silently dropped: `extension.systemActions` (the 2019 PAMA
+  convention; 2.0 puts `systemActions` at the top level) and unknown top-level members.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ UUID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
 # hostile service cannot spend the EHR's CPU (every item is still accounted for in `dropped`).
 MAX_EXAMINED = 200
 MAX_DETAIL = 64 * 1024
+# CDS Hooks 2.0 §CDS Service Response: the members a response may carry.
+RESPONSE_MEMBERS = frozenset({"cards", "systemActions", "extension"})
+MAX_NAMED = 10  # unknown members named in a note (each cut to 64 characters)
 
 
 class _Model(BaseModel):
@@ -243,6 +248,7 @@ class CardValidator:
             result.dropped.append(
                 DroppedCard(MAX_EXAMINED, f"{len(cards) - MAX_EXAMINED} more cards not examined (over {MAX_EXAMINED})")
             )
+        self._ignored(body, result.notes)
         actions = body.get("systemActions")
         if actions is not None:
             if not isinstance(actions, list):
@@ -255,6 +261,21 @@ class CardValidator:
                 except ValidationError as exc:
                     result.notes.append(f"systemActions[{index}] dropped: {validation_reason(exc)}")
         return result
+
+
+    @staticmethod
+    def _ignored(body: dict[str, Any], notes: list[str]) -> None:
+        extension = body.get("extension")
+        if isinstance(extension, dict) and "systemActions" in extension:
+            notes.append(
+                "extension.systemActions ignored: CDS Hooks 2.0 takes systemActions at the top level "
+                "of the response (extension.systemActions is the 2019 PAMA convention)"
+            )
+        unknown = sorted(str(k) for k in body if k not in RESPONSE_MEMBERS)
+        if unknown:
+            named = ", ".join(repr(k[:64]) for k in unknown[:MAX_NAMED])
+            more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
+            notes.append(f"unknown top-level members of the response ignored: {named}{more}")
 
 
 def needs_smart_urls(body: Any) -> bool:

@@ -4,7 +4,8 @@ service was called (issue 5 §6) and as the record a suggestion or feedback is c
 Stored: hookInstance, hook, service, user, patient, status and reason, the HTTP status, the
 request as sent with secrets redacted, the response as received, the validated cards and
 systemActions and what applying them did (written or refused, and why), why cards were dropped,
-and the timings of token / prefetch / call / revoke.
+and the timings of token / prefetch / call / revoke. The exchange's JSON adds the user's decisions
+on its cards (accepted / overridden, how the card was named, whether feedback was sent).
 Never stored: the `fhirAuthorization.access_token`, the EHR's JWT, or anything else shaped like
 a credential — redaction runs here again whatever the engine already did.
 """
@@ -21,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ehr.exchange import HookOutcome, ServiceResult
-from ehr.models import CdsExchangeRow
+from ehr.models import CdsCardOutcomeRow, CdsExchangeRow
 
 REDACTED = "[redacted]"
 SECRET_KEYS = frozenset(
@@ -175,13 +176,33 @@ async def exchange_rows(sessions: async_sessionmaker[AsyncSession], hook_instanc
         return list((await session.execute(query.order_by(CdsExchangeRow.service_id))).scalars())
 
 
-def exchange_json(rows: list[CdsExchangeRow]) -> dict[str, Any]:
+async def card_decisions(sessions: async_sessionmaker[AsyncSession], hook_instance: str) -> dict[str, list[Any]]:
+    """The decisions recorded on an exchange's cards, per service, oldest first."""
+    query = select(CdsCardOutcomeRow).where(CdsCardOutcomeRow.hook_instance == hook_instance)
+    found: dict[str, list[Any]] = {}
+    async with sessions() as session:
+        for row in (await session.execute(query.order_by(CdsCardOutcomeRow.id))).scalars():
+            found.setdefault(row.service_id, []).append(
+                {
+                    "card": row.card_uuid,
+                    "outcome": row.outcome,
+                    "suggestion": row.suggestion_uuid,
+                    "detail": json.loads(row.detail),
+                    "feedback": {"status": row.feedback_status, "error": row.feedback_error},
+                    "createdAt": row.created_at,
+                }
+            )
+    return found
+
+
+def exchange_json(rows: list[CdsExchangeRow], decisions: dict[str, list[Any]] | None = None) -> dict[str, Any]:
     first = rows[0]
+    decisions = decisions or {}
     return {
         "hookInstance": first.hook_instance,
         "hook": first.hook,
         "userId": first.user_ref,
         "patientId": first.patient_id,
         "createdAt": first.created_at,
-        "services": [detail_json(r) for r in rows],
+        "services": [{**detail_json(r), "decisions": decisions.get(r.service_id, [])} for r in rows],
     }

@@ -7,7 +7,9 @@
                    "overrideReason": {"reason": <Coding>, "userComment": "..."}, (overridden)
                    "outcomeTimestamp": <ISO 8601 instant>}]}
 
-Only cards with a uuid get feedback (nothing is sent for ignored cards). The call is made once,
+Only cards with a uuid get feedback (nothing is sent for ignored cards): the spec names a card
+by its uuid, so a decision on a card without one is recorded with NO_UUID and nothing is sent. A
+suggestion without a uuid cannot be named in `acceptedSuggestions`, which is then empty. The call is made once,
 not retried, never follows a redirect, and its answer is recorded with the card's outcome.
 """
 
@@ -47,6 +49,10 @@ class Delivery:
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "error": self.error, "delivered": self.error is None}
+
+
+# CDS Hooks 2.0 §Feedback: `card` is the card's uuid, which the spec makes optional.
+NO_UUID = Delivery(None, "no feedback could be sent: the card has no uuid (CDS Hooks 2.0 §Feedback names a card by it)")
 
 
 def timestamp(clock: Clock) -> str:

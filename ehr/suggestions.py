@@ -6,7 +6,11 @@ together as ONE FHIR transaction (all or nothing), as the user, inside the patie
 
 Only what the EHR itself recorded can be acted on: the card is looked up by uuid in the logged,
 validated response of that hookInstance and service, and the suggestion by uuid inside it, so
-a forged card or suggestion (or one of another user's exchange) is refused. A card gets one
+a forged card or suggestion (or one of another user's exchange) is refused. `uuid` is optional
+on both (CDS Hooks 2.0 §Card, §Suggestion): one without is named by its position in the recorded
+card list / suggestion list instead — and only one without, so a uuid is never bypassed — and
+the decision records "identified by position; no uuid". A card without uuid gets no feedback
+(ehr/feedback.py NO_UUID); its decision is keyed by `position_key`. A card gets one
 decision, recorded before anything is applied, so a suggestion is never applied twice. The
 claim is released only when nothing can have been written (the token was refused, the FHIR
 server was never reached, or it answered the atomic transaction with an error); when the answer
@@ -32,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from common.clock import Clock
 from ehr.errors import ApiError, Conflict, Forbidden, InvalidRequest, NotFound, UpstreamFailed
 from ehr.exchange_log import exchange_rows
-from ehr.feedback import Delivery, FeedbackSender, FeedbackTarget, accepted_entry, overridden_entry
+from ehr.feedback import NO_UUID, Delivery, FeedbackSender, FeedbackTarget, accepted_entry, overridden_entry
 from ehr.models import CdsCardOutcomeRow, CdsExchangeRow, CdsServiceRow
 from ehr.principal import Principal
 from ehr.user_fhir import TransactionOutcomeUnknown, UserFhir
@@ -149,11 +153,35 @@ def _outcome_message(status: int, body: Any) -> str:
     return f"the FHIR server refused the transaction ({status})"
 
 
+BY_POSITION = "identified by position; no uuid"
+
+
+def position_key(cards: list[Any], index: int) -> str:
+    """The decision key of the uuid-less card at `index` of an exchange's recorded cards: one no
+    card of that exchange has as its uuid, so two cards never share one decision."""
+    uuids = {c.get("uuid") for c in cards if isinstance(c, dict)}
+    key = f"#position {index}"
+    while key in uuids:
+        key = "#" + key
+    return key
+
+
 @dataclass(frozen=True)
 class CardRef:
+    """A recorded card: by its uuid, or (a card without one) by its index in the exchange's cards."""
+
     hook_instance: str
     service_id: str
-    card_uuid: str
+    card_uuid: str | None
+    card_index: int | None = None
+
+
+@dataclass(frozen=True)
+class SuggestionRef:
+    """A suggestion of that card: by its uuid, or (one without) by its index in the card."""
+
+    uuid: str | None
+    index: int | None = None
 
 
 class CardActions:
@@ -180,19 +208,40 @@ class CardActions:
         return row
 
     @staticmethod
-    def _card(row: CdsExchangeRow, card_uuid: str) -> dict[str, Any]:
-        for card in json.loads(row.cards):
-            if isinstance(card, dict) and card.get("uuid") == card_uuid:
-                return card
+    def _card(row: CdsExchangeRow, ref: CardRef) -> tuple[dict[str, Any], str]:
+        """The recorded card and the key its decision is recorded under."""
+        cards = json.loads(row.cards)
+        if ref.card_uuid is not None:
+            for card in cards:
+                if isinstance(card, dict) and card.get("uuid") == ref.card_uuid:
+                    return card, ref.card_uuid
+        elif ref.card_index is not None and 0 <= ref.card_index < len(cards):
+            card = cards[ref.card_index]
+            # Position names only a card without uuid: one with a uuid is named by it.
+            if isinstance(card, dict) and "uuid" not in card:
+                return card, position_key(cards, ref.card_index)
         raise NotFound("no such card in a recorded exchange of this user")
 
-    async def _claim(self, row: CdsExchangeRow, ref: CardRef, outcome: str, suggestion: str | None) -> int:
+    @staticmethod
+    def _suggestion(card: dict[str, Any], ref: SuggestionRef) -> dict[str, Any]:
+        suggestions = [s for s in card.get("suggestions") or [] if isinstance(s, dict)]
+        if ref.uuid is not None:
+            found = next((s for s in suggestions if s.get("uuid") == ref.uuid), None)
+        elif ref.index is not None and 0 <= ref.index < len(suggestions) and "uuid" not in suggestions[ref.index]:
+            found = suggestions[ref.index]
+        else:
+            found = None
+        if found is None:
+            raise NotFound("no such suggestion on this card")
+        return found
+
+    async def _claim(self, row: CdsExchangeRow, ref: CardRef, key: str, outcome: str, suggestion: str | None) -> int:
         try:
             async with self._sessions() as session, session.begin():
                 claim = CdsCardOutcomeRow(
                     hook_instance=ref.hook_instance,
                     service_id=ref.service_id,
-                    card_uuid=ref.card_uuid,
+                    card_uuid=key,
                     outcome=outcome,
                     suggestion_uuid=suggestion,
                     user_ref=row.user_ref,
@@ -244,28 +293,25 @@ class CardActions:
         return transaction_summary(body)
 
     async def accept(
-        self, principal: Principal, ref: CardRef, suggestion_uuid: str, user_id: str | None = None
+        self, principal: Principal, ref: CardRef, which: SuggestionRef, user_id: str | None = None
     ) -> dict[str, Any]:
         row = await self._exchange(principal, ref, user_id)
-        card = self._card(row, ref.card_uuid)
-        suggestion = next(
-            (s for s in card.get("suggestions") or [] if isinstance(s, dict) and s.get("uuid") == suggestion_uuid),
-            None,
-        )
-        if suggestion is None:
-            raise NotFound("no such suggestion on this card")
+        card, key = self._card(row, ref)
+        suggestion = self._suggestion(card, which)
         actions = [a for a in suggestion.get("actions") or [] if isinstance(a, dict)]
         transaction_bundle(actions)  # refuse a malformed suggestion before claiming the card
         user_ref = str(row.user_ref)  # never None: _exchange checked it
-        claim = await self._claim(row, ref, "accepted", suggestion_uuid)
+        claim = await self._claim(row, ref, key, "accepted", which.uuid)
         session_token = principal.session_token if not principal.is_admin else None
         writes, discarded = without_drafts(actions, draft_orders(row.request))
+        identified = _identified(ref, which)
         try:
             summary = await self.apply(user_ref, row.patient_id, session_token, writes)
         except TransactionOutcomeUnknown as exc:
             # The FHIR server may have applied it: the decision stays recorded, so a retry can
             # never apply the suggestion a second time; no feedback claims an outcome we lack.
-            await self._finish(claim, {"transaction": None, "error": exc.message}, Delivery(None, "not sent"))
+            detail = {"transaction": None, "error": exc.message, **identified}
+            await self._finish(claim, detail, Delivery(None, "not sent"))
             raise
         except ApiError:
             # Refused before anything was written (token refused, FHIR server unreachable, or
@@ -274,10 +320,20 @@ class CardActions:
             await self._release(claim)
             raise
         # Anything else (a bug, a cancelled request) leaves the claim: never risk a double apply.
-        delivery = await self._send(ref.service_id, accepted_entry(ref.card_uuid, [suggestion_uuid], self._clock))
+        if ref.card_uuid is None:
+            delivery = NO_UUID
+        else:
+            accepted = [which.uuid] if which.uuid is not None else []
+            delivery = await self._send(ref.service_id, accepted_entry(ref.card_uuid, accepted, self._clock))
         drafts = [{"resource": ref, "outcome": "draft discarded"} for ref in discarded]
-        await self._finish(claim, {"transaction": summary, "drafts": drafts}, delivery)
-        return {"outcome": "accepted", "transaction": summary, "drafts": drafts, "feedback": delivery.as_json()}
+        await self._finish(claim, {"transaction": summary, "drafts": drafts, **identified}, delivery)
+        return {
+            "outcome": "accepted",
+            "transaction": summary,
+            "drafts": drafts,
+            "feedback": delivery.as_json(),
+            **identified,
+        }
 
     async def override(
         self,
@@ -288,15 +344,29 @@ class CardActions:
         user_id: str | None = None,
     ) -> dict[str, Any]:
         row = await self._exchange(principal, ref, user_id)
-        card = self._card(row, ref.card_uuid)
+        card, key = self._card(row, ref)
         if reason is not None:
             offered = [r for r in card.get("overrideReasons") or [] if isinstance(r, dict)]
-            key = (reason.get("system"), reason.get("code"))
-            match = next((r for r in offered if (r.get("system"), r.get("code")) == key), None)
+            wanted = (reason.get("system"), reason.get("code"))
+            match = next((r for r in offered if (r.get("system"), r.get("code")) == wanted), None)
             if match is None:
                 raise InvalidRequest("overrideReason must be one of the card's overrideReasons")
             reason = match  # what the service offered, not what the caller typed
-        claim = await self._claim(row, ref, "overridden", None)
-        delivery = await self._send(ref.service_id, overridden_entry(ref.card_uuid, reason, comment, self._clock))
-        await self._finish(claim, {"overrideReason": reason, "userComment": comment}, delivery)
-        return {"outcome": "overridden", "feedback": delivery.as_json()}
+        claim = await self._claim(row, ref, key, "overridden", None)
+        identified = _identified(ref, None)
+        if ref.card_uuid is None:
+            delivery = NO_UUID
+        else:
+            delivery = await self._send(ref.service_id, overridden_entry(ref.card_uuid, reason, comment, self._clock))
+        await self._finish(claim, {"overrideReason": reason, "userComment": comment, **identified}, delivery)
+        return {"outcome": "overridden", "feedback": delivery.as_json(), **identified}
+
+
+def _identified(ref: CardRef, which: SuggestionRef | None) -> dict[str, Any]:
+    """How the card and suggestion were named, when by position (recorded with the decision)."""
+    out: dict[str, Any] = {}
+    if ref.card_uuid is None:
+        out["card"] = {"index": ref.card_index, "identifiedBy": f"card {BY_POSITION}"}
+    if which is not None and which.uuid is None:
+        out["suggestion"] = {"index": which.index, "identifiedBy": f"suggestion {BY_POSITION}"}
+    return out
