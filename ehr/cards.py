@@ -262,7 +262,6 @@ class CardValidator:
                     result.notes.append(f"systemActions[{index}] dropped: {validation_reason(exc)}")
         return result
 
-
     @staticmethod
     def _ignored(body: dict[str, Any], notes: list[str]) -> None:
         extension = body.get("extension")

@@ -8,6 +8,7 @@ refreshes the access token when it is about to expire and slides the idle timeou
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -15,12 +16,15 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from ehr import exchange_log
+from ehr.api import UUIDISH
 from ehr.authserver_admin import AuthserverAdmin, smart_apps
 from ehr.errors import UpstreamFailed
 from ehr.ui.chart import Chart, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.orders import LAB_TESTS, MEDICATIONS
 from ehr.ui.session import SESSION_COOKIE, Session
 from ehr.ui.state import UiState, ui_state
+from ehr.ui.waterfall import SCALE, waterfall
 from ehr.ui.web import render
 
 log = logging.getLogger(__name__)
@@ -140,6 +144,26 @@ def pages_router() -> APIRouter:
     async def exchanges(request: Request) -> Response:
         async def page(ui: UiState, session: Session) -> Response:
             return render("exchanges.html", title="CDS exchanges", session=session)
+
+        return await with_session(request, page)
+
+    @router.get("/exchanges/{hook_instance}")
+    async def exchange(request: Request, hook_instance: str) -> Response:
+        """One exchange, per service: the timing waterfall beside the numbers, then what was
+        sent and received. A user sees only their own hook calls (as GET /api/exchanges/{id})."""
+
+        async def page(ui: UiState, session: Session) -> Response:
+            rows = []
+            if re.fullmatch(UUIDISH, hook_instance):
+                rows = await exchange_log.exchange_rows(ui.runtime.sessions, hook_instance)
+            if not session.is_admin:
+                rows = [r for r in rows if r.user_ref is not None and r.user_ref == session.user_ref]
+            if not rows:
+                return render("error.html", 404, title="Not found", message="No such exchange.", session=session)
+            decisions = await exchange_log.card_decisions(ui.runtime.sessions, hook_instance)
+            data = exchange_log.exchange_json(rows, decisions)
+            bars = {s["serviceId"]: waterfall(s["timings"]) for s in data["services"]}
+            return render("exchange.html", title="CDS exchange", session=session, exchange=data, bars=bars, scale=SCALE)
 
         return await with_session(request, page)
 

@@ -35,9 +35,10 @@
       if (service.systemActionsResult && !service.systemActionsResult.applied) {
         notes.push(`${service.serviceId}: systemActions not applied (${service.systemActionsResult.reason})`);
       }
-      for (const card of service.cards || []) {
+      (service.cards || []).forEach((card, index) => {
         const indicator = INDICATORS.includes(card.indicator) ? card.indicator : "info";
-        groups[indicator].push({ card, serviceId: service.serviceId, hookInstance: result.hookInstance });
+        groups[indicator].push({ card, index, serviceId: service.serviceId, hookInstance: result.hookInstance });
+      });
       }
     }
     const block = el("div", { class: "hook-result", dataset: { hook } }, el("h3", {}, `${hook}`));
@@ -55,7 +56,13 @@
     if (previous) previous.replaceWith(block); else cardsBox.append(block);
   }
 
-  function renderCard({ card, serviceId, hookInstance }) {
+  // CDS Hooks 2.0 makes uuid optional on cards and suggestions: one without is named by its
+  // position in the service's recorded answer (the server refuses a position for one with a uuid).
+  function cardName(card, index) {
+    return card.uuid ? { cardUuid: card.uuid } : { cardIndex: index };
+  }
+
+  function renderCard({ card, index, serviceId, hookInstance }) {
     const node = el("article", { class: `card ${card.indicator || "info"}`, dataset: { uuid: card.uuid || "", service: serviceId } });
     node.append(el("p", { class: "summary" }, card.summary || ""));
     if (card.source && card.source.label) {
@@ -70,10 +77,11 @@
       node.append(detail);
     }
     const actions = el("div", { class: "actions" });
-    for (const suggestion of card.suggestions || []) {
+    for (const [position, suggestion] of (card.suggestions || []).entries()) {
+      const named = suggestion.uuid ? { suggestionUuid: suggestion.uuid } : { suggestionIndex: position };
       const button = el("button", { type: "button", class: "accept" + (suggestion.isRecommended ? " recommended" : "") },
         `Accept: ${suggestion.label || "suggestion"}`);
-      button.addEventListener("click", () => accept(node, button, hookInstance, serviceId, card, suggestion));
+      button.addEventListener("click", () => accept(node, button, hookInstance, serviceId, { ...cardName(card, index), ...named }, suggestion));
       actions.append(button);
     }
     for (const link of card.links || []) {
@@ -85,11 +93,9 @@
         actions.append(el("a", { class: "link", href: link.url, target: "_blank", rel: "noopener noreferrer" }, link.label || link.url));
       }
     }
-    if (card.uuid) {
-      const dismiss = el("button", { type: "button", class: "dismiss" }, "Dismiss");
-      dismiss.addEventListener("click", () => dismissCard(node, hookInstance, serviceId, card));
-      actions.append(dismiss);
-    }
+    const dismiss = el("button", { type: "button", class: "dismiss" }, "Dismiss");
+    dismiss.addEventListener("click", () => dismissCard(node, hookInstance, serviceId, card, index));
+    actions.append(dismiss);
     node.append(actions, el("p", { class: "card-status" }));
     return node;
   }
@@ -100,12 +106,10 @@
     line.classList.toggle("error", Boolean(isError));
   }
 
-  async function accept(node, button, hookInstance, serviceId, card, suggestion) {
+  async function accept(node, button, hookInstance, serviceId, names, suggestion) {
     button.disabled = true;
     try {
-      await api("POST", "/api/suggestions/accept", {
-        hookInstance, serviceId, cardUuid: card.uuid, suggestionUuid: suggestion.uuid, userId: userRef,
-      });
+      await api("POST", "/api/suggestions/accept", { hookInstance, serviceId, ...names, userId: userRef });
       setStatus(node, `Accepted: ${suggestion.label || "suggestion"}`);
       node.classList.add("accepted");
       for (const b of node.querySelectorAll("button")) b.disabled = true;
@@ -149,7 +153,7 @@
     }
   }
 
-  function dismissCard(node, hookInstance, serviceId, card) {
+  function dismissCard(node, hookInstance, serviceId, card, index) {
     const dialog = document.getElementById("dismiss-dialog");
     const select = document.getElementById("dismiss-reason");
     select.replaceChildren(el("option", { value: "" }, "(no reason)"));
@@ -159,7 +163,7 @@
     document.getElementById("dismiss-comment").value = "";
     dialog.onclose = async () => {
       if (dialog.returnValue !== "ok") return;
-      const body = { hookInstance, serviceId, cardUuid: card.uuid, outcome: "overridden", userId: userRef };
+      const body = { hookInstance, serviceId, ...cardName(card, index), outcome: "overridden", userId: userRef };
       if (select.value !== "") {
         const chosen = card.overrideReasons[Number(select.value)];
         body.overrideReason = { code: chosen.code, system: chosen.system, display: chosen.display };
@@ -167,9 +171,10 @@
       const comment = document.getElementById("dismiss-comment").value.trim();
       if (comment) body.userComment = comment;
       try {
-        await api("POST", "/api/feedback", body);
+        const answer = await api("POST", "/api/feedback", body);
         node.classList.add("dismissed");
-        setStatus(node, "Dismissed (feedback sent)");
+        const delivered = answer && answer.feedback && answer.feedback.delivered;
+        setStatus(node, delivered ? "Dismissed (feedback sent)" : `Dismissed (${(answer && answer.feedback && answer.feedback.error) || "no feedback sent"})`);
         for (const b of node.querySelectorAll("button")) b.disabled = true;
       } catch (error) {
         setStatus(node, `Feedback not sent: ${error.message}`, true);

@@ -1,12 +1,11 @@
 // The exchange inspector: the EHR's log of hook calls (GET /api/exchanges: one row per service
-// called), and for one call the request and response per service, with timings (tokens and
-// signatures are redacted by the server before anything is stored).
+// called); a row opens that call's page (/exchanges/{hookInstance}: per service the timing
+// waterfall, the request and response — tokens and signatures redacted before anything is stored).
 "use strict";
 
 (() => {
-  const { api, el, json } = mockehr;
+  const { api, el } = mockehr;
   const table = document.querySelector("#exchanges tbody");
-  const detail = document.getElementById("exchange-detail");
 
   function when(value) {
     if (typeof value === "number") return new Date(value * 1000).toISOString().replace("T", " ").slice(0, 19);
@@ -18,26 +17,9 @@
     return Object.entries(value).map(([k, v]) => `${k} ${typeof v === "number" ? Math.round(v * 10) / 10 : v}`).join(", ");
   }
 
-  async function open(hookInstance) {
-    const data = await api("GET", `/api/exchanges/${encodeURIComponent(hookInstance)}`);
-    document.getElementById("exchange-title").textContent =
-      `${data.hook} · Patient/${data.patientId} · ${data.userId || ""} · ${hookInstance}`;
-    const box = document.getElementById("exchange-services");
-    box.replaceChildren();
-    for (const service of data.services || []) {
-      const head = `${service.serviceId} — ${service.status}${service.httpStatus ? ` (HTTP ${service.httpStatus})` : ""}` +
-        `${service.reason ? ` — ${service.reason}` : ""}`;
-      const parts = el("details", { class: "exchange-service", open: "" }, el("summary", {}, head));
-      parts.append(el("p", {}, `Timings (ms): ${timings(service.timings)}`));
-      if (service.tokenScope) parts.append(el("p", {}, `Token scope: ${service.tokenScope}`));
-      parts.append(el("h4", {}, "Request sent"), json(service.request));
-      parts.append(el("h4", {}, "Response received"), json(service.response));
-      if ((service.dropped || []).length) parts.append(el("h4", {}, "Cards dropped"), json(service.dropped));
-      if ((service.notes || []).length) parts.append(el("h4", {}, "Notes"), json(service.notes));
-      box.append(parts);
-    }
-    detail.hidden = false;
-    detail.scrollIntoView();
+  // One exchange is its own server-rendered page (the timing waterfall, request and response).
+  function open(hookInstance) {
+    location.assign(`/exchanges/${encodeURIComponent(hookInstance)}`);
   }
 
   api("GET", "/api/exchanges").then((data) => {
