@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from tests.integration.ehrharness import CdsDouble, EhrHarness, card, ehr_harness, greeting_service
 
 FEEDBACK = "/cds-services/greeting/feedback"
+BY_POSITION = {"index": 1, "identifiedBy": "suggestion identified by position; no uuid"}
 NO_FEEDBACK = "no feedback could be sent: the card has no uuid (CDS Hooks 2.0 §Feedback names a card by it)"
 
 
@@ -85,7 +86,7 @@ async def test_a_suggestion_without_uuid_is_accepted_by_its_position_and_the_exc
     hook_instance = await _fire(h)
     response = await _accept(h, hook_instance, cardUuid="card-1", suggestionIndex=1)
     assert response.status_code == 200, response.text
-    assert response.json()["suggestion"] == {"index": 1, "identifiedBy": "suggestion identified by position; no uuid"}
+    assert response.json()["suggestion"] == BY_POSITION
     # The FHIR write happened as the user, for the suggestion at that position and no other.
     (written,) = await _observations(h, "second")
     assert written["subject"] == {"reference": f"Patient/{h.fhir.patient_of(0)}"}
@@ -96,7 +97,7 @@ async def test_a_suggestion_without_uuid_is_accepted_by_its_position_and_the_exc
     assert (entry["card"], entry["outcome"], entry["acceptedSuggestions"]) == ("card-1", "accepted", [])
     (decision,) = (await _exchange(h, hook_instance))["decisions"]
     assert (decision["card"], decision["outcome"], decision["suggestion"]) == ("card-1", "accepted", None)
-    assert decision["detail"]["suggestion"] == {"index": 1, "identifiedBy": "suggestion identified by position; no uuid"}
+    assert decision["detail"]["suggestion"] == BY_POSITION
 
 
 async def test_a_card_without_uuid_is_accepted_by_position_and_no_feedback_post_is_sent(h: EhrHarness) -> None:
