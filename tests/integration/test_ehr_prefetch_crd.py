@@ -115,7 +115,9 @@ async def test_the_crd_prefetch_templates_are_approved_and_resolved_with_the_dra
     added = await h.add_service(approveAllPrefetch=True, scope=SCOPE)
     assert added.status_code == 201, added.text
     assert added.json()["refusedPrefetch"] == []
-    approved = {s["id"]: s["approvedPrefetch"] for s in (await h.ehr.get("/api/services", headers=h.admin)).json()["services"]}
+    approved = {
+        s["id"]: s["approvedPrefetch"] for s in (await h.ehr.get("/api/services", headers=h.admin)).json()["services"]
+    }
     assert approved == {"crd-order-sign": CRD_ORDER_SIGN_PREFETCH, "crd-order-select": CRD_ORDER_SELECT_PREFETCH}
 
     patient, user = h.fhir.patient_of(0), h.fhir.practitioner(0)
@@ -132,7 +134,9 @@ async def test_the_crd_prefetch_templates_are_approved_and_resolved_with_the_dra
     )
     reads = _fhir_reads(monkeypatch)
 
-    response = await h.fire("order-sign", userId=user, patientId=patient, context={"draftOrders": _bundle(first, second)})
+    response = await h.fire(
+        "order-sign", userId=user, patientId=patient, context={"draftOrders": _bundle(first, second)}
+    )
     assert response.status_code == 200, response.text
     (result,) = response.json()["services"]
     assert result["status"] == "ok", result
@@ -190,7 +194,9 @@ async def test_an_include_in_an_approved_template_brings_back_nothing_the_servic
         assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
         patient, user = h.fhir.patient_of(0), h.fhir.practitioner(0)
         theirs = await _create(h, _service_request(h.fhir.patient_of(1), user))
-        mine = await _create(h, _service_request(patient, user, basedOn=[{"reference": f"ServiceRequest/{theirs['id']}"}]))
+        mine = await _create(
+            h, _service_request(patient, user, basedOn=[{"reference": f"ServiceRequest/{theirs['id']}"}])
+        )
         # The include itself works: with a wide token the other patient's order comes back.
         wide = await h.fhir.token("system/*.rs")
         direct = await h.fhir.get("ServiceRequest", wide, _id=mine["id"], _include="ServiceRequest:based-on")
