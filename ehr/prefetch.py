@@ -5,12 +5,20 @@ Three steps, each its own function:
 - `check_template` — is a template one of the allowed query forms (2.0 §"Prefetch query
   restrictions")? An instance read `Type/{{token}}` (or a literal id), or a type search
   `Type?param=value&...` whose parameters are reference, token (optionally `:in`) or date
-  (prefix eq/lt/gt/ge/le) searches plus `_count` and `_sort`. Anything else (absolute URLs,
-  operations, `_include`, chaining, `_has`, other modifiers, compartment paths, unknown tokens)
-  is refused with a reason; the administrator approves only templates that pass (R13).
+  (prefix eq/lt/gt/ge/le) searches plus `_count` and `_sort`, and — as Da Vinci CRD writes its
+  prefetch (CRD STU 2.0.1 §"Additional prefetch capabilities", which presumes `_include`) —
+  `_include` / `_revinclude` (optionally `:iterate`) of a named reference parameter
+  (`Type:param[:Target]`). Anything else (absolute URLs, operations, wildcard includes,
+  chaining, `_has`, other modifiers, compartment paths, unknown tokens) is refused with a
+  reason; the administrator approves only templates that pass (R13). Included resources are
+  still read with the per-call token, so the FHIR server's scope and compartment rules bound
+  them exactly as they bound the matches.
 - `render` — substitute the tokens for one invocation: `{{context.<field>}}`,
-  `{{userPractitionerId}}`, `{{userPractitionerRoleId}}`, `{{userPatientId}}`,
-  `{{userRelatedPersonId}}` (from the type in `context.userId`) and `{{today()}}` ± N days.
+  `{{context.<field>.<Type>.id}}` (CRD: the ids of the resources of that type in a context
+  field holding resources or references — `draftOrders`, `selections`, `appointments`,
+  `dispatchedOrders` — comma-separated), `{{userPractitionerId}}`, `{{userPractitionerRoleId}}`,
+  `{{userPatientId}}`, `{{userRelatedPersonId}}` (from the type in `context.userId`) and
+  `{{today()}}` ± N days.
   Every value is percent-encoded (RFC 3986, nothing left "safe"), so a context value such as
   `1&_id=2` or `../x` stays one value and cannot add a parameter or change the path. A token
   that cannot be resolved makes the whole template unresolvable (its key is then omitted).
@@ -40,6 +48,14 @@ _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _PARAM = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _CONTEXT_TOKEN = re.compile(r"context\.([A-Za-z][A-Za-z0-9]{0,63})")
+# CRD STU 2.0.1 §"Additional prefetch capabilities": `context.<context property>.<FHIR resource
+# name>.id` evaluates to "a comma-separated list of the identifiers of all resources of the
+# specified type within that context key".
+_CONTEXT_IDS = re.compile(r"context\.([A-Za-z][A-Za-z0-9]{0,63})\.([A-Z][A-Za-z]{1,63})\.id")
+# `_include=Source:param[:Target]` (R4 search.html#include); the wildcard `*` is refused: an
+# approved template names what it pulls in (minimum necessary, R13).
+_INCLUDE_VALUE = re.compile(r"[A-Z][A-Za-z]{1,63}:[a-z][a-z0-9-]{0,63}(:[A-Z][A-Za-z]{1,63})?")
+_INCLUDES = ("_include", "_revinclude")
 _TODAY = re.compile(r"today\(\)(?:\s*([+-])\s*(\d{1,5})\s*days?)?")
 _DATE = re.compile(r"\d{4}(-\d{2}(-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?)?)?")
 _DATE_PREFIXES = ("eq", "lt", "gt", "ge", "le")
@@ -56,7 +72,9 @@ MAX_COUNT = 1000
 
 
 def _token_refusal(expression: str) -> str | None:
-    if expression in USER_TOKENS or _CONTEXT_TOKEN.fullmatch(expression) or _TODAY.fullmatch(expression):
+    if expression in USER_TOKENS or _TODAY.fullmatch(expression):
+        return None
+    if _CONTEXT_TOKEN.fullmatch(expression) or _CONTEXT_IDS.fullmatch(expression):
         return None
     return f"unsupported prefetch token {{{{{expression}}}}}"
 
@@ -70,6 +88,12 @@ def _check_value(name: str, modifier: str | None, value: str) -> str | None:
     for expression in TOKEN.findall(value):
         if (refusal := _token_refusal(expression)) is not None:
             return refusal
+    if name in _INCLUDES:
+        if modifier not in (None, "iterate"):
+            return f"{name}:{modifier} is not an allowed prefetch query form (only :iterate)"
+        if not _INCLUDE_VALUE.fullmatch(value):
+            return f"{name} names one reference parameter: Type:parameter[:TargetType] (no wildcard or token)"
+        return None
     if name == "_count":
         if not value.isdigit() or not 0 < int(value) <= MAX_COUNT:
             return f"_count must be an integer 1..{MAX_COUNT}"
@@ -123,7 +147,7 @@ def check_template(template: str) -> str | None:
             return f"parameter {key!r} has no value"
         name, colon, modifier = key.partition(":")
         # _id is a token search (R4 Resource search parameters); other _-parameters are not.
-        if name not in ("_count", "_sort", "_id") and not _PARAM.fullmatch(name):
+        if name not in ("_count", "_sort", "_id", *_INCLUDES) and not _PARAM.fullmatch(name):
             return f"parameter {name!r} is not an allowed prefetch query form"
         refusal = _check_value(name, modifier if colon else None, value)
         if refusal is not None:
@@ -140,7 +164,35 @@ class TokenValues:
     today: dt.date
 
 
+def _ids_of_type(value: Any, kind: str) -> list[str]:
+    """The ids of the resources of type `kind` in a context field: a Bundle (`draftOrders`,
+    `appointments`), a list of resources (`fulfillmentTasks`) or of references `Type/id`
+    (`selections`, `dispatchedOrders`). In context order, each once."""
+    items: list[Any]
+    if isinstance(value, dict) and value.get("resourceType") == "Bundle" and isinstance(value.get("entry"), list):
+        items = [e.get("resource") for e in value["entry"] if isinstance(e, dict)]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return []
+    ids: list[str] = []
+    for item in items:
+        if isinstance(item, dict) and item.get("resourceType") == kind:
+            ident = item.get("id")
+        elif isinstance(item, str) and item.partition("/")[0] == kind:
+            ident = item.partition("/")[2]
+        else:
+            continue
+        if isinstance(ident, str) and _FHIR_ID.fullmatch(ident) and ident not in ids:
+            ids.append(ident)
+    return ids
+
+
 def _resolve(expression: str, values: TokenValues) -> str | list[str] | None:
+    if m := _CONTEXT_IDS.fullmatch(expression):
+        # None of that type in context: nothing to substitute, so the template is not run and its
+        # key is omitted (2.0 §Prefetch: a key the CDS Client cannot fulfil is left out).
+        return _ids_of_type(values.context.get(m.group(1)), m.group(2)) or None
     if expression in USER_TOKENS:
         kind, _, ident = (values.user_ref or "").partition("/")
         return ident if kind == USER_TOKENS[expression] and ident else None
@@ -182,6 +234,8 @@ def render(template: str, values: TokenValues) -> str | None:
                 unresolved = True
                 return ""
             if in_path:
+                if isinstance(value, list) and len(value) == 1:
+                    value = value[0]  # one draft order of the type: an instance read is meaningful
                 if not isinstance(value, str) or not _FHIR_ID.fullmatch(value) or value in (".", ".."):
                     unresolved = True
                     return ""

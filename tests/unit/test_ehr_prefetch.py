@@ -38,6 +38,13 @@ def values(context: dict[str, Any] | None = None, user: str | None = "Practition
         "Condition?patient={{context.patientId}}&code:in=https://vsac.example.org/ValueSet/diabetes",
         "Immunization?patient={{context.patientId}}&date=le{{today()}}",
         "MedicationRequest?_id={{context.selections}}",
+        # Da Vinci CRD STU 2.0.1 forms: context resource ids and named includes.
+        "ServiceRequest?_id={{context.draftOrders.ServiceRequest.id}}&_include=ServiceRequest:patient",
+        "MedicationRequest?_id={{context.selections.MedicationRequest.id}}",
+        "MedicationRequest?_id=1&_include=MedicationRequest:requester:PractitionerRole",
+        "ServiceRequest?_id=1&_include=ServiceRequest:requester&_include:iterate=PractitionerRole:organization",
+        "Patient?_id={{context.patientId}}&_revinclude=Coverage:patient",
+        "Coverage?patient={{context.patientId}}&status=active",
     ],
 )
 def test_allowed_query_forms_are_accepted(template: str) -> None:
@@ -55,7 +62,16 @@ def test_allowed_query_forms_are_accepted(template: str) -> None:
         ("Patient/{{context.patientId}}/Observation", "only an instance read"),
         ("Patient/..", "instance read"),
         ("patient/1", "not a resource type"),
-        ("Observation?patient={{context.patientId}}&_include=Observation:performer", "'_include'"),
+        ("Observation?patient={{context.patientId}}&_include=*", "no wildcard"),
+        ("Observation?patient={{context.patientId}}&_include=Observation:*", "no wildcard"),
+        ("Observation?patient={{context.patientId}}&_revinclude=*", "no wildcard"),
+        ("Observation?_id=1&_include={{context.patientId}}", "no wildcard or token"),
+        ("Observation?_id=1&_include:recurse=Observation:subject", "only :iterate"),
+        ("Observation?_id=1&_include=Observation:subject.name", "Type:parameter"),
+        ("ServiceRequest?_id={{context.draftOrders.ServiceRequest.code}}", "unsupported prefetch token"),
+        ("ServiceRequest?_id={{context.draftOrders.serviceRequest.id}}", "unsupported prefetch token"),
+        ("https://payer.example.org/fhir/ServiceRequest?_id={{context.draftOrders.ServiceRequest.id}}", "relative"),
+        ("ServiceRequest/{{context.draftOrders.ServiceRequest.id}}/$submit", "only an instance read"),
         ("Observation?_has:Condition:patient:code=x", "'_has'"),
         ("Observation?patient.name=Smith", "'patient.name'"),
         ("Patient?name:contains=smi", "modifier :contains"),
@@ -127,6 +143,49 @@ def test_a_list_context_value_becomes_an_or_list_of_encoded_values() -> None:
     context = {"selections": ["MedicationRequest/a", "MedicationRequest/b&x=1"]}
     rendered = render("MedicationRequest?subject={{context.selections}}", values(context))
     assert rendered == "MedicationRequest?subject=MedicationRequest%2Fa,MedicationRequest%2Fb%26x%3D1"
+
+
+DRAFT_ORDERS = {
+    "resourceType": "Bundle",
+    "type": "collection",
+    "entry": [
+        {"resource": {"resourceType": "ServiceRequest", "id": "sr-1"}},
+        {"resource": {"resourceType": "MedicationRequest", "id": "mr-1"}},
+        {"resource": {"resourceType": "ServiceRequest", "id": "sr-2"}},
+        {"resource": {"resourceType": "ServiceRequest", "id": "sr-1"}},
+    ],
+}
+
+
+def test_a_draft_orders_id_token_becomes_the_comma_separated_ids_of_that_type() -> None:
+    context = {"patientId": "p1", "draftOrders": DRAFT_ORDERS}
+    template = "ServiceRequest?_id={{context.draftOrders.ServiceRequest.id}}&_include=ServiceRequest:patient"
+    assert render(template, values(context)) == "ServiceRequest?_id=sr-1,sr-2&_include=ServiceRequest:patient"
+    assert render("MedicationRequest/{{context.draftOrders.MedicationRequest.id}}", values(context)) == (
+        "MedicationRequest/mr-1"
+    )
+
+
+def test_a_draft_orders_id_token_with_no_order_of_that_type_leaves_the_template_unrun() -> None:
+    context = {"patientId": "p1", "draftOrders": DRAFT_ORDERS}
+    assert render("DeviceRequest?_id={{context.draftOrders.DeviceRequest.id}}", values(context)) is None
+    assert render("DeviceRequest?_id={{context.draftOrders.DeviceRequest.id}}", values({"patientId": "p1"})) is None
+    # Several ids cannot be one instance read.
+    assert render("ServiceRequest/{{context.draftOrders.ServiceRequest.id}}", values(context)) is None
+
+
+def test_a_selections_id_token_becomes_the_ids_of_the_selected_orders_of_that_type() -> None:
+    context = {"selections": ["ServiceRequest/sr-2", "MedicationRequest/mr-1", "ServiceRequest/sr-9"]}
+    rendered = render("ServiceRequest?_id={{context.selections.ServiceRequest.id}}", values(context))
+    assert rendered == "ServiceRequest?_id=sr-2,sr-9"
+
+
+@pytest.mark.parametrize("hostile", ["1&_id=2", "../x", "a,b", "x#y"])
+def test_an_order_id_that_is_not_a_fhir_id_is_never_substituted(hostile: str) -> None:
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "ServiceRequest", "id": hostile}}]}
+    context = {"draftOrders": bundle, "selections": [f"ServiceRequest/{hostile}"]}
+    assert render("ServiceRequest?_id={{context.draftOrders.ServiceRequest.id}}", values(context)) is None
+    assert render("ServiceRequest?_id={{context.selections.ServiceRequest.id}}", values(context)) is None
 
 
 def test_a_template_that_fails_the_check_is_never_rendered() -> None:
