@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 import pytest
 
+from mockehr.seed import generate
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 from tests.interop.pinned_venv import ROOT, pinned_venv
 
@@ -50,12 +51,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_discovery(url: str, ca: Path, service: subprocess.Popen[str], timeout: float = 60.0) -> None:
+def _wait_for_discovery(url: str, ca: Path, service: subprocess.Popen[str], log: Path, timeout: float = 60.0) -> None:
     ctx = ssl.create_default_context(cafile=str(ca))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            raise AssertionError(f"the HealthChain service exited {service.returncode}:\n{service.communicate()[0]}")
+            raise AssertionError(f"the HealthChain service exited {service.returncode} (its log: {log})")
         try:
             if httpx.get(url, verify=ctx, timeout=2).status_code == 200:
                 return
@@ -71,40 +72,66 @@ def healthchain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HealthChai
     data_dir = tmp_path_factory.mktemp("healthchain-stack") / ".mockehr"
     up = start_up(data_dir, free_base_port(), "--patients", "3")
     service: subprocess.Popen[str] | None = None
+    log: TextIO | None = None
     try:
         up.wait_for("Ctrl-C stops every service.")
         certs = tmp_path_factory.mktemp("healthchain-certs")
         issued = _cli(up, "ca", "issue", "localhost", "--out", str(certs))
         assert issued.returncode == 0, issued.stdout + issued.stderr
         port = _free_port()
+        # A file, not a pipe: a pipe nobody reads would block the service once its buffer is full.
+        log = (certs / "healthchain.log").open("w")
         service = subprocess.Popen(
             [
                 *(str(python), "-m", "uvicorn", "tests.interop.healthchain_service:app"),
-                *("--host", "127.0.0.1", "--port", str(port)),
+                *("--host", "127.0.0.1", "--port", str(port), "--timeout-graceful-shutdown", "5"),
                 *("--ssl-certfile", str(certs / "localhost.pem"), "--ssl-keyfile", str(certs / "localhost-key.pem")),
             ],
             cwd=ROOT,
             env={**os.environ, "HEALTHCHAIN_FHIR_CA": str(data_dir / "ca.pem"), "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
+            stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
         )
         discovery = f"https://localhost:{port}/cds-services"
-        _wait_for_discovery(discovery, data_dir / "ca.pem", service)
+        _wait_for_discovery(discovery, data_dir / "ca.pem", service, certs / "healthchain.log")
         yield HealthChain(up, discovery)
     finally:
+        if log is not None:
+            log.close()
         if service is not None:
             service.terminate()
-            service.wait(20)
+            try:
+                service.wait(20)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait(10)
         up.stop()
 
 
+def _ehr(up: UpProcess, path: str) -> dict[str, Any]:
+    token = (up.data_dir / "admin-token").read_text().strip()
+    ctx = ssl.create_default_context(cafile=str(up.data_dir / "ca.pem"))
+    url = f"https://localhost:{up.base_port}{path}"
+    response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, verify=ctx, timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def _demo_user_and_patient(up: UpProcess) -> tuple[str, str, str]:
-    """A demo login, one of their patients, and that patient's name as the FHIR server has it."""
+    """A demo login, one of their patients, and that patient's name as the seeded data has it
+    (`mockehr up` loads `seed.generate(3, 1)`): the service can only know it by reading FHIR."""
     users = json.loads((up.data_dir / "demo-users.json").read_text())
     user = next(iter(users.values()))
-    return str(user["fhirUser"]), str(user["patients"][0]), ""
+    patient = str(user["patients"][0])
+    (name,) = [
+        e["resource"]["name"][0]["text"]
+        for e in generate(3, 1).bundle["entry"]
+        if e["resource"]["resourceType"] == "Patient" and e["resource"]["id"] == patient
+    ]
+    return str(user["fhirUser"]), patient, str(name)
 
 
 def _draft_order(patient: str) -> str:
@@ -123,18 +150,42 @@ def test_healthchain_answers_patient_view_and_order_sign_with_cards_about_the_pa
     healthchain: HealthChain,
 ) -> None:
     up = healthchain.up
+    # No prefetch in HealthChain's discovery: the FHIR read it needs is approved as a scope.
     added = _cli(up, "services", "add", healthchain.discovery, "--scope", "patient/Patient.rs", "--json")
     assert added.returncode == 0, added.stdout + added.stderr
-    user, patient, _ = _demo_user_and_patient(up)
-    print(added.stdout)
+    user, patient, name = _demo_user_and_patient(up)
 
-    fired: dict[str, Any] = {}
-    for hook, service_id, extra in (
-        ("patient-view", "healthchain-patient-view", ()),
-        ("order-sign", "healthchain-order-sign", ("--context", _draft_order(patient))),
-    ):
+    expected = {
+        "patient-view": ("healthchain-patient-view", "info", f"HealthChain read {name}"),
+        "order-sign": ("healthchain-order-sign", "warning", f"HealthChain checked the order for {name}"),
+    }
+    for hook, (service_id, indicator, summary) in expected.items():
+        extra = ("--context", _draft_order(patient)) if hook == "order-sign" else ()
         result = _cli(up, "hook", hook, "--user", user, "--patient", patient, "--service", service_id, "--json", *extra)
         assert result.returncode == 0, result.stdout + result.stderr
-        fired[hook] = json.loads(result.stdout)
-    print(json.dumps(fired, indent=1))
+        fired = json.loads(result.stdout)
+        (answer,) = fired["services"]
+        assert (answer["serviceId"], answer["status"]) == (service_id, "ok"), answer
+        (card,) = answer["cards"]
+        assert (card["summary"], card["indicator"], card["summaryHtml"]) == (summary, indicator, summary)
+
+        (exchange,) = _ehr(up, f"/api/exchanges/{fired['hookInstance']}")["services"]
+        # What was sent: the approved scope only, for this patient; what came back: the card, kept as sent.
+        assert exchange["tokenScope"] == exchange["request"]["fhirAuthorization"]["scope"] == "patient/Patient.rs"
+        assert exchange["request"]["fhirAuthorization"]["patient"] == patient
+        assert exchange["request"]["fhirAuthorization"]["access_token"] == "[redacted]"
+        assert exchange["response"]["cards"][0]["summary"] == summary
+        assert (exchange["httpStatus"], exchange["dropped"]) == (200, [])
+        # The token was revoked once the service answered: the revoke phase ran, and a failed
+        # revocation would have left a note (ehr.invoke._revoke).
+        assert exchange["timings"]["revoke_ms"] is not None
+        assert exchange["notes"] == []
+
+
+def test_mockehr_probe_finds_that_healthchain_verifies_no_jwt(healthchain: HealthChain) -> None:
+    up = healthchain.up
+    result = _cli(up, "probe", healthchain.discovery, "--json", "--timeout", "10")
+    print(result.returncode)
+    print(result.stdout)
+    print(result.stderr[-3000:])
     raise AssertionError("look")
