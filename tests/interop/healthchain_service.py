@@ -40,7 +40,7 @@ def _patient_name(request: CDSRequest) -> str:
             "Authorization": f"Bearer {request.fhirAuthorization.access_token}",
             "Accept": "application/fhir+json",
         },
-        verify=os.environ.get("HEALTHCHAIN_FHIR_CA", True),
+        verify=os.environ.get("HEALTHCHAIN_FHIR_CA") or True,
         timeout=5,
     )
     if response.status_code != 200:

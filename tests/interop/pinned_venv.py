@@ -38,7 +38,16 @@ def pinned_venv(name: str, requirements: Path) -> Path:
         try:
             subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, timeout=120, capture_output=True)
             subprocess.run(
-                [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                    str(requirements),
+                ],
                 check=True,
                 timeout=INSTALL_TIMEOUT_S,
                 capture_output=True,

@@ -182,10 +182,41 @@ def test_healthchain_answers_patient_view_and_order_sign_with_cards_about_the_pa
         assert exchange["notes"] == []
 
 
+ACCEPTED_FORMS = {"control", "aud-array"}  # correctly signed requests: accepted, as they should be
+NOTHING_REFUSED = {"leak-reason", "leak-stack-trace", "leak-token-echo"}  # inspect refusals; there were none
+
+
 def test_mockehr_probe_finds_that_healthchain_verifies_no_jwt(healthchain: HealthChain) -> None:
     up = healthchain.up
     result = _cli(up, "probe", healthchain.discovery, "--json", "--timeout", "10")
-    print(result.returncode)
-    print(result.stdout)
-    print(result.stderr[-3000:])
-    raise AssertionError("look")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["passed"] is False
+
+    by_endpoint: dict[str, dict[str, str]] = {}
+    for row in report["results"]:
+        by_endpoint.setdefault(row["endpoint"], {})[row["check"]] = row["verdict"]
+    assert set(by_endpoint) == {
+        "discovery",
+        "healthchain-patient-view",
+        "healthchain-order-sign",
+        "healthchain-patient-view feedback",
+        "healthchain-order-sign feedback",
+    }
+    # Discovery and both services answer every request, signed or not: each check that sends a bad
+    # or missing JWT fails (27 at discovery, 28 at each service, which also gets aud-discovery).
+    for endpoint in ("discovery", "healthchain-patient-view", "healthchain-order-sign"):
+        verdicts = by_endpoint[endpoint]
+        expected = {
+            check: "pass" if check in ACCEPTED_FORMS else "inconclusive" if check in NOTHING_REFUSED else "fail"
+            for check in verdicts
+        }
+        assert verdicts == expected, endpoint
+        failed = sum(v == "fail" for v in verdicts.values())
+        assert failed == (27 if endpoint == "discovery" else 28), endpoint
+    # HealthChain serves no feedback endpoint: the correctly signed feedback POST gets 404, and
+    # nothing there passes. (How the probe names a 404 is issue 13 deliverable 6's.)
+    for endpoint in ("healthchain-patient-view feedback", "healthchain-order-sign feedback"):
+        assert "pass" not in by_endpoint[endpoint].values()
+        (control,) = [r for r in report["results"] if r["endpoint"] == endpoint and r["check"] == "control"]
+        assert "404" in control["detail"]
