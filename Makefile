@@ -40,4 +40,4 @@ bench: install
 	$(PY) -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .mockehr .pytest_cache .mypy_cache .ruff_cache test-artifacts tests/browser/jsapp/node_modules
+	rm -rf $(VENV) .venv-interop .mockehr .pytest_cache .mypy_cache .ruff_cache test-artifacts tests/browser/jsapp/node_modules
