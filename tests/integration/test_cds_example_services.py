@@ -128,8 +128,12 @@ class Cds:
 
 
 def body(hook: str, patient: str, **extra: Any) -> dict[str, Any]:
+    """A hook request; a patient-view prefetch without the Patient gets a living one."""
     context = {"userId": "Practitioner/u1", "patientId": patient}
     context.update(extra.pop("context", {}))
+    prefetch = extra.get("prefetch")
+    if hook == "patient-view" and isinstance(prefetch, dict) and "patient" not in prefetch:
+        extra["prefetch"] = {"patient": {"resourceType": "Patient", "id": patient}, **prefetch}
     return {"hook": hook, "hookInstance": new_jti(), "context": context, **extra}
 
 
@@ -147,7 +151,10 @@ async def make_cds(tmp_path: Path) -> AsyncIterator[Any]:
             return httpx.Response(200, json=_jwks(holder["cds"].key))
 
         def anything_else(request: httpx.Request) -> httpx.Response:
-            # What an attacker's server would love to answer: a plausible FHIR Bundle.
+            # What an attacker's server would love to answer: a plausible Patient read or FHIR Bundle.
+            rtype, _, rid = request.url.path.rpartition("/")
+            if rtype.endswith("/Patient") and rid:
+                return httpx.Response(200, json={"resourceType": "Patient", "id": rid})
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
 
         async def record(request: httpx.Request) -> None:
@@ -399,7 +406,10 @@ async def test_a_fhir_server_not_on_the_allow_list_receives_nothing(make_cds: An
     # The positive control: the allow-listed server is called with the same request.
     response = await cds.hook("abnormal-results", body("patient-view", "p1", fhirServer=FHIR, fhirAuthorization=auth))
     assert response.status_code == 200
-    assert {(r.url.host, r.url.path) for r in cds.outbound} == {("fhir.test", "/fhir/Observation")}
+    assert {(r.url.host, r.url.path) for r in cds.outbound} == {
+        ("fhir.test", "/fhir/Observation"),
+        ("fhir.test", "/fhir/Patient/p1"),
+    }
 
 
 async def test_a_trailing_slash_on_an_allowed_fhir_server_is_the_same_server(make_cds: Any, fhir: FhirHarness) -> None:
@@ -664,6 +674,7 @@ async def test_the_spec_sample_requests_are_answered_from_prefetch(
     request = json.loads((fixtures_dir / "cds-hooks" / f"cdshooks-request-{name}.json").read_text())
     service = {"order-sign": "medication-safety", "order-select": "medication-safety-select"}.get(request["hook"])
     prefetch = {
+        "patient": {"resourceType": "Patient", "id": request["context"]["patientId"]},
         "allergies": searchset([]),
         "medications": searchset([]),
         "labs": searchset([]),
