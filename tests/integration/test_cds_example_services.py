@@ -279,6 +279,47 @@ async def test_every_demo_users_first_patient_gets_a_card_with_a_suggestion(make
         assert_valid_cards(cards)
 
 
+def synthea_prefetch(fixtures_dir: Path, name: str) -> dict[str, Any]:
+    """A Synthea patient's record as the EHR would prefetch it for patient-view."""
+    (path,) = (fixtures_dir / "synthea-r4").glob(f"{name}_*.json")
+    found = [e["resource"] for e in json.loads(path.read_text())["entry"]]
+    (patient,) = [r for r in found if r["resourceType"] == "Patient"]
+
+    def category(obs: dict[str, Any]) -> str:
+        return str(obs.get("category", [{}])[0].get("coding", [{}])[0].get("code"))
+
+    obs = [r for r in found if r["resourceType"] == "Observation"]
+    return {
+        "patient": patient,
+        "labs": searchset([o for o in obs if category(o) == "laboratory"]),
+        "vitals": searchset([o for o in obs if category(o) == "vital-signs"]),
+    }
+
+
+async def test_a_deceased_synthea_patient_gets_no_greeting_as_living_and_no_overdue_repeat_or_order(
+    make_cds: Any, fixtures_dir: Path
+) -> None:
+    cds = await make_cds()
+    prefetch = synthea_prefetch(fixtures_dir, "Stephen_McLaughlin")
+    pid = prefetch["patient"]["id"]
+    living = await cds.hook("abnormal-results", body("patient-view", pid, prefetch=prefetch))
+    prefetch["patient"]["deceasedDateTime"] = "2020-01-31T09:00:00-05:00"
+
+    results = await cds.hook("abnormal-results", body("patient-view", pid, prefetch=prefetch))
+    greeting = await cds.hook("patient-greeting", body("patient-view", pid, prefetch=prefetch))
+
+    # Alive, his last blood pressure (170.8/108.0 mm[Hg]) makes a card with an order to repeat it.
+    [card] = living.json()["cards"]
+    assert card["summary"] == "Blood pressure 171/108 mmHg on 2019-05-04 is high; repeat overdue"
+    assert card["suggestions"][0]["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
+    # Deceased: nothing to repeat or order, and the record is described, not greeted.
+    assert results.status_code == 200 and results.json() == {"cards": []}
+    assert [c["summary"] for c in greeting.json()["cards"]] == [
+        "Record of Stephen McLaughlin, deceased 2020-01-31 aged 40"
+    ]
+    assert cds.outbound == []
+
+
 def _obs(code: str, value: float, unit: str, when: str, status: str = "final") -> dict[str, Any]:
     return {
         "resourceType": "Observation",
