@@ -1,4 +1,7 @@
-"""patient-view `patient-greeting`: the patient's name and age, an info card (no suggestion)."""
+"""patient-view `patient-greeting`: the patient's name and age, an info card (no suggestion).
+
+A deceased patient's record is described, not greeted: "Record of <name>, deceased <date>
+aged <n>", the age counted to the death (vital_status)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from examples.cds_service.errors import DataUnavailable
 from examples.cds_service.fhir_data import DataSource
 from examples.cds_service.knowledge import items
 from examples.cds_service.schemas import Card
+from examples.cds_service.vital_status import age, deceased
 
 PATIENT = "Patient/{{context.patientId}}"
 PREFETCH = {"patient": PATIENT}
@@ -26,17 +30,14 @@ def _name(patient: dict[str, Any]) -> str:
     return "this patient"
 
 
-def _age(patient: dict[str, Any], today: dt.date) -> int | None:
-    try:
-        born = dt.date.fromisoformat(str(patient["birthDate"])[:10])
-    except (KeyError, ValueError):
-        return None
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-
-
 def greeting_card(patient: dict[str, Any], today: dt.date) -> Card:
-    age = _age(patient, today)
-    summary = f"Now seeing: {_name(patient)}" + (f", {age} years" if age is not None else "")
+    years = age(patient, today)
+    death = deceased(patient)
+    if death is None:
+        summary = f"Now seeing: {_name(patient)}" + (f", {years} years" if years is not None else "")
+    else:
+        summary = f"Record of {_name(patient)}, deceased" + (f" {death.on.isoformat()}" if death.on else "")
+        summary += f" aged {years}" if years is not None else ""
     return Card(uuid=new_uuid(), summary=fit_summary(summary), indicator="info", source=SOURCE)
 
 

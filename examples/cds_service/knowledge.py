@@ -42,6 +42,7 @@ class ResultRule:
     basis: str  # why these thresholds (shown in the card detail)
     repeat_days: int  # a result older than this is overdue for a repeat
     follow_up: Test
+    decimals: int = 0  # the precision the measure is reported to (values are rounded to it, then compared)
 
 
 HBA1C = ResultRule(
@@ -56,6 +57,7 @@ HBA1C = ResultRule(
     "Repeat at least every 3 months while not at goal.",
     repeat_days=90,
     follow_up=Test(LOINC, "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"),
+    decimals=1,  # NGSP reports HbA1c to one decimal (e.g. 6.5 %)
 )
 LDL = ResultRule(
     key="ldl",

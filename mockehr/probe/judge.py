@@ -13,6 +13,10 @@ can trust a pass:
   authenticating the caller first or crashed on the credentials; neither is the bare 401 a CDS
   Client expects.
 - no response (timeout, connection reset, TLS failure): inconclusive.
+
+An endpoint that answers the correctly signed positive control with 404 is not served (a service
+that takes no feedback has no `{service}/feedback`, CDS Hooks 2.0.1 §Feedback): its checks are
+"skipped", counted apart from those run, never read as failed attacks (see runner).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-Verdict = Literal["pass", "fail", "inconclusive"]
+Verdict = Literal["pass", "fail", "inconclusive", "skipped"]
+NOT_FOUND = 404
 
 # Words that name the check a token failed (word boundaries; case-insensitive).
 _REASON = re.compile(

@@ -3,8 +3,10 @@
 For each endpoint: the positive control (a correct request) first; then every check in the
 catalogue; then the control again (a service that starts refusing everything after a few bad
 tokens — a lockout — would otherwise make every later check look like a pass). If either control
-is refused, every other check on that endpoint is inconclusive, never a pass. Requests go one at
-a time: verdicts must not depend on timing.
+is refused, every other check on that endpoint is inconclusive, never a pass. If the control gets
+a 404, the endpoint is not served: its checks are skipped and a note says so (a feedback endpoint
+may be absent; a discovery or a listed service answering 404 also fails its control). Requests go
+one at a time: verdicts must not depend on timing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mockehr.probe.judge import Exchange, Verdict
 from mockehr.probe.jwks_server import JwksEndpoints, serve_jwks
 
 KEY_FILE = Path("probe") / "probe-key.pem"
+NOT_SERVED = "not served"
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,19 @@ class Report:
         return sum(1 for r in self.results if r.verdict == verdict)
 
     @property
+    def run(self) -> int:
+        """The checks that were run: every result but those of endpoints not served."""
+        return len(self.results) - self.count("skipped")
+
+    @property
     def passed(self) -> bool:
-        """Exit 0 only when every check passed."""
-        return bool(self.results) and all(r.verdict == "pass" for r in self.results)
+        """Exit 0 only when checks were run and every one of them passed."""
+        return self.run > 0 and all(r.verdict in ("pass", "skipped") for r in self.results)
+
+    @property
+    def not_served(self) -> list[str]:
+        """The endpoints that answered the correctly signed control 404, in probe order."""
+        return [r.endpoint for r in self.results if r.check is CONTROL and r.detail.startswith(NOT_SERVED)]
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class _Outcome:
     refusals: list[tuple[str, Exchange, list[str]]] = field(default_factory=list)
     baits: dict[int, str] = field(default_factory=dict)  # index in results -> bait nonce
     control_body: str = ""
+    served: bool = True
 
 
 class _Runner:
@@ -115,6 +129,8 @@ class _Runner:
         outcome = _Outcome()
         opening = await self.send(target, self._bearer(CONTROL, target))
         outcome.control_body = opening.body if opening.accepted else ""
+        if opening.status == judge.NOT_FOUND:
+            return self._not_served(target, opening)
         pending: list[tuple[Check, Attack, list[Exchange]]] = []
         if opening.accepted:
             for check in CHECKS:
@@ -144,6 +160,20 @@ class _Runner:
                     outcome.results.append(self._result(target, check, "inconclusive", "the positive control failed"))
         for check in LEAK_CHECKS:
             outcome.results.append(self._leaks(target, check, outcome.refusals, control_ok))
+        return outcome
+
+    def _not_served(self, target: Target, opening: Exchange) -> _Outcome:
+        """A 404 to a correctly signed request: nothing is there to attack, so nothing is judged.
+
+        A service without feedback has no feedback URL; a discovery URL or a listed service that
+        is not there fails its control, since the service cannot be used at all."""
+        verdict: Verdict = "skipped" if target.kind == "feedback" else "fail"
+        detail = f"{NOT_SERVED}: {opening.describe()} to a correctly signed request, so its checks were skipped"
+        outcome = _Outcome(served=False)
+        outcome.results.append(self._result(target, CONTROL, verdict, detail))
+        for check in (*CHECKS, *LEAK_CHECKS):
+            if check is not CONTROL and target.kind in check.kinds:
+                outcome.results.append(self._result(target, check, "skipped", f"{NOT_SERVED}: {target.name}"))
         return outcome
 
     def _bearer(self, check: Check, target: Target) -> str | None:
@@ -289,6 +319,10 @@ async def _probe(
                     f"fetched the untrusted JWKS ({fetched[0].scheme}) — SSRF; response: {r.detail}",
                 )
         report.results.extend(outcome.results)
+        if not outcome.served:
+            first = outcome.results[0]
+            skipped = sum(1 for r in outcome.results if r.verdict == "skipped")
+            report.notes.append(f"{first.endpoint} ({first.url}) is {NOT_SERVED}: {skipped} checks skipped")
     report.finished_at = time.time()
     return report
 

@@ -91,6 +91,7 @@ class Weakness:
     lockout_after: int | None = None  # after this many refusals, refuses every request
     huge_refusals: bool = False  # 401 bodies of 1 MiB that name the reason in their first bytes
     needs_fhir: bool = False  # not a weakness: answers an authenticated call 412 (no FHIR data lent)
+    feedback: bool = True  # not a weakness when False: no feedback endpoint (every POST to it is a 404)
 
 
 class Refused(Exception):
@@ -205,7 +206,6 @@ def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: s
             return JSONResponse({"error": "fhirAuthorization required"}, 412)
         return JSONResponse({"cards": [CARD]})
 
-    @app.post("/cds-services/{service_id}/feedback")
     async def feedback(service_id: str, request: Request) -> Response:
         refused = await authenticate(request)
         if refused is not None:
@@ -214,5 +214,8 @@ def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: s
         if service_id != SERVICE["id"] or not isinstance(body.get("feedback"), list):
             return JSONResponse({"error": "invalid"}, 400)
         return Response(status_code=200)
+
+    if weakness.feedback:  # otherwise the framework answers every request to the path 404
+        app.post("/cds-services/{service_id}/feedback")(feedback)
 
     return app

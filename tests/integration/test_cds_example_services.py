@@ -128,8 +128,12 @@ class Cds:
 
 
 def body(hook: str, patient: str, **extra: Any) -> dict[str, Any]:
+    """A hook request; a patient-view prefetch without the Patient gets a living one."""
     context = {"userId": "Practitioner/u1", "patientId": patient}
     context.update(extra.pop("context", {}))
+    prefetch = extra.get("prefetch")
+    if hook == "patient-view" and isinstance(prefetch, dict) and "patient" not in prefetch:
+        extra["prefetch"] = {"patient": {"resourceType": "Patient", "id": patient}, **prefetch}
     return {"hook": hook, "hookInstance": new_jti(), "context": context, **extra}
 
 
@@ -147,7 +151,10 @@ async def make_cds(tmp_path: Path) -> AsyncIterator[Any]:
             return httpx.Response(200, json=_jwks(holder["cds"].key))
 
         def anything_else(request: httpx.Request) -> httpx.Response:
-            # What an attacker's server would love to answer: a plausible FHIR Bundle.
+            # What an attacker's server would love to answer: a plausible Patient read or FHIR Bundle.
+            rtype, _, rid = request.url.path.rpartition("/")
+            if rtype.endswith("/Patient") and rid:
+                return httpx.Response(200, json={"resourceType": "Patient", "id": rid})
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
 
         async def record(request: httpx.Request) -> None:
@@ -270,6 +277,47 @@ async def test_every_demo_users_first_patient_gets_a_card_with_a_suggestion(make
         cards = response.json()["cards"]
         assert any(c.get("suggestions") for c in cards), practitioner.username
         assert_valid_cards(cards)
+
+
+def synthea_prefetch(fixtures_dir: Path, name: str) -> dict[str, Any]:
+    """A Synthea patient's record as the EHR would prefetch it for patient-view."""
+    (path,) = (fixtures_dir / "synthea-r4").glob(f"{name}_*.json")
+    found = [e["resource"] for e in json.loads(path.read_text())["entry"]]
+    (patient,) = [r for r in found if r["resourceType"] == "Patient"]
+
+    def category(obs: dict[str, Any]) -> str:
+        return str(obs.get("category", [{}])[0].get("coding", [{}])[0].get("code"))
+
+    obs = [r for r in found if r["resourceType"] == "Observation"]
+    return {
+        "patient": patient,
+        "labs": searchset([o for o in obs if category(o) == "laboratory"]),
+        "vitals": searchset([o for o in obs if category(o) == "vital-signs"]),
+    }
+
+
+async def test_a_deceased_synthea_patient_gets_no_greeting_as_living_and_no_overdue_repeat_or_order(
+    make_cds: Any, fixtures_dir: Path
+) -> None:
+    cds = await make_cds()
+    prefetch = synthea_prefetch(fixtures_dir, "Stephen_McLaughlin")
+    pid = prefetch["patient"]["id"]
+    living = await cds.hook("abnormal-results", body("patient-view", pid, prefetch=prefetch))
+    prefetch["patient"]["deceasedDateTime"] = "2020-01-31T09:00:00-05:00"
+
+    results = await cds.hook("abnormal-results", body("patient-view", pid, prefetch=prefetch))
+    greeting = await cds.hook("patient-greeting", body("patient-view", pid, prefetch=prefetch))
+
+    # Alive, his last blood pressure (170.8/108.0 mm[Hg]) makes a card with an order to repeat it.
+    [card] = living.json()["cards"]
+    assert card["summary"] == "Blood pressure 171/108 mmHg on 2019-05-04 is high; repeat overdue"
+    assert card["suggestions"][0]["actions"][0]["resource"]["resourceType"] == "ServiceRequest"
+    # Deceased: nothing to repeat or order, and the record is described, not greeted.
+    assert results.status_code == 200 and results.json() == {"cards": []}
+    assert [c["summary"] for c in greeting.json()["cards"]] == [
+        "Record of Stephen McLaughlin, deceased 2020-01-31 aged 40"
+    ]
+    assert cds.outbound == []
 
 
 def _obs(code: str, value: float, unit: str, when: str, status: str = "final") -> dict[str, Any]:
@@ -399,7 +447,10 @@ async def test_a_fhir_server_not_on_the_allow_list_receives_nothing(make_cds: An
     # The positive control: the allow-listed server is called with the same request.
     response = await cds.hook("abnormal-results", body("patient-view", "p1", fhirServer=FHIR, fhirAuthorization=auth))
     assert response.status_code == 200
-    assert {(r.url.host, r.url.path) for r in cds.outbound} == {("fhir.test", "/fhir/Observation")}
+    assert {(r.url.host, r.url.path) for r in cds.outbound} == {
+        ("fhir.test", "/fhir/Observation"),
+        ("fhir.test", "/fhir/Patient/p1"),
+    }
 
 
 async def test_a_trailing_slash_on_an_allowed_fhir_server_is_the_same_server(make_cds: Any, fhir: FhirHarness) -> None:
@@ -664,6 +715,7 @@ async def test_the_spec_sample_requests_are_answered_from_prefetch(
     request = json.loads((fixtures_dir / "cds-hooks" / f"cdshooks-request-{name}.json").read_text())
     service = {"order-sign": "medication-safety", "order-select": "medication-safety-select"}.get(request["hook"])
     prefetch = {
+        "patient": {"resourceType": "Patient", "id": request["context"]["patientId"]},
         "allergies": searchset([]),
         "medications": searchset([]),
         "labs": searchset([]),

@@ -127,8 +127,9 @@ async def test_the_reference_service_accepts_the_engines_request_and_answers_wit
 async def test_with_prefetch_withheld_the_service_reads_fhir_with_its_own_per_call_token(example: ExampleStack) -> None:
     stack = example.stack
     user, mine = stack.fhir.practitioner(0), stack.fhir.patient_of(0)
-    # The administrator approved the labs query only: the vitals come from the FHIR server.
-    config = example_service(CDS, "abnormal-results", "cds-b", {"labs": results.PREFETCH["labs"]})
+    # The administrator approved the patient read and the labs query only: the vitals come from the FHIR server.
+    approved = {key: results.PREFETCH[key] for key in ("patient", "labs")}
+    config = example_service(CDS, "abnormal-results", "cds-b", approved)
     outcome = await stack.engine.run_hook(stack.call(user, mine), [config])
     assert outcome.results[0].status == "ok", outcome.results[0].reason
     fallback = [r for r in example.outbound.seen if r.url.host == "fhir.test"]

@@ -38,15 +38,23 @@ def verdicts(report: Report) -> dict[tuple[str, str], str]:
     return {(r.endpoint, r.check.id): r.verdict for r in report.results}
 
 
-def expected(fail: set[str], inconclusive: frozenset[str] | set[str] = frozenset()) -> dict[tuple[str, str], str]:
-    """Every check on every endpoint of a double: pass, except those named."""
+def expected(
+    fail: set[str], inconclusive: frozenset[str] | set[str] = frozenset(), not_served: frozenset[str] = frozenset()
+) -> dict[tuple[str, str], str]:
+    """Every check on every endpoint of a double: pass, except those named (by check or by endpoint)."""
     out: dict[tuple[str, str], str] = {}
     for endpoint in DOUBLE_ENDPOINTS:
         for check in (*CHECKS, *LEAK_CHECKS):
             if KIND[endpoint] not in check.kinds:
                 continue
             out[(endpoint, check.id)] = (
-                "fail" if check.id in fail else "inconclusive" if check.id in inconclusive else "pass"
+                "skipped"
+                if endpoint in not_served
+                else "fail"
+                if check.id in fail
+                else "inconclusive"
+                if check.id in inconclusive
+                else "pass"
             )
     return out
 
@@ -240,6 +248,58 @@ async def test_a_careful_service_that_answers_412_for_lack_of_fhir_data_still_pa
     report = await Double(data_dir, Weakness(needs_fhir=True)).probe()
 
     assert verdicts(report) == expected(set())
+
+
+FEEDBACK = frozenset({f"{SERVICE['id']} feedback"})
+
+
+async def test_a_service_without_feedback_endpoints_has_them_reported_not_served_and_their_checks_skipped(
+    data_dir: Path,
+) -> None:
+    report = await Double(data_dir, Weakness(feedback=False)).probe()
+
+    assert verdicts(report) == expected(set(), not_served=FEEDBACK)
+    assert report.passed  # a service need not take feedback
+    assert report.not_served == [f"{SERVICE['id']} feedback"]
+    control = next(r for r in report.results if r.endpoint in FEEDBACK and r.check.id == "control")
+    assert control.detail == "not served: HTTP 404 to a correctly signed request, so its checks were skipped"
+    skipped = len([c for c in (*CHECKS, *LEAK_CHECKS) if "feedback" in c.kinds])
+    assert report.notes == [f"{SERVICE['id']} feedback ({control.url}) is not served: {skipped} checks skipped"]
+
+
+async def test_a_weak_service_without_feedback_endpoints_fails_exactly_as_before_on_the_endpoints_it_serves(
+    data_dir: Path,
+) -> None:
+    report = await Double(data_dir, Weakness(feedback=False, track_jti=False)).probe()
+
+    assert verdicts(report) == expected({"jti-replayed"}, not_served=FEEDBACK)
+    assert not report.passed
+
+
+def test_the_summary_counts_run_passed_failed_and_skipped_alike_in_text_json_and_html(data_dir: Path) -> None:
+    double = Double(data_dir, Weakness(feedback=False, track_jti=False))
+    html = data_dir / "report.html"
+    args = ["probe", double.discovery, "--data-dir", str(data_dir), "--issuer-port", str(double.jwks_port)]
+    with serve_tls(double.app, data_dir, double.port):
+        as_json = CliRunner().invoke(cli, [*args, "--json", "--html", str(html)])
+        as_text = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
+
+    everything = expected({"jti-replayed"}, not_served=FEEDBACK)
+    skipped = sum(1 for v in everything.values() if v == "skipped")
+    run = len(everything) - skipped
+    line = f"{run - 2}/{run} checks passed, 2 failed, 0 inconclusive, {skipped} skipped"
+    assert as_json.exit_code == as_text.exit_code == 1
+    data = json.loads(as_json.output)
+    score = {"pass": run - 2, "fail": 2, "inconclusive": 0, "run": run, "skipped": skipped, "total": len(everything)}
+    assert data["score"] == score
+    assert data["not_served"] == [f"{SERVICE['id']} feedback"]
+    assert {r["verdict"] for r in data["results"] if r["endpoint"] in FEEDBACK} == {"skipped"}
+    assert line in as_text.output
+    assert "is not served" in as_text.output
+    page = html.read_text()
+    assert line in page
+    assert "not served" in page
+    assert 'data-verdict="skipped"' in page
 
 
 async def test_a_service_that_answers_412_without_authenticating_fails_every_attack_on_its_calls(
