@@ -214,9 +214,14 @@ def test_mockehr_probe_finds_that_healthchain_verifies_no_jwt(healthchain: Healt
         assert verdicts == expected, endpoint
         failed = sum(v == "fail" for v in verdicts.values())
         assert failed == (27 if endpoint == "discovery" else 28), endpoint
-    # HealthChain serves no feedback endpoint: the correctly signed feedback POST gets 404, and
-    # nothing there passes. (How the probe names a 404 is issue 13 deliverable 6's.)
-    for endpoint in ("healthchain-patient-view feedback", "healthchain-order-sign feedback"):
-        assert "pass" not in by_endpoint[endpoint].values()
+    # HealthChain serves no feedback endpoint: the correctly signed feedback POST gets 404, so the
+    # probe reports both feedback endpoints as not served and runs none of their checks.
+    feedback = ["healthchain-patient-view feedback", "healthchain-order-sign feedback"]
+    assert report["not_served"] == feedback
+    for endpoint in feedback:
+        assert set(by_endpoint[endpoint].values()) == {"skipped"}, endpoint
         (control,) = [r for r in report["results"] if r["endpoint"] == endpoint and r["check"] == "control"]
-        assert "404" in control["detail"]
+        assert control["detail"].startswith("not served: ") and "404" in control["detail"]
+    served = [e for e in by_endpoint if e not in feedback]
+    assert report["score"]["run"] == sum(len(by_endpoint[e]) for e in served)
+    assert report["score"]["skipped"] == sum(len(by_endpoint[e]) for e in feedback)
