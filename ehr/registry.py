@@ -396,7 +396,7 @@ class Registry:
             kept = [
                 r.scope for r in rows if (r.discovery_url, r.cds_id, r.hook) not in replacing and r.id != removing
             ]
-        return str(parse_scopes(" ".join([*kept, *replacing.values()])))
+        return " ".join(sorted(set(str(parse_scopes(" ".join([*kept, *replacing.values()]))).split())))
 
     # --- reading and changing ----------------------------------------------------------------
 
