@@ -393,9 +393,7 @@ class Registry:
         for the others, none for the service being removed."""
         async with self._sessions() as session:
             rows = (await session.execute(select(CdsServiceRow).where(CdsServiceRow.client_id == client_id))).scalars()
-            kept = [
-                r.scope for r in rows if (r.discovery_url, r.cds_id, r.hook) not in replacing and r.id != removing
-            ]
+            kept = [r.scope for r in rows if (r.discovery_url, r.cds_id, r.hook) not in replacing and r.id != removing]
         return " ".join(sorted(set(str(parse_scopes(" ".join([*kept, *replacing.values()]))).split())))
 
     # --- reading and changing ----------------------------------------------------------------

@@ -38,7 +38,8 @@ def reads_observations(h_ref: list[EhrHarness], seen: dict[str, Any], name: str)
         auth = body.get("fhirAuthorization") or {}
         patient = body["context"]["patientId"]
         response = await h_ref[0].fhir.get("Observation", auth.get("access_token"), patient=patient)
-        seen[name] = {"scope": auth.get("scope"), "status": response.status_code, "body": response.json() if response.content else None}
+        found = response.json() if response.content else None
+        seen[name] = {"scope": auth.get("scope"), "status": response.status_code, "body": found}
         return JSONResponse({"cards": [card(f"card-{name}")]})
 
     return answer
@@ -136,11 +137,13 @@ async def test_a_discovery_without_prefetch_registers_and_its_service_gets_no_to
         assert "fhirAuthorization" not in sent.body and "fhirServer" not in sent.body
         assert seen["fetcher"]["status"] == 401
         exchange = (await h.ehr.get(f"/api/exchanges/{fired.json()['hookInstance']}", headers=h.admin)).json()
-        assert "no scope approved for this service: sent without fhirAuthorization or prefetch" in (
-            exchange["services"][0]["notes"]
+        assert (
+            "no scope approved for this service: sent without fhirAuthorization or prefetch"
+            in (exchange["services"][0]["notes"])
         )
 
-        patched = await h.ehr.patch("/api/services/fetcher", json={"scope": ["patient/Observation.rs"]}, headers=h.admin)
+        scope = {"scope": ["patient/Observation.rs"]}
+        patched = await h.ehr.patch("/api/services/fetcher", json=scope, headers=h.admin)
         assert patched.status_code == 200, patched.text
         await h.fire(userId=h.fhir.practitioner(0), patientId=h.fhir.patient_of(0))
         assert (seen["fetcher"]["scope"], seen["fetcher"]["status"]) == ("patient/Observation.rs", 200)
@@ -182,4 +185,3 @@ async def test_only_an_administrator_may_remove_a_service(two: tuple[EhrHarness,
     assert (await h.ehr.delete("/api/services/vitals")).status_code == 401
     assert (await h.ehr.delete("/api/services/vitals", headers={"Authorization": "Bearer nope"})).status_code == 401
     assert set(await _rows(h)) == {"conditions", "vitals"}
-
