@@ -119,6 +119,8 @@ class ServiceAdd(_Body):
     prefetch: list[str] = Field(default_factory=list)
     approveAllPrefetch: bool = False
     scope: list[str] = Field(default_factory=list)
+    # By announced service id: scopes approved for that service alone (least privilege).
+    serviceScopes: dict[str, list[str]] = Field(default_factory=dict, max_length=256)
     clientId: str | None = None
     deadlineSeconds: float = 5.0
     allowSystemActions: bool = False
@@ -328,6 +330,7 @@ def api_router() -> APIRouter:
             prefetch=tuple(body.prefetch),
             approve_all_prefetch=body.approveAllPrefetch,
             scope=tuple(body.scope),
+            service_scopes={k: tuple(v) for k, v in body.serviceScopes.items()},
             client_id=body.clientId,
             deadline_seconds=body.deadlineSeconds,
             allow_system_actions=body.allowSystemActions,
@@ -356,5 +359,14 @@ def api_router() -> APIRouter:
         engine: HookEngine = request.app.state.engine
         await engine.forget_service(service_id)
         return JSONResponse(disabled)
+
+    @router.delete("/services/{service_id}")
+    async def remove_service(service_id: str, request: Request, _admin: AdminDep) -> JSONResponse:
+        registry: Registry = request.app.state.registry
+        service_id = service_id_or_404(service_id)
+        removed = await registry.remove(service_id)
+        engine: HookEngine = request.app.state.engine
+        await engine.forget_service(service_id)
+        return JSONResponse(removed)
 
     return router

@@ -126,3 +126,14 @@ class AuthserverAdmin:
             )
         saved: dict[str, Any] = response.json()
         return saved
+
+    async def disable_client(self, client_id: str) -> dict[str, Any]:
+        """Deactivate a CDS Service's client once no service of its provider is registered (the
+        admin API keeps the record, so a later `add` re-enables the same client_id)."""
+        existing = await self.get_client(client_id)
+        if existing is None or existing.get("kind") != "cds-service":
+            return {"client_id": client_id, "active": False}
+        response = await self._call("POST", f"/admin/clients/{client_id}/disable")
+        if response.status_code not in (200, 204):
+            raise UpstreamFailed(f"the authorization server's admin API answered {response.status_code}")
+        return {**existing, "active": False}

@@ -344,7 +344,7 @@ class CdsEngine:
         except ValueError:
             raise ServiceFault("the EHR's FHIR base URL is not https: no token is sent over it") from None
         body: dict[str, Any] = {"hook": call.hook, "hookInstance": call.hook_instance}
-        if call.user_ref or user_token:
+        if (call.user_ref or user_token) and service.scope:
             progress.phase = "token exchange"
             t0 = time.perf_counter()
             try:
@@ -373,6 +373,11 @@ class CdsEngine:
                 result.notes.extend(f"prefetch {k}: {v}" for k, v in prefetched.notes.items())
                 if prefetched.data:
                     body["prefetch"] = prefetched.data
+        elif not service.scope:
+            # Never ask with an empty scope: the token exchange would grant the provider's whole
+            # ceiling (authserver/token_exchange.py). No scope approved: no token, no prefetch.
+            body["context"] = context
+            result.notes.append("no scope approved for this service: sent without fhirAuthorization or prefetch")
         else:
             body["context"] = context
             result.notes.append("no user in this hook call: sent without fhirAuthorization or prefetch")

@@ -7,12 +7,20 @@ what was approved for it:
   fires; others are skipped with a reason);
 - prefetch: a subset of the announced templates (minimum necessary, Argonaut R13). Templates
   outside the allowed query forms (CDS Hooks 2.0 §Prefetch template) are refused with a reason;
-- scopes: registered as the service's OAuth client at the authorization server (default: read
-  scopes for the resource types the approved prefetch reads). They are the most a per-call
-  `fhirAuthorization` token for this service can carry;
+- scope, per service (least privilege, CDS Hooks 2.0 §Security: "the scopes the CDS Service
+  needs for its logic and no more"): the read scopes for the resource types ITS approved prefetch
+  reads, plus the scopes approved for every service of the URL (`scope`) and for that service
+  alone (`service_scopes`). A per-call `fhirAuthorization` token for a service asks for exactly
+  its own scope, never a sibling's; a service with no scope gets no token at all;
+- the provider's OAuth client at the authorization server (one per discovery URL: its client_id
+  is `fhirAuthorization.subject`) is registered with the union of its services' scopes, the
+  ceiling the token exchange narrows from;
 - deadline, systemActions allowed, plain http (loopback only) allowed, mutual TLS certificate.
 
-Only enabled rows are ever called (`enabled_for`). Disabling keeps the record (and its log).
+Only enabled rows are ever called (`enabled_for`). Disabling keeps the record (and its log);
+removing deletes the record (its id can be registered again), keeps its exchange log rows (the
+audit trail of what was sent and received), and shrinks the provider's client to the union of
+the services left, or disables it when none is left.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +63,8 @@ class Approval:
     hooks: tuple[str, ...] = ()  # empty: every announced hook this EHR fires
     prefetch: tuple[str, ...] = ()  # prefetch keys to approve
     approve_all_prefetch: bool = False
-    scope: tuple[str, ...] = ()  # empty: read scopes derived from the approved prefetch
+    scope: tuple[str, ...] = ()  # approved for every service of the URL, beside its prefetch's read scopes
+    service_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # by announced id: for it alone
     client_id: str | None = None  # default: derived from the discovery host and port
     deadline_seconds: float = 5.0
     allow_system_actions: bool = False
@@ -139,8 +148,10 @@ def template_resource_type(template: str) -> str | None:
     return head if _RESOURCE_TYPE.fullmatch(head) else None
 
 
-def check_scope(scopes: Iterable[str]) -> str:
+def check_scope(scopes: Iterable[str], *, allow_empty: bool = False) -> str:
     text = " ".join(s.strip() for s in scopes if s.strip())
+    if allow_empty and not text:
+        return ""
     try:
         parsed = parse_scopes(text)
     except InvalidScopeError as exc:
@@ -153,6 +164,18 @@ def check_scope(scopes: Iterable[str]) -> str:
     if any(r.context == "system" for r in parsed.resources):
         raise InvalidRequest("scope: a CDS Service acts for a user; system/ scopes are never approved")
     return str(parsed)
+
+
+def prefetch_scope(approved: Mapping[str, str]) -> list[str]:
+    """The read scopes the approved prefetch templates need (`patient/<Type>.rs` per type read)."""
+    types = sorted({t for t in map(template_resource_type, approved.values()) if t})
+    return [f"patient/{t}.rs" for t in types]
+
+
+def service_scope(approved: Mapping[str, str], extra: Iterable[str]) -> str:
+    """One service's scope: its own prefetch's read scopes plus what was approved for it; may be
+    empty (a service that reads nothing gets no `fhirAuthorization`)."""
+    return check_scope([*prefetch_scope(approved), *extra], allow_empty=True)
 
 
 def check_deadline(seconds: float) -> float:
@@ -278,29 +301,32 @@ class Registry:
         not_announced = sorted(set(approval.prefetch) - announced_keys)
         if not_announced:
             raise InvalidRequest(f"no service at {base} announces prefetch key {not_announced[0]!r}")
+        unknown_ids = sorted(set(approval.service_scopes) - {s.id for s in chosen})
+        if unknown_ids:
+            raise InvalidRequest(f"scope for {unknown_ids[0]!r}: no service at {base} by that id is being registered")
         prefetch = {(s.id, s.hook): self._approve_prefetch(s, approval, registration) for s in chosen}
-        if approval.scope:
-            scope = check_scope(approval.scope)
-        else:
-            types = sorted({t for p in prefetch.values() for t in map(template_resource_type, p.values()) if t})
-            if not types:
-                raise InvalidRequest("no scope: name the scopes to approve (no approved prefetch reads a type)")
-            scope = check_scope(f"patient/{t}.rs" for t in types)
+        common_scope = check_scope(approval.scope, allow_empty=True)
+        scopes = {
+            (s.id, s.hook): service_scope(
+                prefetch[(s.id, s.hook)], [common_scope, *approval.service_scopes.get(s.id, ())]
+            )
+            for s in chosen
+        }
         for service in chosen:
             check_loopback_opt_in(f"{base}/{service.id}", approval.allow_http_loopback)
 
-        endpoints = {(base, s.id, s.hook) for s in chosen}
+        replacing = {(base, s.id, s.hook): scopes[(s.id, s.hook)] for s in chosen}
         # The authserver first, outside any EHR transaction (the stack may share one SQLite
         # file): if it refuses, nothing is saved; a retry of `add` is idempotent.
         registration.client = await self._authserver.register_cds_service(
-            client_id, chosen[0].title or client_id, await self._client_scope(client_id, scope, endpoints)
+            client_id, chosen[0].title or client_id, await self._client_scope(client_id, replacing)
         )
         now = int(self._clock())
         async with self._sessions() as session, session.begin():
             rows: list[CdsServiceRow] = []
             for service in chosen:
                 row = await self._upsert(session, base, service, prefetch[(service.id, service.hook)], now)
-                row.scope, row.client_id = scope, client_id
+                row.scope, row.client_id = scopes[(service.id, service.hook)], client_id
                 row.deadline_seconds = approval.deadline_seconds
                 row.allow_system_actions = approval.allow_system_actions
                 row.allow_http_loopback = approval.allow_http_loopback
@@ -359,13 +385,16 @@ class Registry:
                 return candidate[:128]
         raise InvalidRequest(f"too many registrations of service {service.id!r}")
 
-    async def _client_scope(self, client_id: str, scope: str, replacing: set[tuple[str, str, str]]) -> str:
-        """A client's scope is the union of what its registered services were approved: `scope`
-        for the endpoints in `replacing`, what is recorded for the others."""
+    async def _client_scope(
+        self, client_id: str, replacing: Mapping[tuple[str, str, str], str], removing: str | None = None
+    ) -> str:
+        """A client's scope is the union of what its registered services were approved (the
+        ceiling of their tokens): the scope in `replacing` for those endpoints, what is recorded
+        for the others, none for the service being removed."""
         async with self._sessions() as session:
             rows = (await session.execute(select(CdsServiceRow).where(CdsServiceRow.client_id == client_id))).scalars()
-            kept = [r.scope for r in rows if (r.discovery_url, r.cds_id, r.hook) not in replacing]
-        return str(parse_scopes(" ".join([*kept, scope])))
+            kept = [r.scope for r in rows if (r.discovery_url, r.cds_id, r.hook) not in replacing and r.id != removing]
+        return " ".join(sorted(set(str(parse_scopes(" ".join([*kept, *replacing.values()]))).split())))
 
     # --- reading and changing ----------------------------------------------------------------
 
@@ -383,7 +412,9 @@ class Registry:
 
     async def update(self, service_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change approvals of one registered service (keys as in the API's ServicePatch; a
-        missing or null value keeps what is recorded)."""
+        missing or null value keeps what is recorded). A new `scope` or `prefetch` gives the
+        service the read scopes of its approved prefetch plus `scope` (or, when only the prefetch
+        changes, plus what it held: to narrow, send `scope` too)."""
         row = await self.get(service_id)
         approved: str | None = None
         if changes.get("prefetch") is not None:
@@ -397,7 +428,10 @@ class Registry:
                     raise InvalidRequest(f"prefetch {key!r} ({announced[key]}) is refused: {reason}")
                 chosen[key] = announced[key]
             approved = json.dumps(chosen, sort_keys=True)
-        scope = check_scope(changes["scope"]) if changes.get("scope") is not None else None
+        scope: str | None = None
+        if changes.get("scope") is not None or approved is not None:
+            extra = changes["scope"] if changes.get("scope") is not None else [row.scope]
+            scope = service_scope(json.loads(approved or row.approved_prefetch), extra)
         deadline = check_deadline(changes["deadlineSeconds"]) if changes.get("deadlineSeconds") is not None else None
         loopback = row.allow_http_loopback
         if changes.get("allowHttpLoopback") is not None:
@@ -406,9 +440,9 @@ class Registry:
         cert_change = "clientCertFile" in changes or "clientKeyFile" in changes
         cert = check_client_certificate(changes.get("clientCertFile"), changes.get("clientKeyFile"))
         if scope is not None:
-            endpoint = {(row.discovery_url, row.cds_id, row.hook)}
+            endpoint = {(row.discovery_url, row.cds_id, row.hook): scope}
             await self._authserver.register_cds_service(
-                row.client_id, row.title or row.client_id, await self._client_scope(row.client_id, scope, endpoint)
+                row.client_id, row.title or row.client_id, await self._client_scope(row.client_id, endpoint)
             )
         async with self._sessions() as session, session.begin():
             current = await session.get(CdsServiceRow, service_id)
@@ -433,6 +467,30 @@ class Registry:
 
     async def disable(self, service_id: str) -> dict[str, Any]:
         return await self.update(service_id, {"enabled": False})
+
+    async def remove(self, service_id: str) -> dict[str, Any]:
+        """Delete one registration; its id is free again. The exchange log keeps its rows (the
+        record of what was sent to and received from the service stays auditable). The
+        provider's client shrinks to the union of the services left (no token for this service's
+        scopes is issued again), or is disabled at the authorization server when none is left."""
+        row = await self.get(service_id)
+        left = await self._client_scope(row.client_id, {}, removing=row.id)
+        async with self._sessions() as session:
+            others = (
+                await session.execute(
+                    select(CdsServiceRow.id).where(CdsServiceRow.client_id == row.client_id, CdsServiceRow.id != row.id)
+                )
+            ).first()
+        # The authserver first: if it cannot be told, the registration stays and `remove` can be retried.
+        if others is not None:
+            client = await self._authserver.register_cds_service(row.client_id, row.title or row.client_id, left)
+        else:
+            client = await self._authserver.disable_client(row.client_id)
+        async with self._sessions() as session, session.begin():
+            current = await session.get(CdsServiceRow, service_id)
+            if current is not None:
+                await session.delete(current)
+        return {"removed": service_json(row), "client": client}
 
     async def enabled_for(self, hook: str, only: Sequence[str] | None = None) -> list[ServiceConfig]:
         """The allow-listed services to call for `hook` (restricted to `only` when given).

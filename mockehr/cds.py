@@ -95,6 +95,7 @@ def add_body(
     prefetch: list[str],
     scope: list[str],
     client_id: str | None,
+    service_scope: list[str] | None = None,
     hooks: list[str],
     deadline: float,
     allow_system_actions: bool,
@@ -109,6 +110,7 @@ def add_body(
         "approveAllPrefetch": approve_all_prefetch,
         "prefetch": prefetch,
         "scope": scope,
+        "serviceScopes": service_scopes(service_scope or []),
         "hooks": hooks,
         "deadlineSeconds": deadline,
         "allowSystemActions": allow_system_actions,
@@ -121,8 +123,26 @@ def add_body(
     return body
 
 
+def service_scopes(values: list[str]) -> dict[str, list[str]]:
+    """`--service-scope ID=SCOPE` (repeat): scopes approved for one announced service alone."""
+    scopes: dict[str, list[str]] = {}
+    for value in values:
+        service_id, sep, scope = value.partition("=")
+        if not sep or not service_id.strip() or not scope.strip():
+            raise ConfigError(f"--service-scope {value!r}: give ID=SCOPE, e.g. vitals=patient/Observation.rs")
+        scopes.setdefault(service_id.strip(), []).extend(scope.split())
+    return scopes
+
+
 def print_registration(out: Console, registration: dict[str, Any]) -> None:
     print_services(out, registration.get("services", []))
+    for service in registration.get("services", []):
+        if not service.get("scope"):
+            out.print(
+                f"{service['id']}: no scope approved, so it is called without fhirAuthorization "
+                f"(approve one with --service-scope {service['cdsId']}=SCOPE)",
+                highlight=False,
+            )
     for skipped in registration.get("skipped", []):
         out.print(f"skipped {skipped['id']} ({skipped['hook']}): {skipped['reason']}", highlight=False)
     for refused in registration.get("refusedPrefetch", []):
@@ -145,7 +165,7 @@ def print_services(out: Console, services: list[dict[str, Any]]) -> None:
             s["url"],
             "yes" if s["enabled"] else "no",
             ", ".join(sorted(s["approvedPrefetch"])) or "-",
-            s["scope"],
+            s["scope"] or "- (no fhirAuthorization)",
             s["clientId"],
         )
     out.print(table)

@@ -622,7 +622,14 @@ def services_add(
     prefetch: Annotated[list[str] | None, typer.Option("--prefetch", help="Approve this prefetch key (repeat)")] = None,
     scope: Annotated[
         list[str] | None,
-        typer.Option("--scope", help="An approved scope (repeat; default: read scopes of the approved prefetch)"),
+        typer.Option(
+            "--scope",
+            help="A scope approved for every service of this URL (repeat), beside each one's own prefetch read scopes",
+        ),
+    ] = None,
+    service_scope: Annotated[
+        list[str] | None,
+        typer.Option("--service-scope", help="ID=SCOPE: a scope approved for that one service alone (repeat)"),
     ] = None,
     client_id: Annotated[
         str | None, typer.Option("--client-id", help="The service's client at the authorization server")
@@ -660,6 +667,7 @@ def services_add(
             approve_all_prefetch=approve_all_prefetch,
             prefetch=prefetch or [],
             scope=scope or [],
+            service_scope=service_scope or [],
             client_id=client_id,
             hooks=hook or [],
             deadline=deadline,
@@ -717,6 +725,24 @@ def services_disable(service_id: str, data_dir: DataDir = None, base_port: BaseP
 
     _run(body)
     out.print(f"disabled {service_id}")
+
+
+@services_app.command("remove")
+def services_remove(service_id: str, data_dir: DataDir = None, base_port: BasePort = None) -> None:
+    """Delete a CDS Service's registration (its id can be registered again; its exchange log is
+    kept; the provider's client keeps the scopes of its other services, or is disabled)."""
+    from urllib.parse import quote
+
+    from mockehr.cds import EhrApi
+
+    def body() -> Any:
+        with EhrApi(_stack(data_dir, base_port=base_port)) as api:
+            return api.call("DELETE", f"/api/services/{quote(service_id, safe='')}")
+
+    removed = _run(body)
+    client = removed.get("client") or {}
+    state = f"scope: {client.get('scope') or '-'}" if client.get("active") else "disabled (no service left)"
+    out.print(f"removed {service_id}; client {client.get('client_id')} {state}", highlight=False)
 
 
 @app.command("hook")

@@ -7,8 +7,9 @@ service actually got: the JWT, the body, the feedback.
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ class CdsDouble:
     """A CDS Service: discovery lists `services`; each call answers `answers[id](body)`."""
 
     services: list[dict[str, Any]] = field(default_factory=list)
-    answers: dict[str, Callable[[dict[str, Any]], Response]] = field(default_factory=dict)
+    answers: dict[str, Callable[[dict[str, Any]], Response | Awaitable[Response]]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     discovery_status: list[int] = field(default_factory=list)  # statuses to answer first, in order
     discovery_body: tuple[bytes, str] | None = None  # a raw discovery answer (body, content type)
@@ -76,7 +77,11 @@ class CdsDouble:
         async def call(service_id: str, request: Request) -> Response:
             body = await remember(request)
             answer = self.answers.get(service_id)
-            return answer(body) if answer else JSONResponse({"cards": []})
+            if answer is None:
+                return JSONResponse({"cards": []})
+            result = answer(body)
+            # An async answer acts during the exchange (e.g. reads FHIR with fhirAuthorization).
+            return await result if inspect.isawaitable(result) else result
 
         @app.post("/cds-services/{service_id}/feedback")
         async def feedback(service_id: str, request: Request) -> Response:

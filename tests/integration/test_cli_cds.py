@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -39,6 +40,7 @@ def test_the_commands_say_when_the_ehr_is_not_running(data_dir: Path) -> None:
         ("services", "list"),
         ("services", "add", "https://localhost:9/cds-services", "--approve-all-prefetch"),
         ("services", "disable", "x"),
+        ("services", "remove", "x"),
         ("hook", "patient-view", "--user", "Practitioner/p", "--patient", "p1"),
     ):
         code, _, err = _invoke(*args, "--data-dir", str(data_dir), "--base-port", port)
@@ -140,3 +142,38 @@ def test_a_login_that_is_not_a_demo_user_is_refused_naming_the_logins(data_dir: 
         "hook", "patient-view", "--user", "dr.alvarez", "--patient", "Encounter/p1", "--data-dir", str(data_dir)
     )
     assert code == 2 and "give <id> or Patient/<id>" in err
+
+
+def test_a_service_scope_must_name_the_service_and_the_scope(data_dir: Path) -> None:
+    for value in ("patient/Observation.rs", "vitals=", "=patient/Observation.rs"):
+        code, _, err = _invoke(
+            "services", "add", "https://localhost/cds-services", "--service-scope", value, "--data-dir", str(data_dir)
+        )
+        assert code == 2, value
+        assert err.strip().splitlines() == [
+            f"error: --service-scope {value!r}: give ID=SCOPE, e.g. vitals=patient/Observation.rs"
+        ]
+
+
+def test_a_registered_service_without_scope_is_said_to_get_no_fhir_authorization_in_one_line() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from mockehr.cds import print_registration
+
+    def service(cds_id: str, scope: str) -> dict[str, Any]:
+        return {
+            "id": cds_id, "cdsId": cds_id, "hook": "patient-view", "url": f"https://svc/cds-services/{cds_id}",
+            "enabled": True, "approvedPrefetch": {}, "scope": scope, "clientId": "cds-svc",
+        }  # fmt: skip
+
+    text = StringIO()
+    print_registration(
+        Console(file=text, width=200), {"services": [service("fetcher", ""), service("reader", "patient/Patient.rs")]}
+    )
+    said = [line for line in text.getvalue().splitlines() if "fhirAuthorization" in line and "│" not in line]
+    assert said == [
+        "fetcher: no scope approved, so it is called without fhirAuthorization "
+        "(approve one with --service-scope fetcher=SCOPE)"
+    ]

@@ -54,9 +54,12 @@ async def test_adding_a_discovery_url_records_every_service_and_registers_its_cl
     ]
     rows = await _rows(h)
     assert {r.id: r.enabled for r in rows} == {"greeting": True, "med-check": True}
-    # Default scopes: read scopes for what the approved prefetch reads, registered at the authserver.
+    # Each service: read scopes for what ITS approved prefetch reads; the client: their union.
+    assert {r.id: r.scope for r in rows} == {
+        "greeting": "patient/Patient.rs",
+        "med-check": "patient/AllergyIntolerance.rs patient/MedicationRequest.rs",
+    }
     expected = "patient/AllergyIntolerance.rs patient/MedicationRequest.rs patient/Patient.rs"
-    assert {r.scope for r in rows} == {expected}
     client = await _client(h, "cds-double")
     assert (client.kind, client.scope, client.active) == ("cds-service", expected, True)
 

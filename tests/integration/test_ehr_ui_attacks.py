@@ -207,6 +207,23 @@ async def test_the_admin_pages_refuse_a_session_that_has_not_shown_the_admin_tok
     assert (ehr.opened(empty) or {}).get("is_admin") is False
 
 
+async def test_removing_a_cds_service_from_the_admin_page_needs_elevation_the_csrf_token_and_the_ehrs_origin(
+    ehr: Ehr,
+) -> None:
+    path = "/api/services/greeting"
+    ehr.client.cookies.set(SESSION_COOKIE, ehr.session())
+    assert (await ehr.client.delete(path, headers={"X-CSRF-Token": CSRF})).status_code == 403  # not elevated
+    ehr.client.cookies.set(SESSION_COOKIE, ehr.session(is_admin=True))
+    # Without the session's CSRF token, or from another origin, the session does not count at all.
+    assert (await ehr.client.delete(path)).status_code == 401
+    assert (await ehr.client.delete(path, headers={"X-CSRF-Token": "guessed"})).status_code == 401
+    cross_site = {"X-CSRF-Token": CSRF, "Origin": "https://evil.test"}
+    assert (await ehr.client.delete(path, headers=cross_site)).status_code == 401
+    # Elevated, with the session's token, from the EHR's own page: the registry answers.
+    reached = await ehr.client.delete(path, headers={"X-CSRF-Token": CSRF, "Origin": EHR})
+    assert reached.status_code == 404 and reached.json()["message"] == "no CDS Service 'greeting'"
+
+
 # --- sign-in: fixation and redirects ------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-// CDS Services admin: discover a service, approve its prefetch and scopes, enable or disable it
-// (all through the EHR API's /api/services, with this admin session).
+// CDS Services admin: discover a service, approve its prefetch and scopes (per service: the token
+// for it carries its prefetch's read scopes plus these, never another service's), enable, disable
+// or remove it (all through the EHR API's /api/services, with this admin session and its CSRF token).
 "use strict";
 
 (() => {
@@ -36,7 +37,7 @@
       form.append(el("label", { class: "check" }, box, ` ${key}: `, el("code", {}, String(template))));
     }
     const scopes = el("input", { type: "text", name: "scope", size: "70", value: words(service.scope || service.scopes) });
-    form.append(el("label", {}, "Scopes ", scopes));
+    form.append(el("label", {}, "Scopes for this service ", scopes));
     const save = el("button", { type: "submit" }, "Save approvals");
     form.append(save);
     form.addEventListener("submit", async (event) => {
@@ -58,7 +59,18 @@
         await load();
       } catch (error) { status.textContent = `${id}: ${error.message}`; }
     });
-    node.append(el("p", {}, `Status: ${enabled ? "enabled" : "disabled"} `, toggle), form);
+    const remove = el("button", { type: "button", class: "remove" }, "Remove");
+    remove.addEventListener("click", async () => {
+      // The exchange log keeps this service's rows; the id can be registered again.
+      if (!window.confirm(`Remove ${id}? Its exchange log is kept; discovering it again re-registers it.`)) return;
+      try {
+        await api("DELETE", `/api/services/${encodeURIComponent(id)}`);
+        status.textContent = `${id}: removed`;
+        await load();
+      } catch (error) { status.textContent = `${id}: ${error.message}`; }
+    });
+    const scopeNote = service.scope ? [] : [el("p", { class: "muted" }, "No scope approved: called without fhirAuthorization.")];
+    node.append(el("p", {}, `Status: ${enabled ? "enabled" : "disabled"} `, toggle, " ", remove), ...scopeNote, form);
     const raw = el("details", {}, el("summary", {}, "Registration (JSON)"), json(service));
     node.append(raw);
     return node;
