@@ -39,7 +39,6 @@
         const indicator = INDICATORS.includes(card.indicator) ? card.indicator : "info";
         groups[indicator].push({ card, index, serviceId: service.serviceId, hookInstance: result.hookInstance });
       });
-      }
     }
     const block = el("div", { class: "hook-result", dataset: { hook } }, el("h3", {}, `${hook}`));
     let count = 0;
