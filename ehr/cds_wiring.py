@@ -64,15 +64,15 @@ class CdsWiring:
         async def unexpected(request: Request, exc: Exception) -> Response:
             # A bug: logged with its traceback (redacted) by the server; the caller gets no trace.
             log.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-            if not request.url.path.startswith("/api/"):
+            if not _is_api(request.url.path):
                 return PlainTextResponse("Internal Server Error", status_code=500)
             body = {"error": "server_error", "message": "the EHR failed to handle this request; see its log"}
             return JSONResponse(body, status_code=500, headers=NO_STORE)
 
         @app.exception_handler(StarletteHTTPException)
         async def routing(request: Request, exc: StarletteHTTPException) -> Response:
-            # No route or method under /api/ (e.g. `/api/hooks/`) still answers in the API's shape.
-            if not request.url.path.startswith("/api/"):
+            # No route or method under /api (e.g. `/api/hooks/`, `/api`) still answers in the API's shape.
+            if not _is_api(request.url.path):
                 return await http_exception_handler(request, exc)
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
             body = {"error": code, "message": str(exc.detail)}
@@ -80,7 +80,7 @@ class CdsWiring:
 
         @app.exception_handler(RequestValidationError)
         async def invalid(request: Request, exc: RequestValidationError) -> Response:
-            if not request.url.path.startswith("/api/"):
+            if not _is_api(request.url.path):
                 return await request_validation_exception_handler(request, exc)
             first = exc.errors()[0] if exc.errors() else {}
             where = ".".join(str(p) for p in first.get("loc", ())) or "request"
@@ -131,3 +131,8 @@ class CdsWiring:
         for client in self._owned:
             await client.aclose()
         self._owned.clear()
+
+
+def _is_api(path: str) -> bool:
+    """The EHR's API is `/api` and everything under it; its errors are JSON in its own shape."""
+    return path == "/api" or path.startswith("/api/")
