@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import re
 import secrets
 from pathlib import Path
@@ -51,10 +52,17 @@ def _when(epoch: object) -> str:
     return ""
 
 
+def _pretty_json(value: object) -> str:
+    """JSON as the text a developer reads in the inspector: not HTML-safe JSON (Jinja's `tojson`
+    writes `<` as `\\u003c`), since autoescaping already makes every character text."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
 @functools.cache
 def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True), auto_reload=False)
     env.filters["when"] = _when
+    env.filters["pretty_json"] = _pretty_json
     return env
 
 
