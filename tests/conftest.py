@@ -18,16 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.db import make_engine, make_sessionmaker
 from mockehr import migrate
+from tests.needs import missing
 
 ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("MOCKEHR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 def _fixtures_dir() -> Path | None:
@@ -46,7 +40,7 @@ def _fixtures_dir() -> Path | None:
 def fixtures_dir() -> Path:
     found = _fixtures_dir()
     if found is None:
-        _missing("reference data ../shared/fixtures not found (set MOCKEHR_FIXTURES)")
+        missing("reference data ../shared/fixtures not found (set MOCKEHR_FIXTURES)")
     assert found is not None
     return found
 
@@ -76,7 +70,7 @@ def pg_template() -> Iterator[str]:
     try:
         asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach PostgreSQL
-        _missing(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+        missing(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(exc).__name__}")
     migrate.upgrade(_pg_url(name))
     yield name
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import pytest
+from tests.needs import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -30,10 +33,7 @@ ARGS = [
 def require_chromium() -> None:
     if CHROMIUM.exists():
         return
-    reason = "Debian chromium is not installed (.ci/run installs it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-    pytest.skip(reason)
+    missing("Debian chromium is not installed (.ci/run installs it)")
 
 
 def trusting_home(ca: Path, home: Path) -> dict[str, str]:
@@ -43,12 +43,23 @@ def trusting_home(ca: Path, home: Path) -> dict[str, str]:
     as usual, so nothing like `ignore_https_errors` is needed."""
     certutil = shutil.which("certutil")
     if certutil is None:
-        reason = "certutil is not installed (Debian's libnss3-tools; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-        pytest.skip(reason)
+        missing("certutil is not installed (Debian's libnss3-tools; .ci/run installs it)")
     nssdb = home / ".pki" / "nssdb"
     nssdb.mkdir(parents=True, exist_ok=True)
     for args in (["-N", "--empty-password"], ["-A", "-n", "mockehr dev CA", "-t", "C,,", "-i", str(ca)]):
         subprocess.run([certutil, "-d", f"sql:{nssdb}", *args], check=True, capture_output=True, timeout=30)
     return {**os.environ, "HOME": str(home)}
+
+
+@contextmanager
+def trusted_chromium(ca: Path, home: Path) -> Iterator[Any]:
+    """Debian's Chromium, launched by Playwright, trusting `ca` through `trusting_home`."""
+    from playwright.sync_api import sync_playwright
+
+    env = trusting_home(ca, home)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

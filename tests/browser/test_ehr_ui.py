@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium, trusting_home
+from tests.browser.chromium import ARTIFACTS, require_chromium, trusted_chromium
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 from tests.integration.probeharness import free_port, serve_tls
 
@@ -80,15 +80,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    env = trusting_home(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home"))
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with trusted_chromium(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home")) as chromium:
+        yield chromium
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium, trusting_home
+from tests.browser.chromium import ARTIFACTS, require_chromium, trusted_chromium
 from tests.browser.fhirclient_js import PUBLIC, fhirclient_bundle
 from tests.browser.test_ehr_ui import TIMEOUT, Stack, User, open_chart, signed_in
 from tests.e2e.conftest import free_base_port, start_up
@@ -112,15 +112,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppStack]:
 
 @pytest.fixture(scope="module")
 def browser(stack: AppStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    env = trusting_home(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home"))
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, env=env)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with trusted_chromium(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home")) as chromium:
+        yield chromium
 
 
 @dataclass

@@ -35,12 +35,12 @@ import pytest
 
 from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium, trusting_home
 from tests.compose.standins import StandinError, base_images, docker_env
+from tests.needs import missing
 
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 PORTS = {"ehr": 9000, "authserver": 9001, "fhirserver": 9002, "cds-example": 9003, "smart-example": 9004}
 EHR = "https://ehr.localhost:9000"
 AUTHSERVER = "https://authserver.localhost:9001"
@@ -51,12 +51,6 @@ BROWSER_TIMEOUT = 30_000  # ms
 
 class StandinImagesUsed(UserWarning):
     """The compose stack ran on stand-in base images, not the real python/postgres/redis images."""
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip)")
-    pytest.skip(reason)
 
 
 @dataclass
@@ -115,14 +109,14 @@ class Compose:
 def _engine() -> tuple[str, str]:
     docker, compose = shutil.which("docker"), shutil.which("docker-compose")
     if docker is None or compose is None:
-        _missing("docker (Debian's docker.io) or docker-compose is not installed (.ci/run installs them)")
+        missing("docker (Debian's docker.io) or docker-compose is not installed (.ci/run installs them)")
     assert docker is not None and compose is not None
     try:
         info = subprocess.run([docker, "info"], capture_output=True, timeout=30, env=docker_env(), check=False)
     except subprocess.TimeoutExpired:
         info = None
     if info is None or info.returncode != 0:
-        _missing("no Docker engine answers on /var/run/docker.sock (.ci/run starts dockerd)")
+        missing("no Docker engine answers on /var/run/docker.sock (.ci/run starts dockerd)")
     return docker, compose
 
 
