@@ -61,13 +61,13 @@ class Variant:
 
 
 # A variant no overlay ships: external datastores, no autoscaler, 3 fixed replicas.
-FIXED_REPLICAS_OVERLAY = f"""
+FIXED_REPLICAS_OVERLAY = """
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - {{deploy}}/base
+  - {deploy}/base
 components:
-  - {{deploy}}/components/public-urls
+  - {deploy}/components/public-urls
 replicas:
   - name: authserver
     count: 3
@@ -140,7 +140,8 @@ def pod_spec(workload: Obj) -> Obj:
 
 def app_container(deployment: Obj) -> Obj:
     (app,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == "app"]
-    return app
+    found: Obj = app
+    return found
 
 
 def resolved_env(objects: list[Obj], container: Obj) -> dict[str, str]:
