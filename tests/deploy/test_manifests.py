@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from pydantic_settings import BaseSettings
 from authserver.settings import AuthSettings
 from ehr.settings import EhrSettings
 from fhirserver.settings import FhirSettings
+from mockehr.migrate import head_revision
 from tests.needs import missing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -372,3 +375,42 @@ def test_postgresql_and_redis_are_bundled_only_when_asked(variant: Variant, obje
 def app_container_like(workload: Obj) -> Obj:
     first: Obj = pod_spec(workload)["containers"][0]
     return first
+
+
+# --- the migration commands, run for real on SQLite --------------------------------------------
+
+
+def run_in_pod_shape(command: list[str], database: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A container's command run here: the checkout stands in for the image's /app, this venv's
+    `alembic` for the image's, and the Secret's database URL is a SQLite file."""
+    here = [part.replace("/app/", f"{REPO_ROOT}/") for part in command]
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "MOCKEHR_DATABASE_URL": f"sqlite:///{database}",
+    }
+    return subprocess.run(here, capture_output=True, text=True, timeout=120, check=False, cwd=cwd, env=env)
+
+
+def test_the_wait_for_schema_holds_until_the_migration_jobs_command_has_run(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    objects = render(VARIANTS[0], tmp_path_factory)
+    (migrate,) = pod_spec(of_kind(objects, "Job")["mockehr-migrate"])["containers"]
+    (wait,) = pod_spec(of_kind(objects, "Deployment")["fhirserver"])["initContainers"]
+    # The same script with its bound lowered from 60 tries to 1, so that it gives up at once.
+    assert "-ge 60 ]" in wait["command"][-1]
+    impatient = [*wait["command"][:-1], wait["command"][-1].replace("-ge 60 ]", "-ge 1 ]")]
+    database = tmp_path / "mockehr.db"
+
+    before = run_in_pod_shape(impatient, database, tmp_path)
+    assert before.returncode == 1
+    assert "has the mockehr-migrate Job run?" in before.stderr
+
+    job = run_in_pod_shape(migrate["command"], database, tmp_path)
+    assert job.returncode == 0, job.stderr
+    with sqlite3.connect(database) as db:
+        ((revision,),) = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert revision == head_revision()
+
+    after = run_in_pod_shape(wait["command"], database, tmp_path)
+    assert after.returncode == 0, after.stderr
