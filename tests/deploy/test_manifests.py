@@ -63,9 +63,10 @@ class Variant:
     autoscaled: bool
     bundled_datastores: bool
     replicas: int | None
+    network_policy: bool
 
 
-# A variant no overlay ships: external datastores, no autoscaler, 3 fixed replicas.
+# A variant no overlay ships: external datastores, no autoscaler, 3 fixed replicas, no policy.
 FIXED_REPLICAS_OVERLAY = """
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -83,9 +84,23 @@ replicas:
 """
 
 VARIANTS = (
-    Variant("production", "overlays/production", autoscaled=True, bundled_datastores=False, replicas=None),
-    Variant("staging", "overlays/staging", autoscaled=False, bundled_datastores=True, replicas=2),
-    Variant("fixed-replicas", FIXED_REPLICAS_OVERLAY, autoscaled=False, bundled_datastores=False, replicas=3),
+    Variant(
+        "production",
+        "overlays/production",
+        autoscaled=True,
+        bundled_datastores=False,
+        replicas=None,
+        network_policy=True,
+    ),
+    Variant("staging", "overlays/staging", autoscaled=False, bundled_datastores=True, replicas=2, network_policy=True),
+    Variant(
+        "fixed-replicas",
+        FIXED_REPLICAS_OVERLAY,
+        autoscaled=False,
+        bundled_datastores=False,
+        replicas=3,
+        network_policy=False,
+    ),
 )
 
 
@@ -421,3 +436,42 @@ def test_the_wait_for_schema_holds_until_the_migration_jobs_command_has_run(
 
     after = run_in_pod_shape(wait["command"], database, tmp_path)
     assert after.returncode == 0, after.stderr
+
+
+def admitted(policy: Obj, objects: list[Obj]) -> set[str]:
+    """The workloads whose pods a NetworkPolicy's `from` pod selectors let in."""
+    peers = [peer["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    return {
+        w["metadata"]["name"]
+        for w in workloads(objects)
+        if any(peer.items() <= w["spec"]["template"]["metadata"]["labels"].items() for peer in peers)
+    }
+
+
+def test_only_the_ingress_controller_reaches_the_services_and_only_mockehr_reaches_the_datastores(
+    variant: Variant, objects: list[Obj]
+) -> None:
+    policies = of_kind(objects, "NetworkPolicy")
+    deployments = of_kind(objects, "Deployment")
+    if variant.network_policy:
+        policy = policies.pop("mockehr-services-from-ingress")["spec"]
+        for service in SERVICES:
+            labels = deployments[service]["spec"]["template"]["metadata"]["labels"]
+            assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+        assert policy["policyTypes"] == ["Ingress"]
+        assert policy["ingress"] == [
+            {
+                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+                "ports": [{"port": "https", "protocol": "TCP"}],
+            }
+        ]
+    if variant.bundled_datastores:
+        postgres = policies.pop("postgres-from-mockehr")
+        redis = policies.pop("redis-from-mockehr")
+        assert admitted(postgres, objects) == {*SERVICES, "mockehr-migrate"}
+        assert admitted(redis, objects) == set(SERVICES)
+        for policy, target in ((postgres, "postgres"), (redis, "redis")):
+            assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": target}
+            ports = app_container_like(of_kind(objects, "StatefulSet")[target])["ports"]
+            assert policy["spec"]["ingress"][0]["ports"][0]["port"] in {p["name"] for p in ports}
+    assert policies == {}
