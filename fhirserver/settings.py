@@ -18,6 +18,7 @@ class FhirSettings(ServiceSettings):
     # The authorization server whose tokens this server accepts (issuer and JWKS).
     authserver_url: str = "https://localhost:9001"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Entries of one batch or transaction sent to POST /fhir; 413 beyond (`mockehr load` allows more).
     max_bundle_entries: int = Field(default=5000, ge=1)
     # Search complexity (fhirserver/searchparams.py:SearchLimits): past a limit, 400 too-costly.
     search_max_parameters: int = Field(default=40, ge=1, le=500)
