@@ -60,7 +60,7 @@ def render_cli() -> str:
     """What `typer mockehr.cli utils docs` writes (typer's own renderer), under a banner."""
     root = typer.main.get_command(cli_app)
     body = get_docs_for_click(obj=root, ctx=typer.Context(root, info_name="mockehr"), name="mockehr")
-    title, _, rest = body.partition("\n")
+    _title, _, rest = body.partition("\n")
     intro = (
         f"{GENERATED.format(source='the typer app in mockehr/cli.py')}\n\n"
         "How the commands find the running stack, what `up` does step by step and what it prints: "
@@ -142,7 +142,8 @@ def _comments(cls: type) -> dict[str, str]:
     source = inspect.getsource(cls)
     lines = source.splitlines()
     (node,) = ast.parse(source).body
-    assert isinstance(node, ast.ClassDef)
+    if not isinstance(node, ast.ClassDef):
+        raise TypeError(f"{cls!r} is not a class")
     found: dict[str, str] = {}
     previous: ast.AnnAssign | None = None
     for stmt in node.body:
@@ -169,7 +170,7 @@ def _comments(cls: type) -> dict[str, str]:
 def _declared(cls: type[BaseSettings], name: str) -> type:
     """The class whose body declares `name` last (a subclass overriding a default counts)."""
     for klass in cls.__mro__:
-        if name in klass.__dict__.get("__annotations__", {}):
+        if name in inspect.get_annotations(klass):
             return klass
     return cls
 
@@ -178,7 +179,7 @@ def _description(cls: type[BaseSettings], name: str, field: FieldInfo) -> str:
     if field.description:
         return field.description
     for klass in cls.__mro__:
-        if name in klass.__dict__.get("__annotations__", {}):
+        if name in inspect.get_annotations(klass):
             text = _comments(klass).get(name, "")
             if text:
                 return text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import ServiceSettings
 from tools import docgen
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def test_every_setting_and_every_command_is_in_the_references() -> None:
     config = (REPO_ROOT / "docs" / "configuration.md").read_text()
     for _, cls, _ in docgen.SERVICES:
         prefix = str(cls.model_config.get("env_prefix"))
-        own = [n for n in cls.model_fields if docgen._declared(cls, n) is not docgen.ServiceSettings]
+        own = [n for n in cls.model_fields if docgen._declared(cls, n) is not ServiceSettings]
         for name in own:
             assert f"`{prefix}{name.upper()}`" in config
     assert "`MOCKEHR_<SVC>_KEY_ENCRYPTION_KEY`" in config
