@@ -48,14 +48,14 @@ def _links(page: Path) -> list[str]:
     return LINK.findall(FENCE.sub("", page.read_text()))
 
 
-def _broken(page: Path) -> list[str]:
+def _broken(page: Path, root: Path = REPO_ROOT) -> list[str]:
     broken: list[str] = []
     for target in _links(page):
         if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
             continue
         path_part, _, fragment = target.partition("#")
         dest = (page.parent / path_part).resolve() if path_part else page
-        relative = dest.relative_to(REPO_ROOT).as_posix() if dest.is_relative_to(REPO_ROOT) else str(dest)
+        relative = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else str(dest)
         if not dest.exists():
             if relative not in PENDING:
                 broken.append(f"{target} (no file {relative})")
@@ -84,10 +84,12 @@ def test_the_pending_pages_are_only_the_two_expected_ones() -> None:
 
 
 def test_a_link_to_a_missing_file_or_heading_is_caught(tmp_path: Path) -> None:
-    # The checker itself must be able to fail.
-    page = REPO_ROOT / "docs" / "_probe_page.md"
-    page.write_text("# Title\n\n[ok](#title) [gone](nowhere.md) [bad](#no-such-heading)\n")
-    try:
-        assert _broken(page) == ["nowhere.md (no file docs/nowhere.md)", "#no-such-heading (no heading #no-such-heading in docs/_probe_page.md)"]
-    finally:
-        page.unlink()
+    # The checker itself must be able to fail: a missing file, a missing heading; a pending page
+    # passes only under its exact path.
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text("# Title\n\n[ok](#title) [gone](nowhere.md) [bad](#no-such-heading) [later](replicas.md)\n")
+    assert _broken(page, tmp_path.resolve()) == [
+        "nowhere.md (no file docs/nowhere.md)",
+        "#no-such-heading (no heading #no-such-heading in docs/page.md)",
+    ]
