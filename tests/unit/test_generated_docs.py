@@ -3,6 +3,7 @@ option or a setting added without `make docs` fails here, so the references neve
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,14 @@ def test_every_setting_and_every_command_is_in_the_references() -> None:
         for name in own:
             assert f"`{prefix}{name.upper()}`" in config
     assert "`MOCKEHR_<SVC>_KEY_ENCRYPTION_KEY`" in config
+
+
+def test_every_settings_class_in_the_code_is_in_the_configuration_reference() -> None:
+    # A new service's settings class must be added to tools/docgen.py:SERVICES, or its
+    # variables would be missing from docs/configuration.md without the staleness test noticing.
+    declared = set()
+    for root in ("common", "authserver", "fhirserver", "ehr", "examples", "mockehr"):
+        for path in (REPO_ROOT / root).rglob("*.py"):
+            declared |= set(re.findall(r"^class (\w+)\((?:ServiceSettings|BaseSettings)\)", path.read_text(), re.M))
+    documented = {cls.__name__ for _, cls, _ in docgen.SERVICES} | {"ServiceSettings", "CliSettings"}
+    assert declared == documented
