@@ -66,7 +66,8 @@ class ServiceSettings(BaseSettings):
     signing_alg: SigningAlg = "ES384"
     # Leeway for exp/nbf/iat checks; small on purpose (RFC 8725 §3.10 spirit: short lifetimes).
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=120)
-    # The longest lifetime of any token this service signs; old keys stay published this long.
+    # Not read by any code: an access token's lifetime is MOCKEHR_AUTH_ACCESS_TOKEN_LIFETIME_SECONDS,
+    # and an old key stays published for `mockehr keys rotate --overlap`.
     max_token_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
     # How often a process re-reads the key table (picks up `mockehr keys rotate`).
     key_refresh_seconds: float = Field(default=2.0, gt=0, le=300)

@@ -32,8 +32,8 @@ class FhirSettings(ServiceSettings):
     revocation_max_staleness_seconds: float = Field(default=1.0, gt=0, le=60)
     # HMAC key of paging cursors, shared by replicas (dev: generated into <data_dir>/cursor-key).
     cursor_key: SecretStr | None = None
-    # Browser origins (scheme://host[:port]) of SMART apps allowed to call /fhir/* with CORS.
-    # Empty: no CORS header is ever sent.
+    # Further browser origins (scheme://host[:port], exact) allowed to call /fhir/* with CORS,
+    # besides those of registered, active SMART apps (read from the database, no setting needed).
     cors_origins: CorsOrigins = Field(default_factory=list)
 
     def cursor_secret(self) -> bytes:
