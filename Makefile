@@ -7,7 +7,7 @@ ARGS ?=
 # Two workers: the machine has two cores; every test is isolated (own database, own ports).
 PYTEST_WORKERS ?= 2
 
-.PHONY: install up test test-fast fuzz lint bench clean
+.PHONY: install up test test-fast fuzz lint bench docs clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: install
 
 bench: install
 	$(PY) -m bench $(ARGS)
+
+## docs: regenerate docs/cli.md (typer app) and docs/configuration.md (settings classes);
+## tests/unit/test_generated_docs.py fails when they are stale
+docs: install
+	$(PY) -m tools.docgen
 
 clean:
 	rm -rf $(VENV) .venv-interop .mockehr .pytest_cache .mypy_cache .ruff_cache test-artifacts tests/browser/jsapp/node_modules

@@ -30,9 +30,9 @@ class AuthSettings(ServiceSettings):
         return value
 
     # --- SMART App Launch 2.2 (authorize, login, codes, refresh tokens) --------------------------
-    # Browser origins (scheme://host[:port]) allowed to call /token, /jwks, /.well-known/* and
-    # /smart-style.json with CORS. Empty: no CORS header is ever sent. Never applies to /authorize
-    # or /login.
+    # Further browser origins (scheme://host[:port], exact) allowed to call /token, /jwks,
+    # /.well-known/* and /smart-style.json with CORS, besides those of registered, active SMART
+    # apps (read from the registry at each request, no setting needed). Never /authorize or /login.
     cors_origins: CorsOrigins = Field(default_factory=list)
     # RFC 6749 §4.1.2 says at most 10 minutes; we keep authorization codes far shorter.
     authorization_code_lifetime_seconds: int = Field(default=60, ge=5, le=60)

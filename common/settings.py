@@ -31,29 +31,43 @@ class ServiceSettings(BaseSettings):
     # The name under which this service's keys are stored and its logs are tagged.
     service_name: str = "service"
 
+    # Production mode: refuse to start with any development default (see _check_production).
     production: bool = False
+    # The data directory: dev CA, server certificate and the development secrets.
     data_dir: Path = DEFAULT_DATA_DIR
+    # SQLite or PostgreSQL URL; empty means SQLite `mockehr.db` in the data directory.
     database_url: str = ""
+    # Only the example CDS Service uses Redis (its jti replay store); the others ignore it.
     redis_url: str | None = None
 
+    # Informational: uvicorn's --host decides where the service listens.
     host: str = "127.0.0.1"
+    # Used for the default public URL; uvicorn's --port decides where the service listens.
     port: int = Field(default=0, ge=0, le=65535)
     # The externally visible base URL (scheme, host, port, path prefix), without a trailing slash.
     public_url: str = ""
 
+    # Sets HSTS and the default URL scheme; TLS itself is uvicorn's --ssl-* flags.
     tls: bool = True
+    # Server certificate and key (default: <data_dir>/tls/server.pem and server-key.pem);
+    # required in production mode. uvicorn's flags decide which files are served.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     # The CA bundle clients in this service trust in addition to the system store.
     ca_file: Path | None = None
 
+    # 32 bytes, base64url: the AES-256-GCM key that encrypts private signing keys at rest (and
+    # from which the authserver derives its CSRF key). Dev: generated into <data_dir>/kek.
     key_encryption_key: SecretStr | None = None
+    # The admin API token, shared by the authserver and the EHR. Dev: <data_dir>/admin-token.
     admin_token: SecretStr | None = None
 
+    # Algorithm of the first signing key a service creates; `mockehr keys rotate --alg` changes it.
     signing_alg: SigningAlg = "ES384"
     # Leeway for exp/nbf/iat checks; small on purpose (RFC 8725 §3.10 spirit: short lifetimes).
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=120)
-    # The longest lifetime of any token this service signs; old keys stay published this long.
+    # Not read by any code: an access token's lifetime is MOCKEHR_AUTH_ACCESS_TOKEN_LIFETIME_SECONDS,
+    # and an old key stays published for `mockehr keys rotate --overlap`.
     max_token_lifetime_seconds: int = Field(default=300, ge=10, le=3600)
     # How often a process re-reads the key table (picks up `mockehr keys rotate`).
     key_refresh_seconds: float = Field(default=2.0, gt=0, le=300)
@@ -61,6 +75,7 @@ class ServiceSettings(BaseSettings):
     # at most once a second, so they always know a key before they see it).
     key_publish_ahead_seconds: float = Field(default=5.0, ge=0, le=600)
 
+    # Timeout of outbound HTTP calls (connect at most 5 s).
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # Every request body, on every route, is bounded before it is parsed or authenticated
     # (common/middleware.py:BodyLimitMiddleware): 413 beyond max_body_bytes, 400 beyond
@@ -70,6 +85,7 @@ class ServiceSettings(BaseSettings):
     # Every statement of the service's database sessions stops after this long (common/db.py):
     # a runaway query cannot outlive its client or hold a backend for minutes.
     db_statement_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    # Log level of the service's own lines (uvicorn's output is logged too).
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("public_url")

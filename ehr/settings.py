@@ -13,7 +13,9 @@ class EhrSettings(ServiceSettings):
 
     service_name: str = "ehr"
     port: int = Field(default=9000, ge=0, le=65535)
+    # The authorization server: token exchange and revocation per CDS call, UI sign-in, admin API.
     authserver_url: str = "https://localhost:9001"
+    # The `fhirServer` sent to CDS Services, the audience of their tokens, where prefetch runs.
     fhir_base_url: str = "https://localhost:9002/fhir"
 
     # --- CDS Hooks client (ehr/client_jwt.py, ehr/invoke.py, ehr/cards.py, ehr/markdown.py) ---

@@ -1,10 +1,10 @@
 """Honouring token revocation within a second, on every replica.
 
 Each FHIR server process polls the authorization server's revocation feed (`GET /revocations`)
-every `poll_seconds` (default 0.5 s) and keeps the jti of every revoked, unexpired token in
-memory, so checking a token costs a set lookup, not a network or database round trip. Sequence
-numbers can commit out of order, so each poll asks again from `overlap` entries before the last
-one seen and de-duplicates by jti.
+every `poll_seconds` (MOCKEHR_FHIR_REVOCATION_POLL_SECONDS; the default is in fhirserver/settings.py)
+and keeps the jti of every revoked, unexpired token in memory, so checking a token costs a set
+lookup, not a network or database round trip. Sequence numbers can commit out of order, so each
+poll asks again from `overlap` entries before the last one seen and de-duplicates by jti.
 
 Fail closed: if the view is older than `max_staleness` (the authorization server unreachable),
 the guard answers 503 rather than serve a token that may have been revoked.

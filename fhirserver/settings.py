@@ -18,6 +18,7 @@ class FhirSettings(ServiceSettings):
     # The authorization server whose tokens this server accepts (issuer and JWKS).
     authserver_url: str = "https://localhost:9001"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Entries of one batch or transaction sent to POST /fhir; 413 beyond (`mockehr load` allows more).
     max_bundle_entries: int = Field(default=5000, ge=1)
     # Search complexity (fhirserver/searchparams.py:SearchLimits): past a limit, 400 too-costly.
     search_max_parameters: int = Field(default=40, ge=1, le=500)
@@ -31,8 +32,8 @@ class FhirSettings(ServiceSettings):
     revocation_max_staleness_seconds: float = Field(default=1.0, gt=0, le=60)
     # HMAC key of paging cursors, shared by replicas (dev: generated into <data_dir>/cursor-key).
     cursor_key: SecretStr | None = None
-    # Browser origins (scheme://host[:port]) of SMART apps allowed to call /fhir/* with CORS.
-    # Empty: no CORS header is ever sent.
+    # Further browser origins (scheme://host[:port], exact) allowed to call /fhir/* with CORS,
+    # besides those of registered, active SMART apps (read from the database, no setting needed).
     cors_origins: CorsOrigins = Field(default_factory=list)
 
     def cursor_secret(self) -> bytes:

@@ -44,6 +44,7 @@ class CdsSettings(ServiceSettings):
     # CDS Hooks 2.0 "Trusting CDS Clients". The primary CDS Client (the EHR): its issuer and the
     # JWKS URL it was told to use; readiness depends on that JWKS. Empty issuer = no primary.
     ehr_issuer: str = "https://localhost:9000"
+    # Where the EHR's keys come from (https); a token's `jku` must equal it and is never fetched.
     ehr_jwks_url: str = "https://localhost:9000/.well-known/jwks.json"
     # Further CDS Clients (JSON: [{"issuer": ..., "jwks_url": ...}]), e.g. `mockehr probe`. Their
     # JWKS is fetched only when one of their tokens arrives. A token's `iss` selects the client;
@@ -53,6 +54,7 @@ class CdsSettings(ServiceSettings):
     # FHIR servers this service may call with fhirAuthorization (exact base URLs). A request
     # naming any other `fhirServer` gets no outbound call (SSRF), only its prefetch is used.
     fhir_servers: list[str] = Field(default_factory=lambda: ["https://localhost:9002/fhir"])
+    # Per FHIR request; a larger answer than max_fhir_response_bytes counts as unavailable.
     fhir_timeout_seconds: float = Field(default=4.0, gt=0, le=30)
     max_fhir_response_bytes: int = Field(default=8 * MIB, ge=1024, le=64 * MIB)
     # Hook requests carry prefetch: a larger body limit than the other services' 1 MiB.
@@ -67,6 +69,7 @@ class CdsSettings(ServiceSettings):
     # Mutual TLS: the TLS server requires a client certificate issued by `client_ca_file`
     # (default: the dev CA, `ca_file`). Enforced in the TLS handshake (see serve.py).
     client_cert_required: bool = False
+    # The CA that issues accepted client certificates (default: ca_file).
     client_ca_file: Path | None = None
 
     @field_validator("fhir_servers")

@@ -4,7 +4,7 @@ against the stack started as `make up` starts it and with no CORS variable set.
 
 The app (tests/browser/jsapp/public) is plain HTML served with the library's browser bundle from
 its own origin by a loopback HTTPS server (dev-CA certificate). It is registered as a public
-smart-app client with the CLI, as the README tells a developer to. Chromium trusts the dev CA
+smart-app client with the CLI, as docs/guides/smart-app.md tells a developer to. Chromium trusts the dev CA
 through a fresh NSS database (`tests.browser.chromium.trusting_home`), nothing else. The app writes
 what each call answered into its page; the tests read it, and watch the token requests the
 browser sends.
@@ -38,7 +38,7 @@ from tests.integration.probeharness import free_port, serve_tls
 pytestmark = pytest.mark.e2e
 
 APP = "js-app"
-# The most the app may ever be granted; its pages ask for all of it, as the README's launch.html does.
+# The most the app may ever be granted; its pages ask for all of it, as docs/guides/smart-app.md's launch.html does.
 APP_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
@@ -80,7 +80,7 @@ def mockehr(stack: AppStack, *args: str) -> str:
 
 
 def register_app(stack: AppStack, client_id: str, origin: str) -> None:
-    """`mockehr clients add`, exactly as the README's "Launching a SMART app" shows."""
+    """`mockehr clients add`, exactly as docs/guides/smart-app.md shows."""
     scopes = [arg for scope in APP_SCOPE for arg in ("--scope", scope)]
     mockehr(
         stack,
