@@ -40,8 +40,9 @@ from authserver.passwords import hash_password, verify_password
 from authserver.tokens import autocommit
 from common.clock import Clock
 from common.errors import TokenInvalidError
-from common.jose import KeySet, import_public_jwks, unverified_claims, unverified_header, verify_jwt
+from common.jose import KeySet, import_public_jwks, unverified_claims, unverified_header
 from common.jwks import JwksCache
+from common.jwt_verify import JwtRules, Replay, verify
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
@@ -163,33 +164,32 @@ class ClientAuthenticator:
         client = await self._client(client_id)
         if client.auth_method != "private_key_jwt":
             raise _fail(f"{client_id} is not registered for private_key_jwt")
-        kid, alg = header.get("kid"), header.get("alg")
-        if not isinstance(kid, str) or not isinstance(alg, str) or alg not in self.algorithms:
-            raise _fail("kid missing or algorithm not allowed")
-        try:
+        # verify checks the header (alg among ours, a kid) before it asks for keys.
+        alg = str(header.get("alg"))
+
+        async def registered_keys(kid: str) -> KeySet:
             keys = await self.client_keys(client, kid)
             matching = [k for k in keys.keys if k.kid == kid]
             if len(matching) != 1 or matching[0].key_type != _KTY_FOR_ALG.get(alg[:2]):
                 raise _fail("kid does not name exactly one key of the right type")
-            verified = verify_jwt(
-                assertion,
-                keys,
-                algorithms=list(self.algorithms),
-                typ="JWT",
-                issuer=client_id,
-                audience=self.token_url,
-                clock=self.clock,
-                leeway=self.leeway,
-                max_lifetime=MAX_ASSERTION_LIFETIME,
-                require=("exp", "jti"),
-                allowed_jku=(client.jwks_uri,) if client.jwks_uri else (),
-            )
+            return keys
+
+        rules = JwtRules(
+            algorithms=self.algorithms,
+            typ="JWT",
+            issuer=client_id,
+            audience=self.token_url,
+            clock=self.clock,
+            leeway=self.leeway,
+            max_lifetime=MAX_ASSERTION_LIFETIME,
+            require=("exp", "jti"),
+            allowed_jku=(client.jwks_uri,) if client.jwks_uri else (),
+            subject=client_id,
+        )
+        try:
+            await verify(assertion, registered_keys, rules, Replay(self.first_use, client_id))
         except TokenInvalidError as exc:
             raise _fail(exc.reason) from None
-        if verified.claims.get("sub") != client_id:
-            raise _fail("sub differs from client_id")
-        if not await self.first_use(f"{client_id}|{verified.claims['jti']}", int(verified.claims["exp"]) + self.leeway):
-            raise _fail("assertion jti replayed")
         return client
 
     async def first_use(self, key: str, expires_at: int) -> bool:

@@ -5,8 +5,8 @@ Claims: iss (this server's base URL, the OIDC issuer), sub (the username), aud (
 iat, exp, jti, auth_time (when the user signed in), nonce (when the app sent one), at_hash (left
 half of the access token's hash, with the hash of the signing algorithm), fhirUser (only with the
 `fhirUser` scope: the absolute URL of the user's Practitioner or Patient resource) and name (only
-with `profile`). Header typ `JWT` — never `at+jwt`, so it cannot pass for an access token at the
-FHIR server — signed with the authorization server's current key via common.jose.
+with `profile`). Header typ `JWT` — never the access-token typ of common/access_token.py, so it
+cannot pass for an access token at the FHIR server — signed with the authorization server's current key via common.jose.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from authserver.users import User
+from common import access_token
 from common.clock import Clock
-from common.jose import new_jti, sign_jwt
 from common.keys import KeyStore
 
 REACH_CLIENT_ID = "mockehr-authserver"
@@ -47,18 +47,17 @@ class FhirReach:
         if cached and cached[1] - now > 10:
             return cached[0]
         iat = int(now)
-        claims = {
-            "iss": self.issuer,
-            "sub": user.username,
-            "aud": self.fhir_base,
-            "client_id": REACH_CLIENT_ID,
-            "scope": REACH_SCOPE,
-            "fhirUser": f"{self.fhir_base}/{user.fhir_user}",
-            "iat": iat,
-            "exp": iat + TOKEN_LIFETIME,
-            "jti": new_jti(),
-        }
-        token = sign_jwt(claims, await self.keys.signer(), typ="at+jwt")
+        claims = access_token.claims(
+            issuer=self.issuer,
+            subject=user.username,
+            audience=self.fhir_base,
+            client_id=REACH_CLIENT_ID,
+            scope=REACH_SCOPE,
+            now=iat,
+            lifetime=TOKEN_LIFETIME,
+            fhir_user=f"{self.fhir_base}/{user.fhir_user}",
+        )
+        token = access_token.sign(claims, await self.keys.signer())
         self._tokens[user.username] = (token, iat + TOKEN_LIFETIME)
         return token
 

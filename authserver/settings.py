@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.cors import CorsOrigins
+from common.jose import ASYMMETRIC_ALGORITHMS
 from common.settings import ServiceSettings
 
 
@@ -24,7 +25,7 @@ class AuthSettings(ServiceSettings):
     @field_validator("client_assertion_algorithms")
     @classmethod
     def _asymmetric_only(cls, value: list[str]) -> list[str]:
-        allowed = {"RS384", "ES384", "ES256", "RS256"}
+        allowed = set(ASYMMETRIC_ALGORITHMS)
         if not value or not set(value) <= allowed:
             raise ValueError(f"client_assertion_algorithms must be a non-empty subset of {sorted(allowed)}")
         return value

@@ -12,31 +12,35 @@ from authserver.token_exchange import TOKEN_TYPE_JWT, USER_ASSERTION_MAX_LIFETIM
 from authserver.tokens import TOKEN_TYPE_ACCESS
 from authserver.users import User
 from common.errors import TokenInvalidError
-from common.jose import unverified_header, verify_jwt
+from common.jose import KeySet
+from common.jwt_verify import JwtRules, Replay, TokenReplayedError, verify
 from common.keys import KeyStore
 
 
 async def user_from_assertion(session: AsyncSession, assertion: str, actor: Client, auth: ClientAuthenticator) -> User:
     """A user assertion signed by the first-party EHR with its registered keys."""
+    rules = JwtRules(
+        algorithms=auth.algorithms,
+        typ=USER_ASSERTION_TYP,
+        issuer=actor.client_id,
+        audience=auth.token_url,
+        clock=auth.clock,
+        leeway=auth.leeway,
+        max_lifetime=USER_ASSERTION_MAX_LIFETIME,
+    )
+
+    async def actor_keys(kid: str) -> KeySet:
+        return await auth.client_keys(actor, kid)
+
     try:
-        kid = unverified_header(assertion).get("kid")
-        keys = await auth.client_keys(actor, kid if isinstance(kid, str) else "")
-        claims = verify_jwt(
-            assertion,
-            keys,
-            algorithms=list(auth.algorithms),
-            typ=USER_ASSERTION_TYP,
-            issuer=actor.client_id,
-            audience=auth.token_url,
-            clock=auth.clock,
-            leeway=auth.leeway,
-            max_lifetime=USER_ASSERTION_MAX_LIFETIME,
-            require=("exp", "iat", "jti"),
-        ).claims
+        verified = await verify(
+            assertion, actor_keys, rules, Replay(auth.first_use, f"user-assertion|{actor.client_id}")
+        )
+    except TokenReplayedError:
+        raise InvalidGrantError("subject_token was already used") from None
     except TokenInvalidError:
         raise InvalidGrantError("subject_token is not a valid user assertion from this client") from None
-    if not await auth.first_use(f"user-assertion|{actor.client_id}|{claims['jti']}", int(claims["exp"]) + auth.leeway):
-        raise InvalidGrantError("subject_token was already used")
+    claims = verified.claims
     user = await users.by_fhir_user(session, str(claims.get("sub", "")))
     if user is None:
         raise InvalidGrantError("subject_token names no active user")

@@ -1,9 +1,9 @@
 """Access tokens: issuing (RFC 9068 JWT profile), revoking (RFC 7009) and introspecting (RFC 7662).
 
-Every token is a JWT signed with the authserver's current key, header `typ: at+jwt` (RFC 9068
-§2.1, so an id_token or a CDS Hooks JWT can never pass for one), and is recorded in
-`oauth_tokens` so that it can be revoked and introspected. Revocations are appended to
-`oauth_revocations`, the feed that every FHIR server replica polls (see /revocations).
+Every token is a JWT in the RFC 9068 profile of `common/access_token.py`, signed with the
+authserver's current key, and is recorded in `oauth_tokens` so that it can be revoked and
+introspected. Revocations are appended to `oauth_revocations`, the feed that every FHIR server
+replica polls (see /revocations).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from authserver.models import IssuedTokenRow, RevocationRow
-from common.errors import TokenInvalidError
-from common.jose import new_jti, sign_jwt, verify_jwt
+from common import access_token
+from common.jose import KeySet
 from common.keys import KeyStore
 
-ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 
 
@@ -63,26 +62,21 @@ class Issued:
 
 async def issue(session: AsyncSession, keys: KeyStore, issuer: str, grant: Grant, now: int) -> Issued:
     """Sign an RFC 9068 access token for `grant` and record it (same transaction as the caller)."""
-    jti = new_jti()
-    claims: dict[str, Any] = {
-        "iss": issuer,
-        "sub": grant.sub,
-        "aud": grant.audience,
-        "client_id": grant.client_id,
-        "scope": grant.scope,
-        "iat": now,
-        "exp": now + grant.lifetime,
-        "jti": jti,
-    }
-    if grant.patient:
-        claims["patient"] = grant.patient
-    if grant.encounter:
-        claims["encounter"] = grant.encounter
-    if grant.fhir_user:
-        claims["fhirUser"] = grant.fhir_user
-    if grant.actor_client_id:
-        claims["act"] = {"sub": grant.actor_client_id}  # RFC 8693 §4.1
-    token = sign_jwt(claims, await keys.signer(), typ=ACCESS_TOKEN_TYP)
+    claims = access_token.claims(
+        issuer=issuer,
+        subject=grant.sub,
+        audience=grant.audience,
+        client_id=grant.client_id,
+        scope=grant.scope,
+        now=now,
+        lifetime=grant.lifetime,
+        patient=grant.patient,
+        encounter=grant.encounter,
+        fhir_user=grant.fhir_user,
+        actor_client_id=grant.actor_client_id,
+    )
+    jti = str(claims["jti"])
+    token = access_token.sign(claims, await keys.signer())
     session.add(
         IssuedTokenRow(
             jti=jti,
@@ -104,24 +98,14 @@ async def issue(session: AsyncSession, keys: KeyStore, issuer: str, grant: Grant
 async def verify_own(
     token: str, keys: KeyStore, issuer: str, audiences: list[str], now: int, leeway: int
 ) -> dict[str, Any]:
-    """Verify an access token this server issued (signature, typ, iss, one of our audiences)."""
-    key_set = await keys.public_key_set()
-    last: TokenInvalidError | None = None
-    for audience in audiences:
-        try:
-            return verify_jwt(
-                token,
-                key_set,
-                algorithms=["ES384", "RS384", "ES256"],
-                typ=ACCESS_TOKEN_TYP,
-                issuer=issuer,
-                audience=audience,
-                clock=lambda: now,
-                leeway=leeway,
-            ).claims
-        except TokenInvalidError as exc:
-            last = exc
-    raise last or TokenInvalidError("no audience")
+    """Verify an access token this server issued (the RFC 9068 profile, one of our audiences)."""
+
+    async def own_keys(_kid: str) -> KeySet:
+        return await keys.public_key_set()
+
+    return await access_token.verify_access_token(
+        token, own_keys, issuer=issuer, audience=audiences, clock=lambda: now, leeway=leeway
+    )
 
 
 async def record(session: AsyncSession, jti: str) -> IssuedTokenRow | None:

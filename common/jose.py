@@ -29,6 +29,7 @@ __all__ = [
     "ASYMMETRIC_ALGORITHMS",
     "KeySet",
     "VerifiedToken",
+    "check_header",
     "import_public_jwks",
     "new_jti",
     "sign_jwt",
@@ -102,6 +103,81 @@ def _typ_matches(actual: object, expected: str) -> bool:
     return norm == expected.lower().removeprefix("application/")
 
 
+def _pinned_algorithms(algorithms: Collection[str]) -> list[str]:
+    algs = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
+    if not algs or len(algs) != len(list(algorithms)):
+        raise ValueError("verify_jwt takes only asymmetric algorithms (ES384, RS384, ES256, RS256)")
+    return algs
+
+
+def _check_arguments(issuer: str | Collection[str], audience: str, require: Collection[str]) -> list[str]:
+    """Programming errors that would silently turn a check off: refuse them outright."""
+    issuers = [issuer] if isinstance(issuer, str) else list(issuer)
+    if not issuers or not all(isinstance(i, str) and i for i in issuers):
+        raise ValueError("verify_jwt needs at least one trusted issuer")
+    if not isinstance(audience, str) or not audience:
+        raise ValueError("verify_jwt needs the expected audience")
+    if "exp" not in require:
+        raise ValueError("verify_jwt always requires exp")
+    return issuers
+
+
+def check_header(
+    header: Mapping[str, Any], *, algorithms: Collection[str], typ: str, allowed_jku: Collection[str] = ()
+) -> str:
+    """The header rules (RFC 8725 §3.1, §3.10, §3.11); returns the `kid`.
+
+    Usable before any key is fetched: what the header alone refuses costs no JWKS request.
+    """
+    if header.get("alg") not in _pinned_algorithms(algorithms):
+        raise TokenInvalidError(f"algorithm {header.get('alg')!r} not allowed")
+    if not _typ_matches(header.get("typ"), typ):
+        raise TokenInvalidError(f"typ {header.get('typ')!r} is not {typ!r}")
+    if _KEY_CHOOSING_HEADERS & header.keys():
+        raise TokenInvalidError("key-bearing header not allowed")
+    if "jku" in header and header["jku"] not in allowed_jku:
+        raise TokenInvalidError("jku not trusted")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise TokenInvalidError("kid missing")
+    return kid
+
+
+def _decode(token: str, keys: KeySet, kid: str, algs: list[str]) -> dict[str, Any]:
+    try:
+        key = keys.get_by_kid(kid)
+    except (ValueError, KeyError, JoseError):
+        raise TokenInvalidError("unknown kid") from None
+    try:
+        return dict(jwt.decode(token, key, algorithms=algs).claims)
+    except (JoseError, ValueError, TypeError, RecursionError):
+        raise TokenInvalidError("bad signature or payload") from None
+
+
+def _check_claims(
+    claims: dict[str, Any], *, issuers: list[str], audience: str, now: int, leeway: int, require: Collection[str]
+) -> None:
+    options: dict[str, Any] = {
+        "iss": {"essential": True, "values": issuers},
+        "exp": {"essential": True},
+        "iat": {"essential": "iat" in require},
+        "jti": {"essential": "jti" in require},
+        "aud": {"essential": True, "value": audience},
+    }
+    try:
+        JWTClaimsRegistry(now=now, leeway=leeway, **options).validate(claims)
+    except JoseError as exc:
+        raise TokenInvalidError(f"claims: {exc.error}: {exc.description}") from None
+    # The registry checked that `aud` contains `audience`; here it must name nothing else.
+    if isinstance(claims["aud"], list) and len(claims["aud"]) != 1:
+        raise TokenInvalidError("aud names other audiences too")
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
+            raise TokenInvalidError(f"{name} is not a NumericDate")
+    if "jti" in require and (not isinstance(claims.get("jti"), str) or not claims["jti"]):
+        raise TokenInvalidError("jti missing")
+
+
 def verify_jwt(
     token: str,
     keys: KeySet,
@@ -128,63 +204,20 @@ def verify_jwt(
       CDS Hooks 2.0 "Trusting CDS Clients", OpenID Connect Core §3.1.3.7 step 3).
     - `exp` must not be past and, with `max_lifetime`, not further ahead than that;
       `iat` not in the future; `nbf` respected; all within `leeway` seconds.
+
+    Services do not call this directly for a token they receive: `common/jwt_verify.py:verify`
+    wraps it in the one kid → keys → verify → replay sequence.
     """
-    algs = [a for a in algorithms if a in ASYMMETRIC_ALGORITHMS]
-    if not algs or len(algs) != len(list(algorithms)):
-        raise ValueError("verify_jwt takes only asymmetric algorithms (ES384, RS384, ES256, RS256)")
-    issuers = [issuer] if isinstance(issuer, str) else list(issuer)
-    # Programming errors that would silently turn a check off: refuse them outright.
-    if not issuers or not all(isinstance(i, str) and i for i in issuers):
-        raise ValueError("verify_jwt needs at least one trusted issuer")
-    if not isinstance(audience, str) or not audience:
-        raise ValueError("verify_jwt needs the expected audience")
-    if "exp" not in require:
-        raise ValueError("verify_jwt always requires exp")
+    algs = _pinned_algorithms(algorithms)
+    issuers = _check_arguments(issuer, audience, require)
     if not isinstance(token, str) or token.count(".") != 2:
         raise TokenInvalidError("not a compact JWS")
     header = unverified_header(token)
-    if header.get("alg") not in algs:
-        raise TokenInvalidError(f"algorithm {header.get('alg')!r} not allowed")
-    if not _typ_matches(header.get("typ"), typ):
-        raise TokenInvalidError(f"typ {header.get('typ')!r} is not {typ!r}")
-    if _KEY_CHOOSING_HEADERS & header.keys():
-        raise TokenInvalidError("key-bearing header not allowed")
-    if "jku" in header and header["jku"] not in allowed_jku:
-        raise TokenInvalidError("jku not trusted")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise TokenInvalidError("kid missing")
-    try:
-        key = keys.get_by_kid(kid)
-    except (ValueError, KeyError, JoseError):
-        raise TokenInvalidError("unknown kid") from None
-    try:
-        decoded = jwt.decode(token, key, algorithms=algs)
-    except (JoseError, ValueError, TypeError, RecursionError):
-        raise TokenInvalidError("bad signature or payload") from None
-    claims = dict(decoded.claims)
+    kid = check_header(header, algorithms=algs, typ=typ, allowed_jku=allowed_jku)
+    claims = _decode(token, keys, kid, algs)
     now = int(clock())
-    options: dict[str, Any] = {
-        "iss": {"essential": True, "values": issuers},
-        "exp": {"essential": True},
-        "iat": {"essential": "iat" in require},
-        "jti": {"essential": "jti" in require},
-        "aud": {"essential": True, "value": audience},
-    }
-    registry = JWTClaimsRegistry(now=now, leeway=leeway, **options)
-    try:
-        registry.validate(claims)
-    except JoseError as exc:
-        raise TokenInvalidError(f"claims: {exc.error}: {exc.description}") from None
-    # The registry checked that `aud` contains `audience`; here it must name nothing else.
-    if isinstance(claims["aud"], list) and len(claims["aud"]) != 1:
-        raise TokenInvalidError("aud names other audiences too")
-    for name in ("exp", "iat", "nbf"):
-        if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
-            raise TokenInvalidError(f"{name} is not a NumericDate")
-    if "jti" in require and (not isinstance(claims.get("jti"), str) or not claims["jti"]):
-        raise TokenInvalidError("jti missing")
-    if max_lifetime is not None and "exp" in claims and claims["exp"] > now + max_lifetime + leeway:
+    _check_claims(claims, issuers=issuers, audience=audience, now=now, leeway=leeway, require=require)
+    if max_lifetime is not None and claims["exp"] > now + max_lifetime + leeway:
         raise TokenInvalidError("exp too far in the future")
     if check_audience is not None and not check_audience(claims.get("aud")):
         raise TokenInvalidError("aud rejected")

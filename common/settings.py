@@ -16,9 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.db import normalize_database_url
 from common.errors import ConfigError
+from common.keys import Alg
 from common.secrets_file import read_or_create_secret
 
-SigningAlg = Literal["ES384", "RS384", "ES256"]
+SigningAlg = Alg  # the algorithms the stack signs with, stated once in common/keys.py
 
 DEFAULT_DATA_DIR = Path(".mockehr")
 

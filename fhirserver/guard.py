@@ -1,12 +1,13 @@
 """The FHIR server's guard (DESIGN.md "The FHIR server's guard").
 
-Every request but /metadata and /.well-known: a bearer token → signature against the
-authorization server's JWKS (cached, refetched on an unknown kid, rate-limited) → `typ` at+jwt
-(RFC 9068 §4: an id_token or a CDS Hooks JWT is never an access token) → `iss` the authorization
-server → `aud` this server's base URL exactly (RFC 8707: a token for another resource server is
-refused) → not expired → not revoked (revocations.py) → scopes (SMART v1 and v2, granular
-`?param=` filters) → compartment: `patient/` scopes see only the token's patient's compartment,
-`user/` scopes only the user's patients, `system/` scopes only tokens of backend clients.
+Every request but /metadata and /.well-known: a bearer token verified as an access token
+(`common/access_token.py`, RFC 9068 §4: signature against the authorization server's JWKS —
+cached, refetched on an unknown kid, rate-limited —, the access-token `typ`, so an id_token or a
+CDS Hooks JWT is never one, `iss` the authorization server, `aud` this server's base URL exactly
+(RFC 8707: a token for another resource server is refused), not expired) → not revoked
+(revocations.py) → scopes (SMART v1 and v2, granular `?param=` filters) → compartment:
+`patient/` scopes see only the token's patient's compartment, `user/` scopes only the user's
+patients, `system/` scopes only tokens of backend clients.
 Outside the compartment, a token whose `fhirUser` is a Practitioner may read and search (with a
 patient/ or user/ scope for the type) that Practitioner and their PractitionerRoles, and nothing
 else: SMART App Launch 2.2 "fhirUser" lets an app read the user, and a CDS prefetch
@@ -23,16 +24,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from common.access_token import verify_access_token
 from common.clock import Clock
 from common.errors import TokenInvalidError
-from common.jose import unverified_header, verify_jwt
 from common.jwks import JwksCache
 from common.scopes import InvalidScopeError, ResourceScope, ScopeSet, parse_scopes
 from fhirserver.revocations import RevocationWatcher
 
 log = logging.getLogger(__name__)
 Permission = Literal["c", "r", "u", "d", "s"]
-ACCESS_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 # A practitioner's panel is re-read at most this often: care-team changes apply within 2 s.
 PANEL_CACHE_SECONDS = 2.0
 # The types in which a Practitioner user's own resources are visible outside the compartment.
@@ -153,20 +153,14 @@ class Guard:
                 raise UnauthorizedError
             return self._principal(claims, scopes, memo)
         try:
-            kid = unverified_header(token).get("kid")
-            keys = await self._jwks.key_set(kid if isinstance(kid, str) else None)
-            claims = verify_jwt(
+            claims = await verify_access_token(
                 token,
-                keys,
-                algorithms=ACCESS_TOKEN_ALGORITHMS,
-                typ="at+jwt",
+                self._jwks.key_set,
                 issuer=self._issuer,
                 audience=self._fhir_base,
                 clock=self._clock,
                 leeway=self._leeway,
-                max_lifetime=3600,
-                require=("exp", "iat", "jti"),
-            ).claims
+            )
             scopes = parse_scopes(str(claims.get("scope", "")))
         except (TokenInvalidError, InvalidScopeError) as exc:
             log.info("refused access token: %s", getattr(exc, "reason", exc))

@@ -23,13 +23,13 @@ import httpx
 
 from common.clock import Clock
 from common.errors import TokenInvalidError
-from common.jose import new_jti, sign_jwt, unverified_header, verify_jwt
+from common.jose import new_jti, sign_jwt
 from common.jwks import JwksCache
-from common.keys import KeyStore
+from common.jwt_verify import JwtRules, verify
+from common.keys import ALGORITHMS, KeyStore
 from ehr.ui.config import CLIENT_ID, SCOPE, UiConfig
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ID_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 ASSERTION_LIFETIME = 60
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,16 @@ class AuthClient:
     async def verify_id_token(self, id_token: object, nonce: str) -> dict[str, Any]:
         if not isinstance(id_token, str):
             raise OAuthFailure("The authorization server sent no identity token.")
+        rules = JwtRules(
+            algorithms=ALGORITHMS,
+            typ="JWT",
+            issuer=self.config.authserver_url,
+            audience=CLIENT_ID,
+            clock=self.clock,
+            require=("exp", "iat"),
+        )
         try:
-            keys = await self.jwks.key_set(str(unverified_header(id_token).get("kid") or ""))
-            verified = verify_jwt(
-                id_token,
-                keys,
-                algorithms=ID_TOKEN_ALGORITHMS,
-                typ="JWT",
-                issuer=self.config.authserver_url,
-                audience=CLIENT_ID,
-                clock=self.clock,
-                require=("exp", "iat"),
-            )
+            verified = await verify(id_token, self.jwks.key_set, rules)
         except TokenInvalidError as exc:
             log.warning("id_token refused: %s", exc)
             raise OAuthFailure("The identity token could not be verified.") from None

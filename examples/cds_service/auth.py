@@ -25,15 +25,15 @@ from fastapi import Request
 
 from common.clock import Clock
 from common.errors import TokenInvalidError
-from common.jose import unverified_claims, unverified_header, verify_jwt
+from common.jose import unverified_claims
 from common.jwks import JwksCache
+from common.jwt_verify import JwtRules, Replay, verify
 from common.replay import ReplayStore
 from examples.cds_service.settings import CdsSettings, TrustedClient
 
 log = logging.getLogger(__name__)
 ALGORITHMS = ("ES384", "RS384")
 MAX_LIFETIME = 300
-_KEY_CHOOSING_HEADERS = frozenset({"jwk", "x5u", "x5c"})
 
 
 class Unauthorized(Exception):
@@ -64,20 +64,6 @@ def request_url(settings: CdsSettings, request: Request) -> str:
     return settings.base_url + request.url.path
 
 
-def _precheck(header: dict[str, object], client: TrustedClient) -> str | None:
-    """Refuse what can be refused from the header alone, before any JWKS fetch."""
-    if header.get("alg") not in ALGORITHMS:
-        return "algorithm not allowed"
-    if _KEY_CHOOSING_HEADERS & header.keys():
-        return "key-bearing header"
-    if "jku" in header and header["jku"] != client.jwks_url:
-        return "jku not trusted"
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        return "kid missing"
-    return None
-
-
 async def authenticate(
     request: Request, settings: CdsSettings, trusted: TrustedClients, replay: ReplayStore, clock: Clock
 ) -> Verified:
@@ -90,14 +76,7 @@ async def authenticate(
         if found is None:
             raise TokenInvalidError("iss not trusted")
         client, jwks = found
-        header = unverified_header(token)
-        problem = _precheck(header, client)
-        if problem is not None:
-            raise TokenInvalidError(problem)
-        keys = await jwks.key_set(str(header["kid"]))
-        verified = verify_jwt(
-            token,
-            keys,
+        rules = JwtRules(
             algorithms=ALGORITHMS,
             typ="JWT",
             issuer=client.issuer,
@@ -105,16 +84,12 @@ async def authenticate(
             clock=clock,
             leeway=settings.jwt_leeway_seconds,
             max_lifetime=MAX_LIFETIME,
-            require=("exp", "iat", "jti"),
             allowed_jku=(client.jwks_url,),
         )
+        # The header is checked before any JWKS fetch; the jti is remembered as long as the
+        # token would still verify (exp + leeway).
+        verified = await verify(token, jwks.key_set, rules, Replay(replay.first_use, client.issuer))
     except TokenInvalidError as exc:
         log.info("rejected CDS Client JWT: %s", exc.reason)
         raise Unauthorized from None
-    claims = verified.claims
-    # Remember the jti as long as verify_jwt would still accept the token (exp + leeway).
-    remember_until = int(claims["exp"]) + settings.jwt_leeway_seconds
-    if not await replay.first_use(f"{client.issuer}|{claims['jti']}", remember_until):
-        log.info("rejected CDS Client JWT: jti replayed")
-        raise Unauthorized
-    return Verified(client, claims)
+    return Verified(client, verified.claims)

@@ -40,7 +40,9 @@ from requests.adapters import BaseAdapter
 from common.clock import Clock, system_clock
 from common.errors import TokenInvalidError
 from common.health import Check, health_router
-from common.jose import import_public_jwks, verify_jwt
+from common.jose import import_public_jwks
+from common.jwt_verify import JwtRules, fixed_keys, verify
+from common.keys import ALGORITHMS
 from common.logs import configure_logging
 from common.middleware import SecurityHeadersMiddleware, limit_bodies
 from common.settings import load_settings
@@ -62,7 +64,6 @@ LAUNCH_COOKIE = "__Host-smart-example-launch"
 # The EHR's own stylesheet, served by this app as is (SMART apps usually match their EHR's look;
 # one file, so the two never drift apart).
 EHR_STYLESHEET = Path(__file__).resolve().parents[2] / "ehr" / "ui" / "static" / "ehr.css"
-ID_TOKEN_ALGORITHMS = ("ES384", "RS384", "ES256")
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -239,17 +240,16 @@ def create_app(
     async def check_id_token(id_token: str, started: Pending) -> dict[str, Any]:
         """OpenID Connect Core §3.1.3.7; the user (fhirUser) is taken from the verified token only."""
         jwks = await blocking(lambda session: fetch_jwks(session, started.jwks_uri))
+        rules = JwtRules(
+            algorithms=ALGORITHMS,
+            typ="JWT",
+            issuer=started.issuer,
+            audience=settings.client_id,
+            clock=clock,
+            require=("exp", "iat"),
+        )
         try:
-            verified = verify_jwt(
-                id_token,
-                import_public_jwks(jwks),
-                algorithms=ID_TOKEN_ALGORITHMS,
-                typ="JWT",
-                issuer=started.issuer,
-                audience=settings.client_id,
-                clock=clock,
-                require=("exp", "iat"),
-            )
+            verified = await verify(id_token, fixed_keys(import_public_jwks(jwks)), rules)
         except TokenInvalidError as exc:
             log.warning("id_token refused: %s", exc)
             raise LaunchError("The identity token could not be verified.") from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from common.access_token import TYP as ACCESS_TOKEN_TYP
 from common.clock import Clock
 from mockehr.probe import forge
 from mockehr.probe.forge import ProbeKey
@@ -410,12 +411,12 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "typ-not-jwt",
-        'typ "at+jwt" instead of "JWT"',
+        f'typ "{ACCESS_TOKEN_TYP}" instead of "JWT"',
         "Explicit typing keeps a token of another kind (here an OAuth access token) from being taken "
         "for a CDS Client JWT.",
         f"{CDS_TRUST} (typ: JWT); RFC 8725 §3.11",
         "reject",
-        lambda f, t: Attack.bearer(f.token(t.url, header=f.header(typ="at+jwt"))),
+        lambda f, t: Attack.bearer(f.token(t.url, header=f.header(typ=ACCESS_TOKEN_TYP))),
     ),
 )
 
