@@ -84,26 +84,32 @@ class Rig:
         supervisor.stop(list(self.running.values()))
         self.running.clear()
 
-    def token(self, scope: str = "system/Patient.cruds") -> str:
-        """A client_credentials token of the rig's backend client (SMART Backend Services)."""
+    def _client_assertion(self) -> dict[str, str]:
+        # SMART Backend Services: aud = the token endpoint, whichever endpoint it authenticates to.
         token_url = f"{self.stack.base_url('authserver')}/token"
         now = int(time.time())
         claims = {"iss": WRITER, "sub": WRITER, "aud": token_url, "iat": now, "exp": now + 60, "jti": new_jti()}
-        response = httpx.post(
-            token_url,
-            data={
-                "grant_type": "client_credentials",
-                "scope": scope,
-                "client_assertion_type": JWT_BEARER,
-                "client_assertion": sign_jwt(claims, self.writer_key, typ="JWT"),
-            },
+        return {"client_assertion_type": JWT_BEARER, "client_assertion": sign_jwt(claims, self.writer_key, typ="JWT")}
+
+    def _authserver_post(self, path: str, form: dict[str, str]) -> httpx.Response:
+        return httpx.post(
+            f"{self.stack.base_url('authserver')}{path}",
+            data={**form, **self._client_assertion()},
             verify=client_ssl_context(self.ca),
             trust_env=False,
             timeout=30,
         )
+
+    def token(self, scope: str = "system/Patient.cruds") -> str:
+        """A client_credentials token of the rig's backend client (SMART Backend Services)."""
+        response = self._authserver_post("/token", {"grant_type": "client_credentials", "scope": scope})
         assert response.status_code == 200, response.text
         token: str = response.json()["access_token"]
         return token
+
+    def revoke(self, token: str) -> None:
+        response = self._authserver_post("/revoke", {"token": token})
+        assert response.status_code == 200, response.text
 
 
 async def _register_writer(stack: Stack) -> SigningKey:
