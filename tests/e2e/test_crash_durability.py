@@ -198,9 +198,18 @@ class Writers:
 async def _progress(ledger: Ledger) -> None:
     """Wait until every kind of write has been acknowledged PROGRESS times more (bounded: a liveness limit)."""
     before = Counter(ledger.acks)
-    async with asyncio.timeout(PROGRESS_LIMIT):
-        while any(ledger.acks[kind] < before[kind] + PROGRESS for kind in KINDS):
-            await asyncio.sleep(0.05)
+
+    def stalled() -> list[str]:
+        return [kind for kind in KINDS if ledger.acks[kind] < before[kind] + PROGRESS]
+
+    try:
+        async with asyncio.timeout(PROGRESS_LIMIT):
+            while stalled():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"no progress within {PROGRESS_LIMIT} s: {stalled()}; last other answers: {ledger.unexpected[-3:]}"
+        ) from None
 
 
 async def _chaos(the_rig: Rig, ledger: Ledger) -> None:
