@@ -262,7 +262,8 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        _run(lambda: supervisor.wait_ready(stack, running))
+        # N replicas are N times the processes starting at once on the same cores.
+        _run(lambda: supervisor.wait_ready(stack, running, timeout=60.0 * replicas))
         _register_example_service(stack)
         print_summary(out, stack, report.users, time.monotonic() - started)
         _supervise(stack, lock, running, policy)
