@@ -13,11 +13,14 @@ since the replica never saw it. A GET or HEAD whose replica died before answerin
 broken response, response timeout) is re-sent too. Any other method (POST /token, a hook, a FHIR
 create or transaction, an If-Match PUT) is never re-sent once it reached a replica: the replica
 may have acted on it, so its client gets the 502/504 and decides. A replica is taken out after 2
-failed checks 0.5 s apart; until then, connection failures to it are retried elsewhere.
+failed checks 0.5 s apart; until then, connection failures to it are retried elsewhere. When no
+replica of a service is ready, HAProxy answers a fail-closed 503 with Retry-After in the
+service's protocol (unavailable_body).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -48,6 +51,33 @@ def replica_name(name: str, index: int) -> str:
 def _client_cert_required(name: str, environ: dict[str, str]) -> bool:
     raw = environ.get(f"{spec(name).env_prefix}CLIENT_CERT_REQUIRED", "").strip().lower()
     return name == "cds-example" and raw in ("1", "true", "yes", "on")
+
+
+def unavailable_body(name: str) -> tuple[str, bytes]:
+    """What HAProxy answers when no replica of `name` is ready (all down or failing /readyz): a
+    fail-closed 503 in the service's own protocol, with Retry-After, never HAProxy's HTML page."""
+    detail = f"no replica of the {name} is ready; retry"
+    if name == "fhirserver":
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "transient", "diagnostics": detail}],
+        }
+        return "application/fhir+json", json.dumps(outcome).encode()
+    # RFC 6749 §4.1.2.1's code for a server that cannot answer now; the other services' JSON errors alike.
+    return "application/json", json.dumps({"error": "temporarily_unavailable", "error_description": detail}).encode()
+
+
+def _errorfile(name: str) -> bytes:
+    content_type, body = unavailable_body(name)
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Cache-Control: no-store\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def config(stack: Stack, environ: dict[str, str]) -> str:
@@ -97,6 +127,7 @@ def config(stack: Stack, environ: dict[str, str]) -> str:
             f"backend {name}",
             # Only GET and HEAD are re-sent after they reached a replica (see the module's docstring).
             "    http-request disable-l7-retry unless METH_GET",
+            f"    errorfile 503 {data / 'haproxy-errors' / f'{name}-503.http'}",
             f"    http-response set-header {REPLICA_HEADER} %s",
         ]
         # A replica requiring mutual TLS sees the stack's certificate, as the EHR presents it.
@@ -113,6 +144,10 @@ def write_config(stack: Stack, environ: dict[str, str]) -> Path:
     tls = data / "tls"
     combined = (tls / "server.pem").read_bytes() + (tls / "server-key.pem").read_bytes()
     _write_private(tls / "haproxy.pem", combined)
+    errors = data / "haproxy-errors"
+    errors.mkdir(exist_ok=True)
+    for service in SERVICES:
+        _write_private(errors / f"{service.name}-503.http", _errorfile(service.name))
     path = data / CONFIG_FILE
     _write_private(path, config(stack, environ).encode())
     return path
