@@ -102,7 +102,7 @@ def config(stack: Stack, environ: dict[str, str]) -> str:
         "    timeout server 60s",
         "    timeout http-request 10s",
         "    timeout queue 10s",
-        "    timeout check 2s",
+        "    timeout check 3s",
         # The retry window: up to 2 more attempts, each on another replica (redispatch).
         "    retries 2",
         "    option redispatch 1",

@@ -235,7 +235,7 @@ def up(
     stack = _run(lambda: _stack(data_dir, db, redis, base_port, host, creates=True))
     stack = dataclasses.replace(stack, replicas=replicas)
     if replicas > 1:
-        _run(lambda: _require_shared_database(stack))
+        _run(lambda: _require_replica_needs(stack))
     started = time.monotonic()
     lock = DataDirLock(stack.data_dir)
 
@@ -275,12 +275,16 @@ def up(
     out.print("stopped")
 
 
-def _require_shared_database(stack: Stack) -> None:
+def _require_replica_needs(stack: Stack) -> None:
+    """--replicas: PostgreSQL and HAProxy, both checked before anything starts."""
+    from mockehr.balancer import haproxy_binary
+
     if not stack.db_url.startswith("postgresql"):
         raise ConfigError(
             "--replicas needs PostgreSQL (--db postgresql://… or MOCKEHR_DATABASE_URL): "
             "replicas on one SQLite file would contend for its single writer"
         )
+    haproxy_binary()
 
 
 def _processes(running: list[supervisor_types.Running]) -> list[tuple[str, str, int, int]]:

@@ -80,7 +80,8 @@ class ReplicaStack:
             if served_by is not None and REPLICA_HEADER in response.headers:
                 served_by.append(response.headers[REPLICA_HEADER])
 
-        return httpx.Client(verify=self.tls(), timeout=30, trust_env=False, event_hooks={"response": [note]}, **kwargs)
+        options: dict[str, Any] = {"timeout": 30, **kwargs}
+        return httpx.Client(verify=self.tls(), trust_env=False, event_hooks={"response": [note]}, **options)
 
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()

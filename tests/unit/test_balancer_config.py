@@ -63,3 +63,11 @@ def test_a_broken_configuration_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^HAProxy refused .*haproxy.cfg: ") as refused:
         balancer.check_config(bad)
     assert "\n" not in str(refused.value)
+
+
+def test_without_haproxy_replicas_are_refused_in_one_line_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(balancer, "_SEARCH_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^--replicas needs HAProxy, which is not installed \(Debian: apt-get"):
+        balancer.haproxy_binary()
