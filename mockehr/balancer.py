@@ -12,7 +12,8 @@ reach a replica (connection refused or reset) is re-sent to another one whatever
 since the replica never saw it. A GET or HEAD whose replica died before answering (empty or
 broken response, response timeout) is re-sent too. Any other method (POST /token, a hook, a FHIR
 create or transaction, an If-Match PUT) is never re-sent once it reached a replica: the replica
-may have acted on it, so its client gets the 502/504 and decides. A replica is taken out after 2
+may have acted on it, so its client gets a 502/504 (or, on a kept-alive connection, the
+connection closed without an answer) and decides. A replica is taken out after 2
 failed checks 0.5 s apart; until then, connection failures to it are retried elsewhere. When no
 replica of a service is ready, HAProxy answers a fail-closed 503 with Retry-After in the
 service's protocol (unavailable_body).
