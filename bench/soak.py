@@ -55,6 +55,7 @@ class Tally:
     created: list[str] = field(default_factory=list)
     undocumented_5xx: list[str] = field(default_factory=list)
     hook_service_failures: Counter[str] = field(default_factory=Counter)
+    fail_closed_by: Counter[str] = field(default_factory=Counter)
 
     def add(self, kind: str, seconds: float, status: str) -> None:
         self.latencies.setdefault(kind, []).append(seconds)
@@ -127,6 +128,10 @@ async def _one(client: httpx.AsyncClient, target: Target, kind: str, rng: random
     tally.add(kind, time.monotonic() - started, str(response.status_code))
     if response.status_code >= 500 and not fail_closed(response):
         tally.undocumented_5xx.append(f"{kind} {response.status_code} {response.text[:200]}")
+    elif response.status_code == 503:
+        # HAProxy's own answer (mockehr/balancer.py) when no replica of the service is ready.
+        by = "balancer: no ready replica" if "no replica of the" in response.text else f"service ({kind})"
+        tally.fail_closed_by[by] += 1
     if kind == "create" and response.status_code == 201:
         tally.created.append(response.json()["id"])
     if kind == "hook" and response.status_code == 200:
@@ -215,6 +220,7 @@ def report(tally: Tally, elapsed: float, lost: list[str]) -> dict[str, Any]:
         "undocumented_5xx_examples": tally.undocumented_5xx[:5],
         "acknowledged_creates": len(tally.created),
         "lost_writes": len(lost),
+        "fail_closed_503_by": dict(tally.fail_closed_by),
         "hook_service_failures": dict(tally.hook_service_failures),
         "kinds": kinds,
         "failures": failures,

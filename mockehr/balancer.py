@@ -13,7 +13,7 @@ since the replica never saw it. A GET or HEAD whose replica died before answerin
 broken response, response timeout) is re-sent too. Any other method (POST /token, a hook, a FHIR
 create or transaction, an If-Match PUT) is never re-sent once it reached a replica: the replica
 may have acted on it, so its client gets a 502/504 (or, on a kept-alive connection, the
-connection closed without an answer) and decides. A replica is taken out after 2
+connection closed without an answer) and decides. A replica is taken out after 3
 failed checks 0.5 s apart; until then, connection failures to it are retried elsewhere. When no
 replica of a service is ready, HAProxy answers a fail-closed 503 with Retry-After in the
 service's protocol (unavailable_body).
@@ -103,7 +103,10 @@ def config(stack: Stack, environ: dict[str, str]) -> str:
         "    timeout server 60s",
         "    timeout http-request 10s",
         "    timeout queue 10s",
-        "    timeout check 3s",
+        # A check waits up to 5 s: on an overloaded machine a busy replica's TLS handshake alone can
+        # take seconds, and taking it out would only send its share to the others. A dead replica
+        # refuses the connection at once, whatever this timeout.
+        "    timeout check 5s",
         # The retry window: up to 2 more attempts, each on another replica (redispatch).
         "    retries 2",
         "    option redispatch 1",
@@ -112,7 +115,7 @@ def config(stack: Stack, environ: dict[str, str]) -> str:
         "    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost",
         "    http-check expect status 200",
         f"    default-server ssl verify required ca-file {ca} verifyhost localhost sni str(localhost)"
-        " check inter 500ms fall 2 rise 1",
+        " check inter 500ms fall 3 rise 1",
         "",
     ]
     for service in SERVICES:
