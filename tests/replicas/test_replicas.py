@@ -32,8 +32,7 @@ from ehr.ui.session import SESSION_COOKIE
 from mockehr.balancer import REPLICA_HEADER
 from mockehr.stack import SERVICES
 from tests.e2e.test_stack import _cds_jwt, _token_exchange
-from tests.e2e.test_third_party_clients import _form
-from tests.replicas.conftest import REPLICAS, ReplicaStack
+from tests.replicas.conftest import REPLICAS, ReplicaStack, form
 
 pytestmark = pytest.mark.e2e
 APP = "replica-app"
@@ -154,7 +153,7 @@ def test_a_smart_standalone_launch_and_refresh_cross_replicas_of_the_authorizati
         }
         login_page = _follow(client, client.get(f"{config['authorization_endpoint']}?{urlencode(query)}"))
         assert (login_page.status_code, login_page.url.path) == (200, "/login"), login_page.text
-        login = _form(login_page, "/login")
+        login = form(login_page, "/login")
         signed_in = client.post(
             urljoin(str(login_page.url), login.action),
             data={**login.hidden, "username": doctor["login"], "password": doctor["password"]},
@@ -162,7 +161,7 @@ def test_a_smart_standalone_launch_and_refresh_cross_replicas_of_the_authorizati
         assert signed_in.status_code == 303, signed_in.text
         picker = _follow(client, signed_in)
         assert picker.status_code == 200, picker.text
-        choice = _form(picker, "/authorize/select")
+        choice = form(picker, "/authorize/select")
         callback = client.post(urljoin(str(picker.url), choice.action), data={**choice.hidden, "patient": mine})
         assert callback.status_code == 303, callback.text
         answer = {k: v[0] for k, v in parse_qs(urlsplit(callback.headers["location"]).query).items()}
