@@ -7,7 +7,7 @@ ARGS ?=
 # Two workers: the machine has two cores; every test is isolated (own database, own ports).
 PYTEST_WORKERS ?= 2
 
-.PHONY: install up test test-fast fuzz lint bench docs clean
+.PHONY: install up test test-fast fuzz lint bench soak docs clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: install
 ## tests/unit/test_generated_docs.py fails when they are stale
 docs: install
 	$(PY) -m tools.docgen
+
+## soak: 200 concurrent users for 60 s against `mockehr up --replicas 2` (HAProxy, PostgreSQL,
+## Redis); fails on an undocumented 5xx, a lost write or ≥ 0.1 % errors (docs/performance.md, Soak).
+## ARGS="--users 50 --seconds 20 --json soak.json" changes it. Not part of `make test`.
+soak: install
+	$(PY) -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-interop .mockehr .pytest_cache .mypy_cache .ruff_cache test-artifacts tests/browser/jsapp/node_modules

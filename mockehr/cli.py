@@ -14,9 +14,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,7 +26,11 @@ from rich.table import Table
 
 from common.errors import ConfigError, MockEhrError
 from mockehr.settings import CliSettings
-from mockehr.stack import SIGNING_SERVICES, Stack
+from mockehr.stack import MAX_REPLICAS, SIGNING_SERVICES, Stack
+
+if TYPE_CHECKING:  # imported lazily at run time: `mockehr --help` stays fast
+    from mockehr import supervisor as supervisor_types
+    from mockehr.running import DataDirLock
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="The trusted EHR side of CDS Hooks and SMART on FHIR."
@@ -189,6 +194,11 @@ def init(
     _run(body)
 
 
+class RestartMode(StrEnum):
+    no = "no"
+    on_failure = "on-failure"
+
+
 @app.command()
 def up(
     data_dir: DataDir = None,
@@ -197,13 +207,35 @@ def up(
     redis: Redis = None,
     host: Host = None,
     patients: Patients = 30,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            min=1,
+            max=MAX_REPLICAS,
+            help="Processes per service, behind HAProxy on the usual ports (needs PostgreSQL; docs/replicas.md)",
+        ),
+    ] = 1,
+    restart: Annotated[
+        RestartMode,
+        typer.Option(
+            "--restart",
+            help="no: the stack stops when any process exits; on-failure: a crashed process is restarted "
+            "(backoff 0.5–8 s, at most 5 times in 5 minutes)",
+        ),
+    ] = RestartMode.no,
 ) -> None:
     """Start the whole stack over HTTPS and keep it running until Ctrl-C or SIGTERM."""
+    import dataclasses
+
     from mockehr import preflight, setup, supervisor
     from mockehr.running import DataDirLock
     from mockehr.summary import print_summary
 
     stack = _run(lambda: _stack(data_dir, db, redis, base_port, host, creates=True))
+    stack = dataclasses.replace(stack, replicas=replicas)
+    if replicas > 1:
+        _run(lambda: _require_replica_needs(stack))
     started = time.monotonic()
     lock = DataDirLock(stack.data_dir)
 
@@ -216,37 +248,67 @@ def up(
 
     try:
         report = _run(prepare)
+        running = _run(lambda: supervisor.start(stack))
     except BaseException:
         lock.release()
         raise
-    running = supervisor.start(stack)
-    lock.record(stack, ((r.name, r.process.pid) for r in running))
-    stopping = False
+    lock.record(stack, _processes(running))
+    policy = supervisor.RestartPolicy(on_failure=restart is RestartMode.on_failure)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
         raise KeyboardInterrupt
 
     # Both explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        _run(lambda: supervisor.wait_ready(stack, running))
+        # N replicas are N times the processes starting at once on the same cores.
+        _run(lambda: supervisor.wait_ready(stack, running, timeout=60.0 * replicas))
         _register_example_service(stack)
         print_summary(out, stack, report.users, time.monotonic() - started)
-        while True:
-            for r in running:
-                if r.process.poll() is not None:
-                    err.print(f"[red]error:[/red] {r.name} exited with code {r.process.returncode}; see {r.log_path}")
-                    raise typer.Exit(1)
-            time.sleep(0.5)
+        _supervise(stack, lock, running, policy)
     except KeyboardInterrupt:
         out.print("stopping…")
     finally:
         supervisor.stop(running)
         lock.release()
     out.print("stopped")
+
+
+def _require_replica_needs(stack: Stack) -> None:
+    """--replicas: PostgreSQL and HAProxy, both checked before anything starts."""
+    from mockehr.balancer import haproxy_binary
+
+    if not stack.db_url.startswith("postgresql"):
+        raise ConfigError(
+            "--replicas needs PostgreSQL (--db postgresql://… or MOCKEHR_DATABASE_URL): "
+            "replicas on one SQLite file would contend for its single writer"
+        )
+    haproxy_binary()
+
+
+def _processes(running: list[supervisor_types.Running]) -> list[tuple[str, str, int, int]]:
+    return [(r.name, r.label, r.port, r.process.pid) for r in running]
+
+
+def _supervise(
+    stack: Stack, lock: DataDirLock, running: list[supervisor_types.Running], policy: supervisor_types.RestartPolicy
+) -> None:
+    """Watch every process until a signal; without --restart, the first exit stops the stack (one
+    line naming the process, exit code 1); with --restart on-failure, crashes are restarted."""
+    from mockehr import supervisor
+
+    while True:
+        try:
+            said = supervisor.supervise(running, policy, time.monotonic())
+        except supervisor.ServiceExited as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        for line in said:
+            err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+        if said:
+            lock.record(stack, _processes(running))  # the new pids
+        time.sleep(0.2)
 
 
 def _register_example_service(stack: Stack) -> None:

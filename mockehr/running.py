@@ -28,12 +28,21 @@ LOCK_FILE = "up.lock"
 RECORD_FILE = "stack.json"
 
 
+class ReplicaRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str  # also the value of HAProxy's X-Mockehr-Replica header
+    port: int
+    pid: int
+
+
 class ServiceRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str
     port: int
-    pid: int
+    pid: int  # the service's process, or HAProxy's when it has replicas
+    replicas: list[ReplicaRecord] = []
 
 
 class StackRecord(BaseModel):
@@ -49,6 +58,7 @@ class StackRecord(BaseModel):
     database_url: str
     redis_url: str | None
     services: dict[str, ServiceRecord]
+    balancer_pid: int | None = None  # HAProxy, with --replicas
 
     def describe(self) -> str:
         ehr = self.services.get("ehr")
@@ -113,11 +123,19 @@ class DataDirLock:
             ) from None
         self._fd = fd
 
-    def record(self, stack: Stack, pids: Iterable[tuple[str, int]]) -> None:
-        """Write stack.json atomically (a reader never sees half a record)."""
+    def record(self, stack: Stack, processes: Iterable[tuple[str, str, int, int]]) -> None:
+        """Write stack.json atomically (a reader never sees half a record). `processes`: (service,
+        label, port, pid) of each process; with replicas, the balancer's service name is "haproxy"."""
         if self._fd is None:
             raise RuntimeError("record() before acquire()")
-        by_name = dict(pids)
+        listed = list(processes)
+        balancer = next((pid for service, _, _, pid in listed if service == "haproxy"), None)
+        by_name = {service: pid for service, label, _, pid in listed if label == service}
+        replicas: dict[str, list[ReplicaRecord]] = {}
+        for service, label, port, pid in listed:
+            if balancer is not None and service != "haproxy":
+                replicas.setdefault(service, []).append(ReplicaRecord(name=label, port=port, pid=pid))
+                by_name[service] = balancer
         record = StackRecord(
             pid=os.getpid(),
             started_at=int(time.time()),
@@ -127,10 +145,16 @@ class DataDirLock:
             database_url=stack.db_url,
             redis_url=stack.redis_url,
             services={
-                s.name: ServiceRecord(url=stack.url(s.name), port=stack.port(s.name), pid=by_name[s.name])
+                s.name: ServiceRecord(
+                    url=stack.url(s.name),
+                    port=stack.port(s.name),
+                    pid=by_name[s.name],
+                    replicas=replicas.get(s.name, []),
+                )
                 for s in SERVICES
                 if s.name in by_name
             },
+            balancer_pid=balancer,
         )
         path = self.data_dir / RECORD_FILE
         partial = path.with_name(f".{RECORD_FILE}.{os.getpid()}")

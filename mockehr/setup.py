@@ -19,7 +19,7 @@ from ehr.settings import EhrSettings
 from mockehr import migrate, preflight
 from mockehr.demo import DemoUser, demo_users, is_seeded, seed
 from mockehr.registry import register_stack_clients
-from mockehr.stack import SERVICES, SIGNING_SERVICES, Stack, compose_host
+from mockehr.stack import REPLICA_HOST, SERVICES, SIGNING_SERVICES, Stack, compose_host
 
 
 def signing_alg(service: str) -> Alg:
@@ -44,6 +44,9 @@ def check(stack: Stack, *, ports: bool) -> None:
     if ports:
         for service in SERVICES:
             preflight.check_port_free(stack.host, stack.port(service.name))
+            if stack.replicas > 1:
+                for port in stack.listen_ports(service.name):
+                    preflight.check_port_free(REPLICA_HOST, port)
 
 
 def prepare(stack: Stack, *, patients: int = 30, seed_value: int = 1, do_seed: bool = True) -> SetupReport:

@@ -30,6 +30,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("cds-example", "examples.cds_service.app:create_app", "MOCKEHR_CDS_", 3, "/cds-services"),
     ServiceSpec("smart-example", "examples.smart_app.app:create_app", "MOCKEHR_SMART_", 4, "/launch"),
 )
+# Replicas listen on internal loopback ports from base + REPLICA_PORT_OFFSET (Stack.replica_port).
+REPLICA_PORT_OFFSET = 100
+# Replicas are reached only through the load balancer on the same machine: loopback, whatever --host says.
+REPLICA_HOST = "127.0.0.1"
+MAX_REPLICAS = 8
 SIGNING_SERVICES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.signs)
 
 
@@ -59,6 +64,9 @@ class Stack:
     # one URL works on both sides, with no hosts-file entry.
     compose_names: bool = False
     kek_value: str | None = None  # from MOCKEHR_KEY_ENCRYPTION_KEY; else <data_dir>/kek
+    # Processes per service. Above 1, HAProxy holds the public ports and each replica listens on
+    # an internal loopback port (replica_port); docs/replicas.md.
+    replicas: int = 1
 
     def kek(self) -> bytes:
         """The key-encryption key: the configured one, or the data directory's (created once)."""
@@ -74,6 +82,19 @@ class Stack:
 
     def port(self, name: str) -> int:
         return self.base_port + spec(name).port_offset
+
+    def replica_port(self, name: str, index: int) -> int:
+        """The internal port of replica `index` (0-based) of service `name`: base + 100 + 10 × the
+        service's offset + index (9100–9107 for the EHR, 9110… the authorization server, …)."""
+        if not 0 <= index < MAX_REPLICAS:
+            raise ValueError(f"replica index {index} out of range")
+        return self.base_port + REPLICA_PORT_OFFSET + 10 * spec(name).port_offset + index
+
+    def listen_ports(self, name: str) -> list[int]:
+        """Where the processes of service `name` listen: its public port, or its replicas' ports."""
+        if self.replicas <= 1:
+            return [self.port(name)]
+        return [self.replica_port(name, i) for i in range(self.replicas)]
 
     def base_url(self, name: str) -> str:
         if self.compose_names:

@@ -26,7 +26,7 @@ HOLDER = textwrap.dedent(
     data_dir = Path(sys.argv[1])
     lock = DataDirLock(data_dir)
     lock.acquire()
-    lock.record(Stack(data_dir=data_dir, base_port=int(sys.argv[2])), [("ehr", 4242)])
+    lock.record(Stack(data_dir=data_dir, base_port=int(sys.argv[2])), [("ehr", "ehr", int(sys.argv[2]), 4242)])
     print("locked", flush=True)
     time.sleep(120)
     """
@@ -67,7 +67,7 @@ def test_the_lock_and_record_of_an_up_that_died_are_taken_over(tmp_path: Path, h
     lock = DataDirLock(tmp_path)
     lock.acquire()
     try:
-        lock.record(Stack(data_dir=tmp_path, base_port=24000), [("ehr", 1)])
+        lock.record(Stack(data_dir=tmp_path, base_port=24000), [("ehr", "ehr", 24000, 1)])
         taken = read_record(tmp_path)
         assert taken is not None and taken.base_port == 24000
     finally:

@@ -13,12 +13,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([REPO_ROOT / "README.md", *(REPO_ROOT / "docs").rglob("*.md")])
 
-# Pages that other branches of issue 17 add, linked ahead of their merge: docs/replicas.md
-# (running replicas) and deploy/README.md (Kubernetes). A link to one of these may point at a
-# file that does not exist yet; nothing else may. Once both are merged this set can be emptied,
-# and test_the_pending_pages_are_only_the_two_expected_ones keeps it from growing meanwhile.
-PENDING = frozenset({"docs/replicas.md", "deploy/README.md"})
-
 LINK = re.compile(r"(?<!\!)\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 ANCHOR = re.compile(r'<a id="([^"]+)">')
@@ -57,8 +51,7 @@ def _broken(page: Path, root: Path = REPO_ROOT) -> list[str]:
         dest = (page.parent / path_part).resolve() if path_part else page
         relative = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else str(dest)
         if not dest.exists():
-            if relative not in PENDING:
-                broken.append(f"{target} (no file {relative})")
+            broken.append(f"{target} (no file {relative})")
             continue
         if fragment and dest.suffix == ".md" and fragment not in _anchors(dest):
             broken.append(f"{target} (no heading #{fragment} in {relative})")
@@ -79,16 +72,11 @@ def test_the_readme_is_read_in_five_minutes() -> None:
     assert len((REPO_ROOT / "README.md").read_text().splitlines()) <= 300
 
 
-def test_the_pending_pages_are_only_the_two_expected_ones() -> None:
-    assert {"docs/replicas.md", "deploy/README.md"} >= PENDING
-
-
 def test_a_link_to_a_missing_file_or_heading_is_caught(tmp_path: Path) -> None:
-    # The checker itself must be able to fail: a missing file, a missing heading; a pending page
-    # passes only under its exact path.
+    # The checker itself must be able to fail: a missing file, a missing heading.
     page = tmp_path / "docs" / "page.md"
     page.parent.mkdir()
-    page.write_text("# Title\n\n[ok](#title) [gone](nowhere.md) [bad](#no-such-heading) [later](replicas.md)\n")
+    page.write_text("# Title\n\n[ok](#title) [gone](nowhere.md) [bad](#no-such-heading)\n")
     assert _broken(page, tmp_path.resolve()) == [
         "nowhere.md (no file docs/nowhere.md)",
         "#no-such-heading (no heading #no-such-heading in docs/page.md)",
