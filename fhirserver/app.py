@@ -19,7 +19,7 @@ from common.health import Check
 from common.runtime import Runtime
 from common.settings import load_settings
 from fhirserver.failures import install_failure_handlers
-from fhirserver.routes import router
+from fhirserver.routes import install_routes
 from fhirserver.settings import FhirSettings
 from fhirserver.state import close_state, fhir_state, open_state
 
@@ -63,7 +63,7 @@ def create_app(
         expose_headers=("Location", "ETag", "Content-Location", "Last-Modified"),
         registered=registered_origins(app),
     )
-    app.include_router(router)
+    install_routes(app)
     return app
 
 
