@@ -5,8 +5,8 @@ fhirserver/data by data/derive.py; a Patient is in its own compartment) of the p
 context, its user's panel or its scopes allow (`Restriction`, built per request by
 `restriction_for` from the guard's decisions). The rule is applied in SQL
 (`compartment_condition`, `own_condition`: fhirserver.search puts them in every statement it
-builds), and as one indexed lookup (`in_compartment`). A practitioner's patients are those named
-by the reference index (`patients_of_practitioner`, DESIGN.md "Identities").
+builds), and as one indexed lookup (`in_compartment`). A practitioner's panel, which a user
+token's compartment is, comes from the reference index (`patients_of_practitioner`).
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ async def in_compartment(session: AsyncSession, rtype: str, rid: str, patient_id
 
 
 async def patients_of_practitioner(session: AsyncSession, practitioner_id: str) -> frozenset[str]:
-    """A practitioner's patients (DESIGN.md, Identities): those whose Patient.generalPractitioner
-    names them, and the subjects of every CareTeam with them as a participant member."""
+    """A practitioner's patients: those whose Patient.generalPractitioner names them, and the
+    subjects of every CareTeam with them as a participant member."""
     await storage.flush_index(session)
     named = and_(REF.target_id == practitioner_id, REF.target_type == "Practitioner")
     by_gp = select(REF.resource_id).where(named, REF.resource_type == "Patient", REF.param == "general-practitioner")
