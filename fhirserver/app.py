@@ -6,8 +6,6 @@ Without a token only /fhir/metadata and /fhir/.well-known/smart-configuration an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import httpx
 from fastapi import FastAPI
 
@@ -15,13 +13,12 @@ from common.app import service_app
 from common.app_origins import registered_origins
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
-from common.health import Check
 from common.runtime import Runtime
 from common.settings import load_settings
 from fhirserver.failures import install_failure_handlers
 from fhirserver.routes import install_routes
 from fhirserver.settings import FhirSettings
-from fhirserver.state import close_state, fhir_state, open_state
+from fhirserver.state import close_state, fhir_state, open_state, readiness_checks
 
 
 def create_app(
@@ -50,7 +47,7 @@ def create_app(
         clock=clock,
         on_start=on_start,
         on_stop=on_stop,
-        extra_checks=_readiness,
+        extra_checks=lambda app: readiness_checks(fhir_state(app)),
     )
     install_failure_handlers(app)
     # Outermost, so a preflight from an allowed origin (configured, or of a registered SMART app)
@@ -65,20 +62,6 @@ def create_app(
     )
     install_routes(app)
     return app
-
-
-def _readiness(app: FastAPI) -> Mapping[str, Check]:
-    """Ready when the authorization server's keys and its revocation feed are reachable."""
-    state = fhir_state(app)
-
-    async def authserver_keys() -> None:
-        await state.jwks.key_set()
-
-    async def revocation_feed() -> None:
-        if not state.revocations.fresh():
-            await state.revocations.poll_once()
-
-    return {"authserver_jwks": authserver_keys, "revocation_feed": revocation_feed}
 
 
 def _cors_methods(path: str) -> str | None:

@@ -7,6 +7,7 @@ One `FhirState` per app, built when the runtime opens (`open_state`) and stopped
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.clock import Clock
 from common.db import make_sessionmaker
+from common.health import Check
 from common.jwks import JwksCache
 from common.runtime import Runtime
 from fhirserver.audit import AuditWriter
@@ -24,7 +26,7 @@ from fhirserver.guard import Guard
 from fhirserver.revocations import RevocationWatcher
 from fhirserver.settings import FhirSettings
 
-__all__ = ["FhirState", "StateDep", "close_state", "fhir_state", "get_state", "open_state"]
+__all__ = ["FhirState", "StateDep", "close_state", "fhir_state", "get_state", "open_state", "readiness_checks"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,19 @@ def open_state(
 async def close_state(state: FhirState) -> None:
     await state.revocations.stop()
     await state.audit.stop()
+
+
+def readiness_checks(state: FhirState) -> Mapping[str, Check]:
+    """Ready when the authorization server's keys and its revocation feed are reachable."""
+
+    async def authserver_keys() -> None:
+        await state.jwks.key_set()
+
+    async def revocation_feed() -> None:
+        if not state.revocations.fresh():
+            await state.revocations.poll_once()
+
+    return {"authserver_jwks": authserver_keys, "revocation_feed": revocation_feed}
 
 
 def fhir_state(app: FastAPI | Any) -> FhirState:
