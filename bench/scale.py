@@ -21,7 +21,8 @@ from typing import Any
 
 from common.db import make_engine, make_sessionmaker
 from fhirserver import storage
-from fhirserver.search import Restriction, search
+from fhirserver.compartments import Restriction
+from fhirserver.search import search
 from fhirserver.validation import validate_resource
 from mockehr import migrate
 from mockehr.seed import generate

@@ -10,7 +10,7 @@ Search indexes are kept for current versions only (fhirserver.storage), so a pas
 judged from its JSON, with no second matcher:
 
 - compartment: the references the indexing code extracts from the version
-  (`storage.index_rows`), the very rows `search.compartment_condition` looks up in SQL for a
+  (`storage.index_rows`), the very rows `compartments.compartment_condition` looks up in SQL for a
   current version;
 - granular filters: the search itself (`search.find_by_id`) decides whether the current version
   matches; a past version counts as matching only if it indexes every parameter the filters
@@ -29,8 +29,9 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fhirserver import storage
+from fhirserver.compartments import Restriction
 from fhirserver.models import ReferenceIndexRow, ResourceVersionRow, SearchReferenceRow
-from fhirserver.search import Restriction, find_by_id
+from fhirserver.search import find_by_id
 from fhirserver.searchparams import compartment_params
 
 _OWNER = frozenset({"resource_type", "resource_id"})
@@ -39,7 +40,7 @@ _OWNER = frozenset({"resource_type", "resource_id"})
 def in_compartment_of(resource: dict[str, Any], patient_ids: frozenset[str]) -> bool:
     """Is this resource content in the Patient compartment of one of `patient_ids`?
 
-    The rule of `search.compartment_condition` (CompartmentDefinition-patient), applied to the
+    The rule of `compartments.compartment_condition` (CompartmentDefinition-patient), applied to the
     reference rows the indexing code extracts from the content instead of the stored index.
     """
     rtype = str(resource.get("resourceType", ""))

@@ -28,6 +28,7 @@ from common.bodies import parse_json
 from common.numbers import bounded_int
 from fhirserver import cursor, history, storage
 from fhirserver.audit import AuditRecord, AuditWriter
+from fhirserver.compartments import Restriction, restriction_for
 from fhirserver.errors import (
     FhirError,
     GoneError,
@@ -39,7 +40,7 @@ from fhirserver.errors import (
 from fhirserver.guard import Access, ForbiddenError, Guard, Permission, Principal, View
 from fhirserver.models import ResourceVersionRow
 from fhirserver.negotiation import FHIR_JSON, check_content_type, prefer_return, strict_handling
-from fhirserver.search import SUPPORTED_TYPES, Restriction, SearchResult, find_by_id, search
+from fhirserver.search import SUPPORTED_TYPES, SearchResult, find_by_id, search
 from fhirserver.settings import FhirSettings
 from fhirserver.transaction import EntryGuard, process_transaction
 from fhirserver.validation import validate_resource
@@ -95,25 +96,7 @@ class Context:
 
     def restriction(self, access: Access) -> Restriction:
         """The searched type's own restriction, plus what included/chained types may show."""
-        view = self._view
-        if view is None:  # access() always runs first; refuse rather than widen
-            raise ForbiddenError
-        patients = access.patient_ids
-        if view.patient_ids is not None:
-            patients = view.patient_ids if patients is None else patients & view.patient_ids
-        # The user's own Practitioner (and roles): in the searched type only if this interaction
-        # reads it (a write never reaches them this way), in included types as the view says.
-        own_types = view.own_types - {access.resource_type}
-        if access.own_practitioner is not None:
-            own_types |= {access.resource_type}
-        return Restriction(
-            allowed_patient_ids=patients,
-            extra_filters=[list(group) for group in access.filters],
-            types=view.types,
-            type_filters={t: [list(g) for g in f] for t, f in view.type_filters.items()},
-            own_practitioner=(access.own_practitioner or view.own_practitioner) if own_types else None,
-            own_types=frozenset(own_types),
-        )
+        return restriction_for(access, self._view)  # access() always runs first and takes the view
 
     def record(self, interaction: str, target: str, status: int) -> None:
         if not self.principal.acting_for_cds_service:
@@ -359,7 +342,8 @@ def _searchset(
 # --- writes ------------------------------------------------------------------------------------
 
 
-async def _json_body(request: Request, max_depth: int) -> Any:
+async def json_body(request: Request, max_depth: int) -> Any:
+    """The request's JSON body, after its Content-Type (415) and syntax (400 `structure`)."""
     # BodyLimitMiddleware has already held the body to max_body_bytes (413) and its depth (400).
     check_content_type(request)
     try:
@@ -604,6 +588,19 @@ async def everything(session: AsyncSession, ctx: Context, patient_id: str, compa
     return fhir_response(
         {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries[:MAX_EVERYTHING]}
     )
+
+
+def bundle_kind(body: Any, max_entries: int) -> str:
+    """`batch` or `transaction`: what POST to the base takes (http.html#transaction), or FhirError."""
+    kind = body.get("type") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or kind not in ("batch", "transaction"):
+        raise FhirError([Issue("POST to the base takes a batch or transaction Bundle", code="invalid")])
+    entries = body.get("entry") or []
+    if not isinstance(entries, list):  # FHIR R4 Bundle.entry is 0..*: a JSON array
+        raise FhirError([Issue("Bundle.entry must be a list", code="invalid")])
+    if len(entries) > max_entries:
+        raise FhirError([Issue(f"a Bundle may hold at most {max_entries} entries", code="too-costly")], status=413)
+    return str(kind)
 
 
 async def batch(sessions: Any, ctx: Context, bundle: dict[str, Any], key: bytes) -> Response:

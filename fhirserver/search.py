@@ -45,7 +45,6 @@ from sqlalchemy import (
     false,
     func,
     intersect,
-    literal,
     not_,
     or_,
     select,
@@ -62,6 +61,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from common.numbers import INT64_MAX, bounded_int
 from fhirserver import searchparams, storage
+from fhirserver.compartments import Restriction, compartment_condition, own_condition
 from fhirserver.errors import FhirError, Issue
 from fhirserver.indexing import MAX_STRING, date_range, normalize
 from fhirserver.models import (
@@ -76,20 +76,8 @@ from fhirserver.models import (
 )
 from fhirserver.searchparams import SUPPORTED_TYPES, SearchLimits, SearchParam, compartment_params
 
-__all__ = [
-    "COMPARTMENT_TYPES",
-    "SUPPORTED_TYPES",
-    "Restriction",
-    "SearchResult",
-    "find_by_id",
-    "in_compartment",
-    "patients_of_practitioner",
-    "search",
-]
+__all__ = ["SUPPORTED_TYPES", "SearchResult", "find_by_id", "search"]
 
-# The supported types in the Patient compartment besides Patient itself (Patient/$everything).
-COMPARTMENT_TYPES: list[str] = sorted(t for t in SUPPORTED_TYPES if t != "Patient" and compartment_params(t))
-Filters = list[list[tuple[str, str]]]
 Cond = ColumnElement[bool]
 Expr = ColumnElement[Any] | QueryableAttribute[Any]
 REF = SearchReferenceRow
@@ -115,34 +103,6 @@ _MODIFIERS = {
 _UNSUPPORTED_MODIFIERS = {"in", "not-in", "below", "above", "of-type", "identifier", "iterate"}
 _RESULT_PARAMS = {"_count", "_sort", "_summary", "_total", "_elements", "_include", "_revinclude"}
 _IGNORED = {"_format", "_pretty"}  # answered by the REST layer
-
-
-@dataclass(frozen=True)
-class Restriction:
-    """What the caller may see; applied inside SQL to matches, totals and included resources.
-
-    - allowed_patient_ids: only resources in the Patient compartment of one of these patients
-      (CompartmentDefinition-patient; a Patient is in its own compartment); types outside that
-      compartment are invisible. None means no compartment restriction.
-    - extra_filters: granular scope filters for the searched type, an OR of AND-groups of search
-      parameters, e.g. [[("category", "laboratory")]]. Empty means no filter. A group with a
-      parameter this server cannot evaluate matches nothing (fail closed).
-    - types: the resource types that may be returned at all (None: any).
-    - type_filters: like extra_filters, for other types (included resources, _has and chains).
-    - own_practitioner, own_types: besides the compartment, in these types (Practitioner,
-      PractitionerRole) the user's own Practitioner and the PractitionerRoles naming it are
-      visible (`own_condition`); nothing else outside the compartment is.
-    """
-
-    allowed_patient_ids: frozenset[str] | None = None
-    extra_filters: Filters = field(default_factory=list)
-    types: frozenset[str] | None = None
-    type_filters: dict[str, Filters] = field(default_factory=dict)
-    own_practitioner: str | None = None
-    own_types: frozenset[str] = frozenset()
-
-    def shows_own(self, rtype: str) -> bool:
-        return self.own_practitioner is not None and rtype in self.own_types
 
 
 @dataclass
@@ -585,37 +545,6 @@ def _starts_with(column: Expr, prefix: str) -> Cond:
         return column.is_not(None)
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     return and_(column >= prefix, column < upper)
-
-
-def compartment_condition(rtype: str, id_col: ColumnElement[str], patient_ids: frozenset[str]) -> Cond:
-    """`id_col` is in the Patient compartment of one of `patient_ids` (CompartmentDefinition-patient)."""
-    codes = compartment_params(rtype)
-    if codes is None or not patient_ids:
-        return false()
-    members = select(REF.resource_id).where(
-        REF.target_id.in_(sorted(patient_ids)),
-        REF.target_type == "Patient",
-        REF.resource_type == rtype,
-        REF.param.in_(codes),
-    )
-    cond = id_col.in_(members)
-    return or_(id_col.in_(sorted(patient_ids)), cond) if rtype == "Patient" else cond
-
-
-def own_condition(rtype: str, id_col: ColumnElement[str], practitioner_id: str) -> Cond:
-    """`id_col` is the user's own Practitioner, or a PractitionerRole whose `practitioner` is them."""
-    if rtype == "Practitioner":
-        return id_col == practitioner_id
-    if rtype == "PractitionerRole":
-        return id_col.in_(
-            select(REF.resource_id).where(
-                REF.resource_type == "PractitionerRole",
-                REF.param == "practitioner",
-                REF.target_type == "Practitioner",
-                REF.target_id == practitioner_id,
-            )
-        )
-    return false()
 
 
 # --- result parameters (search.html#count, #sort, #summary, #elements, #include) -------------
@@ -1152,48 +1081,3 @@ async def _fetch_visible(session: AsyncSession, builder: _Builder, keys: set[tup
         )
         out.extend(_loads(c) for c in (await session.execute(stmt)).scalars())
     return out
-
-
-# --- access checks --------------------------------------------------------------------------
-
-
-async def in_compartment(session: AsyncSession, rtype: str, rid: str, patient_ids: frozenset[str] | None) -> bool:
-    """Is `rtype/rid` in the Patient compartment of one of `patient_ids`? (one indexed lookup)"""
-    if not patient_ids:
-        return False
-    if rtype == "Patient" and rid in patient_ids:
-        return True
-    codes = compartment_params(rtype)
-    if codes is None:
-        return False
-    await storage.flush_index(session)
-    stmt = (
-        select(literal(1))
-        .where(
-            REF.resource_type == rtype,
-            REF.resource_id == rid,
-            REF.param.in_(codes),
-            REF.target_type == "Patient",
-            REF.target_id.in_(sorted(patient_ids)),
-        )
-        .limit(1)
-    )
-    return (await session.execute(stmt)).first() is not None
-
-
-async def patients_of_practitioner(session: AsyncSession, practitioner_id: str) -> frozenset[str]:
-    """A practitioner's patients (DESIGN.md, Identities): those whose Patient.generalPractitioner
-    names them, and the subjects of every CareTeam with them as a participant member."""
-    await storage.flush_index(session)
-    named = and_(REF.target_id == practitioner_id, REF.target_type == "Practitioner")
-    by_gp = select(REF.resource_id).where(named, REF.resource_type == "Patient", REF.param == "general-practitioner")
-    teams = select(REF.resource_id).where(named, REF.resource_type == "CareTeam", REF.param == "participant")
-    member = aliased(SearchReferenceRow)
-    by_team = select(member.target_id).where(
-        member.resource_type == "CareTeam",
-        member.resource_id.in_(teams),
-        member.param == "subject",
-        member.target_type == "Patient",
-    )
-    rows = await session.execute(by_gp.union(by_team))
-    return frozenset(r for (r,) in rows if r)

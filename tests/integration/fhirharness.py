@@ -23,6 +23,7 @@ from common.clock import FrozenClock
 from common.jose import new_jti, sign_jwt
 from fhirserver.app import create_app as create_fhirserver
 from fhirserver.settings import FhirSettings
+from fhirserver.state import fhir_state
 from mockehr.demo import seed
 from mockehr.seed import SeedResult, generate
 from tests.integration.apps import serving
@@ -116,5 +117,5 @@ async def fhir_harness(
             fhir_app = create_fhirserver(fhir_settings, clock=clock, authserver_client=to_auth)
             async with serving(fhir_app, FHIR_ORIGIN) as client:
                 await seed(fhir_app.state.runtime.sessions, tmp_path, patients=patients)
-                await fhir_app.state.revocations.poll_once()
+                await fhir_state(fhir_app).revocations.poll_once()
                 yield FhirHarness(client, auth_app, fhir_app, clock, generate(patients))

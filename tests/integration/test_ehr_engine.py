@@ -22,6 +22,7 @@ from common.tls import CertPaths, ensure_ca, issue_certificate
 from ehr.client_jwt import MAX_LIFETIME_SECONDS
 from ehr.hooks import HookContextError
 from ehr.invoke import REDACTED
+from fhirserver.state import fhir_state
 from tests.integration.ehr_engine_harness import EHR, SCOPES, Doubles, EngineStack, engine_stack, serve, service
 
 
@@ -102,7 +103,7 @@ async def test_the_service_receives_a_verifiable_jwt_and_a_token_bound_to_it_and
 
     # The token the service got was revoked when the exchange ended.
     token = authorization["access_token"]
-    await fhir.fhir_app.state.revocations.poll_once()
+    await fhir_state(fhir.fhir_app).revocations.poll_once()
     assert (await fhir.get(f"Patient/{mine}", token)).status_code == 401
     assert (await fhir.get(f"Patient/{theirs}", token)).status_code == 401
 

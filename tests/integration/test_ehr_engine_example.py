@@ -24,6 +24,7 @@ from ehr.prefetch import check_template
 from examples.cds_service import greeting, results
 from examples.cds_service.app import create_app as create_cds
 from examples.cds_service.settings import CdsSettings
+from fhirserver.state import fhir_state
 from tests.integration.apps import serving
 from tests.integration.ehr_engine_harness import EHR, SCOPES, EngineStack, engine_stack
 from tests.integration.fhirharness import FHIR
@@ -140,7 +141,7 @@ async def test_with_prefetch_withheld_the_service_reads_fhir_with_its_own_per_ca
         assert claims["client_id"] == "cds-b" and claims["patient"] == mine
         assert request.url.params.get("patient") == mine
     # And that token is dead now that the exchange is over.
-    await stack.fhir.fhir_app.state.revocations.poll_once()
+    await fhir_state(stack.fhir.fhir_app).revocations.poll_once()
     token = fallback[0].headers["authorization"].removeprefix("Bearer ")
     assert (await stack.fhir.get(f"Patient/{mine}", token)).status_code == 401
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from ehr.exchange import ServiceResult
+from fhirserver.state import fhir_state
 from tests.integration.ehr_engine_harness import (
     Doubles,
     EngineStack,
@@ -59,7 +60,7 @@ def by_id(results: list[ServiceResult]) -> dict[str, ServiceResult]:
 
 async def assert_revoked(stack: EngineStack, token: str) -> None:
     await stack.engine.settle()
-    await stack.fhir.fhir_app.state.revocations.poll_once()
+    await fhir_state(stack.fhir.fhir_app).revocations.poll_once()
     patient = stack.fhir.patient_of(0)
     assert (await stack.fhir.get(f"Patient/{patient}", token)).status_code == 401
 

@@ -23,6 +23,7 @@ from authserver.models import LaunchRow
 from authserver.sessions import digest
 from ehr.models import SmartLaunchRow
 from ehr.ui.session import SESSION_COOKIE, CookieBox, Session
+from fhirserver.state import fhir_state
 from mockehr.demo import USERS_FILE
 from tests.integration.authharness import claims_of
 from tests.integration.ehrharness import EHR, EhrHarness, Router, ehr_harness
@@ -272,7 +273,7 @@ async def test_a_token_revoked_launch_is_refused_by_the_fhir_server_before_exp_a
         h, _launch_value(await _launch(h, patientId=patient, options={"simulateError": "token_revoked"}))
     )
     plain = await _app_tokens(h, _launch_value(await _launch(h, patientId=patient)))
-    await h.fhir.fhir_app.state.revocations.poll_once()  # what the FHIR server does every ≤ 0.5 s
+    await fhir_state(h.fhir.fhir_app).revocations.poll_once()  # what the FHIR server does every ≤ 0.5 s
     assert claims_of(revoked["access_token"])["exp"] > h.fhir.clock()
     refused = await h.fhir.get(f"Patient/{patient}", revoked["access_token"])
     assert refused.status_code == 401

@@ -17,6 +17,7 @@ from authserver.settings import AuthSettings
 from common.clock import FrozenClock
 from fhirserver.app import create_app as create_fhirserver
 from fhirserver.settings import FhirSettings
+from fhirserver.state import fhir_state
 from mockehr.demo import seed
 from mockehr.seed import generate
 from tests.integration.apps import serving
@@ -48,7 +49,7 @@ async def cors_harness(tmp_path: Path, database_url: str, cors_origins: list[str
             fhir_app = create_fhirserver(fhir_settings, clock=clock, authserver_client=to_auth)
             async with serving(fhir_app, FHIR_ORIGIN) as client:
                 await seed(fhir_app.state.runtime.sessions, tmp_path, patients=PATIENTS)
-                await fhir_app.state.revocations.poll_once()
+                await fhir_state(fhir_app).revocations.poll_once()
                 yield FhirHarness(client, auth_app, fhir_app, clock, generate(PATIENTS))
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from authserver import tokens
 from fhirserver.models import ResourceRow
+from fhirserver.state import fhir_state
 from tests.integration.fhirharness import FHIR, FhirHarness, fhir_harness
 
 SYSTEM = "system/*.cruds"
@@ -100,7 +101,7 @@ async def test_a_revoked_token_is_refused_as_soon_as_the_feed_is_polled(fhir: Fh
     async with runtime.sessions() as session, session.begin():
         row = (await session.execute(select(tokens.IssuedTokenRow))).scalars().one()
         await tokens.revoke(session, [row], int(fhir.clock()))
-    await fhir.fhir_app.state.revocations.poll_once()  # what the watcher does every 0.5 s
+    await fhir_state(fhir.fhir_app).revocations.poll_once()  # what the watcher does every 0.5 s
     _assert_bare_401(await fhir.get("Patient", token))
 
 
@@ -334,7 +335,7 @@ async def test_every_request_with_a_cds_service_token_is_audited(fhir: FhirHarne
     token = await fhir.token("patient/Observation.rs", patient=patient, user=user, client_id="cds-example", act="ehr")
     assert (await fhir.get("Observation", token, patient=patient)).status_code == 200
     assert (await fhir.get("Condition", token, patient=patient)).status_code == 403
-    await fhir.fhir_app.state.audit.flush()
+    await fhir_state(fhir.fhir_app).audit.flush()
     events = (await fhir.get("AuditEvent", await fhir.token(SYSTEM), _count=50)).json()["entry"]
     records = [e["resource"] for e in events]
     assert len(records) == 2
@@ -353,7 +354,7 @@ async def test_no_token_can_write_change_or_delete_audit_events(fhir: FhirHarnes
         "patient/Observation.rs", patient=patient, user=fhir.practitioner(0), client_id="cds-example", act="ehr"
     )
     await fhir.get("Observation", cds, patient=patient)
-    await fhir.fhir_app.state.audit.flush()
+    await fhir_state(fhir.fhir_app).audit.flush()
     system = await fhir.token(SYSTEM)
     event = (await fhir.get("AuditEvent", system)).json()["entry"][0]["resource"]
     for token in (await fhir.token("patient/*.cruds", patient=patient), system):

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from sqlalchemy import select
 
+from fhirserver.compartments import in_compartment
 from fhirserver.history import in_compartment_of
 from fhirserver.models import ResourceRow
-from fhirserver.search import in_compartment
 from tests.integration.fhirharness import FhirHarness, fhir_harness
 
 SYSTEM = "system/*.cruds"

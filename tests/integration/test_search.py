@@ -23,8 +23,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from common.db import make_engine, make_sessionmaker
+from fhirserver.compartments import Restriction, in_compartment
 from fhirserver.errors import FhirError
-from fhirserver.search import Restriction, SearchResult, in_compartment, search, statements
+from fhirserver.search import SearchResult, search, statements
 from fhirserver.transaction import process_transaction
 from mockehr import migrate
 from tests.conftest import _pg_admin, _pg_url

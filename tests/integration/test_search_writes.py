@@ -13,8 +13,9 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fhirserver import storage
+from fhirserver.compartments import Restriction, in_compartment, patients_of_practitioner
 from fhirserver.models import DateIndexRow, SearchReferenceRow, TokenIndexRow
-from fhirserver.search import Restriction, in_compartment, patients_of_practitioner, search
+from fhirserver.search import search
 
 Sessions = async_sessionmaker[AsyncSession]
 BASE = "https://ehr.example/fhir"

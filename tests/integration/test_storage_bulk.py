@@ -12,8 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from fhirserver import storage
+from fhirserver.compartments import Restriction
 from fhirserver.models import ResourceRow, ResourceVersionRow, SearchReferenceRow
-from fhirserver.search import Restriction, search
+from fhirserver.search import search
 from mockehr.seed import generate
 
 Sessions = async_sessionmaker[AsyncSession]
