@@ -57,3 +57,7 @@ class AccessDeniedError(OAuthError):
 
 class UnsupportedTokenTypeError(OAuthError):
     error = "unsupported_token_type"
+
+
+class AdminUnauthorizedError(Exception):
+    """The admin API's refusal: a bare 401 (admin.py), no OAuth body for strangers."""
