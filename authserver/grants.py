@@ -50,6 +50,14 @@ class TokenRequest:
     def auth(self) -> ClientAuthenticator:
         return self.state.client_auth
 
+    async def can_see(self, user: User, patient_id: str) -> bool:
+        """The reach check, failing closed with an OAuth error when the FHIR server cannot
+        answer (raised inside a grant's transaction, it also rolls back what the grant did)."""
+        try:
+            return await self.state.reach.can_see(user, patient_id)
+        except ReachUnavailableError as exc:
+            raise InvalidRequestError("the patient could not be checked right now; try again") from exc
+
 
 GrantHandler = Callable[[TokenRequest], Awaitable[TokenResponse]]
 
@@ -83,7 +91,7 @@ async def authorization_code(req: TokenRequest) -> TokenResponse:
 async def refresh_token(req: TokenRequest) -> TokenResponse:
     app = await smart_app(req, REFRESH_TOKEN)
     audience(req.settings, one(req.form, "resource"))
-    return await refresh.refresh_token_grant(req.runtime, req.settings, app, req.form, req.state.reach.can_see)
+    return await refresh.refresh_token_grant(req.runtime, req.settings, app, req.form, req.can_see)
 
 
 async def client_credentials(req: TokenRequest) -> TokenResponse:
@@ -129,17 +137,10 @@ async def _exchange(req: TokenRequest, actor: clients.Client, aud: str) -> Grant
             [settings.fhir_base_url],
             int(runtime.clock()),
         )
-
-    async def can_see(u: User, patient_id: str) -> bool:
-        try:
-            return await req.state.reach.can_see(u, patient_id)
-        except ReachUnavailableError as exc:
-            raise InvalidRequestError("the patient could not be checked right now; try again") from exc
-
     exchange = ExchangeRequest(
         actor=actor, service=service, user=user, patient=patient, scope=one(form, "scope"), audience=aud
     )
-    return await exchange_grant(exchange, can_see, settings.access_token_lifetime_seconds)
+    return await exchange_grant(exchange, req.can_see, settings.access_token_lifetime_seconds)
 
 
 GRANTS: Mapping[str, GrantHandler] = {
