@@ -6,8 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from authserver.errors import AdminUnauthorizedError, OAuthError
-from authserver.token_response import NO_STORE
+from authserver.errors import NO_STORE, AdminUnauthorizedError, OAuthError
 from common.errors import BodyRefusedError
 
 # The pages a browser posts forms to (login.py, authorize.py); every other route is for programs.

@@ -47,7 +47,7 @@ from authserver import clients, users
 from authserver.client_auth import ClientAuthenticator
 from authserver.clients import Client
 from authserver.deps import PatientReach, StateDep
-from authserver.errors import InvalidRequestError, UnauthorizedClientError
+from authserver.errors import NO_STORE, InvalidRequestError, UnauthorizedClientError
 from authserver.launch_options import LaunchOptions
 from authserver.launch_options import parse as parse_options
 from authserver.models import LaunchRow
@@ -57,7 +57,6 @@ from authserver.users import User
 from common.bodies import parse_json
 from common.runtime import Runtime
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 _RELATIVE_REFERENCE = re.compile(r"[A-Z][A-Za-z]{0,63}/[A-Za-z0-9\-.]{1,64}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")

@@ -5,7 +5,7 @@ token exchange, and for SMART apps authorization_code and refresh_token) and ren
 token response (token_response.py).
 
 Responses that carry tokens send `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749
-§5.1); errors are RFC 6749 §5.2 JSON through the one OAuthError handler (app.py).
+§5.1); errors are RFC 6749 §5.2 JSON through the one OAuthError handler (error_responses.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authserver import refresh, tokens
 from authserver.clients import Client
 from authserver.deps import RuntimeDep, StateDep
-from authserver.errors import InvalidRequestError, UnauthorizedClientError, UnsupportedGrantTypeError
+from authserver.errors import NO_STORE, InvalidRequestError, UnauthorizedClientError, UnsupportedGrantTypeError
 from authserver.forms import one
 from authserver.grants import GRANTS, TokenRequest
-from authserver.token_response import NO_STORE, render
+from authserver.token_response import render
 from common.errors import TokenInvalidError
 from common.numbers import INT32_MAX, bounded_int
 

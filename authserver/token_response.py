@@ -16,13 +16,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authserver import tokens
+from authserver.errors import NO_STORE
 from authserver.launch import LaunchContext
 from authserver.settings import AuthSettings
 from authserver.tokens import Grant, Issued
 from authserver.users import User
 from common.runtime import Runtime
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 @dataclass(frozen=True)
