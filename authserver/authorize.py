@@ -28,25 +28,26 @@ GET answers with 302 and POST (SMART "authorize-post") with 303, so the browser 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.datastructures import FormData
 
 from authserver import clients, codes, launch, sessions
 from authserver.clients import Client
 from authserver.codes import CHALLENGE_S256, CodeGrant
-from authserver.deps import RuntimeDep
+from authserver.deps import AuthState, StateDep
 from authserver.launch import FHIR_ID, LaunchContext
 from authserver.launch_options import LaunchOptions
-from authserver.login import csrf_cookie, csrf_of, current_user, error_page, origin_of, page
+from authserver.login import csrf_cookie, current_user, error_page, origin_of, page
 from authserver.models import LaunchRow
-from authserver.reach import FhirReach, ReachUnavailableError
+from authserver.reach import ReachUnavailableError
 from authserver.sessions import CSRF_COOKIE, LoginSession
 from authserver.settings import AuthSettings
 from authserver.users import User
@@ -68,71 +69,6 @@ PARAMS = (
 PICKER_PURPOSE = "picker"
 MAX_PARAM = 2048
 log = logging.getLogger(__name__)
-
-
-# --- the patient picker's source ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PatientChoice:
-    id: str
-    display: str
-    birth_date: str = ""
-
-
-class PatientDirectory(Protocol):
-    async def patients(self, user: User) -> list[PatientChoice]: ...
-
-
-def _display(resource: Mapping[str, Any]) -> str:
-    names = resource.get("name")
-    if isinstance(names, list) and names and isinstance(names[0], dict):
-        name = names[0]
-        if isinstance(name.get("text"), str):
-            return str(name["text"])
-        given = [g for g in name.get("given", []) if isinstance(g, str)]
-        family = name.get("family") if isinstance(name.get("family"), str) else ""
-        text = " ".join([*given, str(family)]).strip()
-        if text:
-            return text
-    return f"Patient/{resource.get('id')}"
-
-
-@dataclass
-class FhirPatients:
-    """The patients a user may see, asked of the FHIR server (which owns the rule, DESIGN.md
-    "Identities") with the same short-lived, user-scoped, unrecorded token reach.py mints:
-    `GET {fhir}/Patient?_count=50`. A Patient user is offered themselves only, without a call."""
-
-    reach: FhirReach
-    count: int = 50
-
-    async def patients(self, user: User) -> list[PatientChoice]:
-        if user.role == "Patient":
-            return [PatientChoice(user.resource_id, user.display)]
-        if user.role != "Practitioner":
-            return []
-        token = await self.reach._token(user)  # reach.py's token minting, reused on purpose
-        try:
-            response = await self.reach.http.get(
-                f"{self.reach.fhir_base}/Patient",
-                params={"_count": str(self.count)},
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
-            )
-            bundle = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
-            raise ReachUnavailableError(type(exc).__name__) from None
-        if not isinstance(bundle, dict):
-            raise ReachUnavailableError(f"FHIR server answered {response.status_code}")
-        found: list[PatientChoice] = []
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
-                rid = resource.get("id")
-                if isinstance(rid, str) and FHIR_ID.fullmatch(rid):
-                    birth = resource.get("birthDate")
-                    found.append(PatientChoice(rid, _display(resource), birth if isinstance(birth, str) else ""))
-        return found
 
 
 # --- request validation ------------------------------------------------------------------------
@@ -253,173 +189,186 @@ def needs_patient(granted: ScopeSet) -> bool:
     return "launch/patient" in granted.other or granted.has_context("patient")
 
 
+# --- the flow ------------------------------------------------------------------------------------
+
+Select = Callable[[AuthorizeRequest, User, LoginSession], Awaitable[Response]]
+
+
+def error_redirect(
+    issuer: str, client_id: str, redirect_uri: str, state: str, exc: RedirectError, status: int
+) -> Response:
+    log.info("authorization error for %s: %s", client_id, exc.error)
+    values = {"error": exc.error, "error_description": exc.description, "state": state, "iss": issuer}
+    return redirect_to(redirect_uri, values, status)
+
+
+async def handle(
+    request: Request,
+    state: AuthState,
+    params: dict[str, str],
+    repeated: set[str],
+    status: int,
+    select: Select | None = None,
+) -> Response:
+    """Validate, then authorize; every error after the redirect URI is known goes back to it."""
+    issuer = state.settings.base_url
+    try:
+        areq = await validate(state.runtime, state.settings, params, repeated)
+    except PageError as exc:
+        return error_page("This sign-in request cannot be completed", exc.message, 400, not_redirected=True)
+    except RedirectError as exc:
+        return error_redirect(issuer, "?", params["redirect_uri"], params.get("state", ""), exc, status)
+    try:
+        return await authorize(request, state, areq, status, select)
+    except RedirectError as exc:
+        return error_redirect(issuer, areq.client.client_id, areq.redirect_uri, areq.state, exc, status)
+
+
+async def _registered_launch(runtime: Runtime, areq: AuthorizeRequest) -> LaunchRow | None:
+    if areq.launch is None:
+        return None
+    async with runtime.sessions() as session:
+        registered = await launch.find(session, areq.launch, areq.client.client_id, int(runtime.clock()))
+    if registered is None:
+        raise RedirectError("invalid_request", "launch is unknown, expired, already used or not for this app")
+    return registered
+
+
+def granted_scope(areq: AuthorizeRequest, user: User, registered: LaunchRow | None) -> ScopeSet:
+    """Requested ∩ the client's registered scope ∩ the user's role ceiling; an EHR launch only for
+    the user it was registered for, and only with the launch scope."""
+    if registered is not None and registered.username != user.username:
+        raise RedirectError("access_denied", "this launch was registered for another user")
+    granted = narrow(narrow(areq.scope, parse_scopes(areq.client.scope)), user.ceiling())
+    if not granted.resources and not granted.other:
+        raise RedirectError("invalid_scope", "none of the requested scopes is allowed to this app and user")
+    if registered is not None and "launch" not in granted.other:
+        raise RedirectError("invalid_scope", "a launch parameter needs the launch scope")
+    if registered is not None:
+        simulated = LaunchOptions.from_column(registered.launch_options).simulate_error
+        if simulated in ("access_denied", "invalid_scope"):
+            # The EHR asked this launch to fail here (launch_options.py), as a user's denial
+            # or an unacceptable scope would (RFC 6749 §4.1.2.1).
+            raise RedirectError(simulated, "simulated by the EHR's launch options")
+    return granted
+
+
+async def authorize(
+    request: Request, state: AuthState, areq: AuthorizeRequest, status: int, select: Select | None
+) -> Response:
+    registered = await _registered_launch(state.runtime, areq)
+    signed_in = await current_user(request, state.runtime)
+    if signed_in is None:
+        return RedirectResponse("/login?" + urlencode({"next": "/authorize?" + urlencode(areq.params)}), status)
+    user, login = signed_in
+    granted = granted_scope(areq, user, registered)
+    if select is not None:
+        return await select(areq, user, login)
+    if registered is not None:
+        context = LaunchContext.of(registered)
+    elif needs_patient(granted):
+        if user.role != "Patient":
+            return await picker(request, state, areq, user)
+        context = LaunchContext(patient=user.resource_id)
+    else:
+        context = LaunchContext()
+    return await issue_code(state, areq, user, login, granted, context, status, registered)
+
+
+async def issue_code(
+    state: AuthState,
+    areq: AuthorizeRequest,
+    user: User,
+    login: LoginSession,
+    granted: ScopeSet,
+    context: LaunchContext,
+    status: int,
+    registered: LaunchRow | None = None,
+) -> Response:
+    runtime, settings = state.runtime, state.settings
+    now = int(runtime.clock())
+    grant = CodeGrant(
+        client_id=areq.client.client_id,
+        redirect_uri=areq.redirect_uri,
+        code_challenge=areq.code_challenge,
+        username=user.username,
+        scope=str(granted),
+        context=context,
+        nonce=areq.nonce,
+        session_hash=login.id_hash,
+        auth_time=login.auth_time,
+    )
+    async with runtime.sessions() as session, session.begin():
+        if registered is not None and not await launch.consume(session, registered.launch_hash, now):
+            raise RedirectError("invalid_request", "launch is unknown, expired, already used or not for this app")
+        code = await codes.create(session, grant, now, settings.authorization_code_lifetime_seconds)
+    return redirect_to(areq.redirect_uri, {"code": code, "state": areq.state, "iss": settings.base_url}, status)
+
+
+async def picker(request: Request, state: AuthState, areq: AuthorizeRequest, user: User) -> Response:
+    try:
+        choices = await state.patients.patients(user)
+    except ReachUnavailableError as exc:
+        raise RedirectError("temporarily_unavailable", "the patient list could not be fetched; try again") from exc
+    cookie = csrf_cookie(request)
+    response = page(
+        "picker.html",
+        form_targets=[origin_of(areq.redirect_uri) or ""],
+        title="Choose a patient",
+        app_name=areq.client.name,
+        display=user.display,
+        patients=choices,
+        hidden=sorted(areq.params.items()),
+        csrf=state.csrf.token(cookie, PICKER_PURPOSE),
+    )
+    sessions.set_csrf_cookie(response, cookie)
+    return response
+
+
+async def select_patient(
+    form: FormData, state: AuthState, areq: AuthorizeRequest, user: User, login: LoginSession
+) -> Response:
+    """The picker's answer for a request validated again: a patient the user may see."""
+    if areq.launch is not None:
+        raise RedirectError("invalid_request", "the patient picker is for standalone launches only")
+    if form.get("cancel"):
+        raise RedirectError("access_denied", "the user cancelled")
+    granted = narrow(narrow(areq.scope, parse_scopes(areq.client.scope)), user.ceiling())
+    patient = form.get("patient")
+    if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
+        raise RedirectError("access_denied", "no patient was chosen")
+    try:
+        visible = await state.reach.can_see(user, patient)
+    except ReachUnavailableError as exc:
+        raise RedirectError("temporarily_unavailable", "the patient could not be checked; try again") from exc
+    if not visible:
+        raise RedirectError("access_denied", "the patient is not available to this user")
+    return await issue_code(state, areq, user, login, granted, LaunchContext(patient=patient), 303)
+
+
 # --- routes --------------------------------------------------------------------------------------
 
+router = APIRouter()
 
-def authorize_router(settings: AuthSettings) -> APIRouter:
-    router = APIRouter()
-    issuer = settings.base_url
 
-    def error_redirect(
-        areq: AuthorizeRequest | None, redirect_uri: str, state: str, exc: RedirectError, status: int
-    ) -> Response:
-        log.info("authorization error for %s: %s", areq.client.client_id if areq else "?", exc.error)
-        return redirect_to(
-            redirect_uri,
-            {"error": exc.error, "error_description": exc.description, "state": state, "iss": issuer},
-            status,
-        )
+@router.get("/authorize")
+async def authorize_get(request: Request, state: StateDep) -> Response:
+    params, repeated = read_params(request.query_params)
+    return await handle(request, state, params, repeated, 302)
 
-    async def handle(
-        request: Request,
-        runtime: Runtime,
-        params: dict[str, str],
-        repeated: set[str],
-        status: int,
-        select: Callable[[AuthorizeRequest, User, LoginSession], Awaitable[Response]] | None = None,
-    ) -> Response:
-        try:
-            areq = await validate(runtime, settings, params, repeated)
-        except PageError as exc:
-            return error_page("This sign-in request cannot be completed", exc.message, 400, not_redirected=True)
-        except RedirectError as exc:
-            return error_redirect(None, params["redirect_uri"], params.get("state", ""), exc, status)
-        try:
-            return await _authorize(request, runtime, areq, status, select)
-        except RedirectError as exc:
-            return error_redirect(areq, areq.redirect_uri, areq.state, exc, status)
 
-    async def _authorize(
-        request: Request,
-        runtime: Runtime,
-        areq: AuthorizeRequest,
-        status: int,
-        select: Callable[[AuthorizeRequest, User, LoginSession], Awaitable[Response]] | None,
-    ) -> Response:
-        now = int(runtime.clock())
-        registered = None
-        if areq.launch is not None:
-            async with runtime.sessions() as session:
-                registered = await launch.find(session, areq.launch, areq.client.client_id, now)
-            if registered is None:
-                raise RedirectError("invalid_request", "launch is unknown, expired, already used or not for this app")
-        signed_in = await current_user(request, runtime)
-        if signed_in is None:
-            return RedirectResponse("/login?" + urlencode({"next": "/authorize?" + urlencode(areq.params)}), status)
-        user, login = signed_in
-        if registered is not None and registered.username != user.username:
-            raise RedirectError("access_denied", "this launch was registered for another user")
-        granted = narrow(narrow(areq.scope, parse_scopes(areq.client.scope)), user.ceiling())
-        if not granted.resources and not granted.other:
-            raise RedirectError("invalid_scope", "none of the requested scopes is allowed to this app and user")
-        if registered is not None and "launch" not in granted.other:
-            raise RedirectError("invalid_scope", "a launch parameter needs the launch scope")
-        if registered is not None:
-            simulated = LaunchOptions.from_column(registered.launch_options).simulate_error
-            if simulated in ("access_denied", "invalid_scope"):
-                # The EHR asked this launch to fail here (launch_options.py), as a user's denial
-                # or an unacceptable scope would (RFC 6749 §4.1.2.1).
-                raise RedirectError(simulated, "simulated by the EHR's launch options")
-        if select is not None:
-            return await select(areq, user, login)
-        if registered is not None:
-            context = LaunchContext.of(registered)
-        elif needs_patient(granted):
-            if user.role != "Patient":
-                return await picker(request, areq, user)
-            context = LaunchContext(patient=user.resource_id)
-        else:
-            context = LaunchContext()
-        return await issue_code(runtime, areq, user, login, granted, context, status, registered)
+@router.post("/authorize")
+async def authorize_post(request: Request, state: StateDep) -> Response:
+    params, repeated = read_params(await request.form())
+    return await handle(request, state, params, repeated, 303)
 
-    async def issue_code(
-        runtime: Runtime,
-        areq: AuthorizeRequest,
-        user: User,
-        login: LoginSession,
-        granted: ScopeSet,
-        context: LaunchContext,
-        status: int,
-        registered: LaunchRow | None = None,
-    ) -> Response:
-        now = int(runtime.clock())
-        grant = CodeGrant(
-            client_id=areq.client.client_id,
-            redirect_uri=areq.redirect_uri,
-            code_challenge=areq.code_challenge,
-            username=user.username,
-            scope=str(granted),
-            context=context,
-            nonce=areq.nonce,
-            session_hash=login.id_hash,
-            auth_time=login.auth_time,
-        )
-        async with runtime.sessions() as session, session.begin():
-            if registered is not None and not await launch.consume(session, registered.launch_hash, now):
-                raise RedirectError("invalid_request", "launch is unknown, expired, already used or not for this app")
-            code = await codes.create(session, grant, now, settings.authorization_code_lifetime_seconds)
-        return redirect_to(areq.redirect_uri, {"code": code, "state": areq.state, "iss": issuer}, status)
 
-    async def picker(request: Request, areq: AuthorizeRequest, user: User) -> Response:
-        directory: PatientDirectory = request.app.state.patients
-        try:
-            choices = await directory.patients(user)
-        except ReachUnavailableError as exc:
-            raise RedirectError("temporarily_unavailable", "the patient list could not be fetched; try again") from exc
-        cookie = csrf_cookie(request)
-        response = page(
-            "picker.html",
-            form_targets=[origin_of(areq.redirect_uri) or ""],
-            title="Choose a patient",
-            app_name=areq.client.name,
-            display=user.display,
-            patients=choices,
-            hidden=sorted(areq.params.items()),
-            csrf=csrf_of(request).token(cookie, PICKER_PURPOSE),
-        )
-        sessions.set_csrf_cookie(response, cookie)
-        return response
-
-    async def authorize_any(request: Request, runtime: Runtime, source: Any, status: int) -> Response:
-        params, repeated = read_params(source)
-        return await handle(request, runtime, params, repeated, status)
-
-    @router.get("/authorize")
-    async def authorize_get(request: Request, runtime: RuntimeDep) -> Response:
-        return await authorize_any(request, runtime, request.query_params, 302)
-
-    @router.post("/authorize")
-    async def authorize_post(request: Request, runtime: RuntimeDep) -> Response:
-        return await authorize_any(request, runtime, await request.form(), 303)
-
-    @router.post("/authorize/select")
-    async def authorize_select(request: Request, runtime: RuntimeDep) -> Response:
-        """The picker's answer: CSRF-checked, the whole request validated again, the patient
-        checked against the FHIR server's rule (a tampered form gains nothing)."""
-        form = await request.form()
-        if not csrf_of(request).check(request.cookies.get(CSRF_COOKIE), PICKER_PURPOSE, form.get("csrf")):
-            return error_page(
-                "Request refused", "The form has expired. Go back to the application and start again.", 403
-            )
-        params, repeated = read_params(form)
-
-        async def select(areq: AuthorizeRequest, user: User, login: LoginSession) -> Response:
-            if areq.launch is not None:
-                raise RedirectError("invalid_request", "the patient picker is for standalone launches only")
-            if form.get("cancel"):
-                raise RedirectError("access_denied", "the user cancelled")
-            granted = narrow(narrow(areq.scope, parse_scopes(areq.client.scope)), user.ceiling())
-            patient = form.get("patient")
-            if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
-                raise RedirectError("access_denied", "no patient was chosen")
-            try:
-                visible = await request.app.state.reach.can_see(user, patient)
-            except ReachUnavailableError as exc:
-                raise RedirectError("temporarily_unavailable", "the patient could not be checked; try again") from exc
-            if not visible:
-                raise RedirectError("access_denied", "the patient is not available to this user")
-            return await issue_code(runtime, areq, user, login, granted, LaunchContext(patient=patient), 303)
-
-        return await handle(request, runtime, params, repeated, 303, select)
-
-    return router
+@router.post("/authorize/select")
+async def authorize_select(request: Request, state: StateDep) -> Response:
+    """The picker's answer: CSRF-checked, the whole request validated again, the patient
+    checked against the FHIR server's rule (a tampered form gains nothing)."""
+    form = await request.form()
+    if not state.csrf.check(request.cookies.get(CSRF_COOKIE), PICKER_PURPOSE, form.get("csrf")):
+        return error_page("Request refused", "The form has expired. Go back to the application and start again.", 403)
+    params, repeated = read_params(form)
+    return await handle(request, state, params, repeated, 303, functools.partial(select_patient, form, state))

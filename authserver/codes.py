@@ -34,11 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authserver import refresh, users
 from authserver.clients import Client
 from authserver.errors import InvalidGrantError, InvalidRequestError, UnauthorizedClientError
+from authserver.forms import one
 from authserver.id_token import make_id_token
 from authserver.launch import LaunchContext
 from authserver.models import AuthorizationCodeRow
 from authserver.sessions import digest, new_secret
 from authserver.settings import AuthSettings
+from authserver.token_response import TokenResponse, issue_user_token, user_token_response
 from common.runtime import Runtime
 from common.scopes import parse_scopes
 
@@ -97,7 +99,9 @@ async def create(session: AsyncSession, grant: CodeGrant, now: int, lifetime: in
     return code
 
 
-def _binding_failure(row: AuthorizationCodeRow, client: Client, redirect_uri: str, verifier: str, now: int) -> str:
+def binding_failure(row: AuthorizationCodeRow, client: Client, redirect_uri: str, verifier: str, now: int) -> str:
+    """Why a code cannot be redeemed by this client with this redirect_uri and verifier ("" if it
+    can): RFC 6749 §4.1.3 (client and redirect_uri binding), RFC 7636 §4.6 (PKCE S256)."""
     if row.expires_at <= now:
         return "the authorization code has expired"
     if row.client_id != client.client_id:
@@ -111,26 +115,19 @@ def _binding_failure(row: AuthorizationCodeRow, client: Client, redirect_uri: st
     return ""
 
 
-def _one(form: Any, name: str) -> str:
-    values = form.getlist(name)
-    if len(values) > 1:
-        raise InvalidRequestError(f"{name} is repeated")
-    return str(values[0]) if values else ""
-
-
 async def authorization_code_grant(
     runtime: Runtime, settings: AuthSettings, client: Client, form: Any
-) -> dict[str, Any]:
+) -> TokenResponse:
     if client.kind not in ("smart-app", "ehr"):
         raise UnauthorizedClientError("the authorization_code grant is for SMART apps")
-    code = _one(form, "code")
+    code = one(form, "code")
     if not code:
         raise InvalidRequestError("code is required")
-    redirect_uri, verifier = _one(form, "redirect_uri"), _one(form, "code_verifier")
+    redirect_uri, verifier = one(form, "redirect_uri"), one(form, "code_verifier")
     code_hash = digest(code) if len(code) <= 256 else ""
     now = int(runtime.clock())
     failure = ""
-    body: dict[str, Any] = {}
+    response: TokenResponse | None = None
     async with runtime.sessions() as session, session.begin():
         marked = await session.execute(
             update(AuthorizationCodeRow)
@@ -146,15 +143,15 @@ async def authorization_code_grant(
             await refresh.revoke_family(session, row.family, now)
             failure = "the authorization code was already used; the tokens it issued are now revoked"
         else:
-            failure = _binding_failure(row, client, redirect_uri, verifier, now)
+            failure = binding_failure(row, client, redirect_uri, verifier, now)
             user = await users.by_username(session, row.username) if not failure else None
             if not failure and user is None:
                 failure = "the user is no longer active"
             if not failure and user is not None:
-                body = await _tokens(session, runtime, settings, row, client, user, now)
-    if failure:
+                response = await _tokens(session, runtime, settings, row, client, user, now)
+    if failure or response is None:
         raise InvalidGrantError(failure)
-    return body
+    return response
 
 
 async def _tokens(
@@ -165,10 +162,10 @@ async def _tokens(
     client: Client,
     user: users.User,
     now: int,
-) -> dict[str, Any]:
+) -> TokenResponse:
     context = LaunchContext.of(row)
     granted = parse_scopes(row.scope)
-    issued = await refresh.issue_user_token(
+    issued = await issue_user_token(
         session,
         runtime,
         settings,
@@ -179,9 +176,9 @@ async def _tokens(
         family=row.family,
         now=now,
     )
-    body = refresh.token_body(issued, row.scope, context, settings)
+    response = user_token_response(issued, row.scope, context, settings)
     if "openid" in granted.other:
-        body["id_token"] = await make_id_token(
+        id_token = await make_id_token(
             runtime.signing_keys,
             issuer=settings.base_url,
             fhir_base=settings.fhir_base_url,
@@ -195,11 +192,10 @@ async def _tokens(
             with_fhir_user="fhirUser" in granted.other,
             with_profile="profile" in granted.other,
         )
-    access = refresh.refresh_access(granted)
-    if access == "online" and row.session_hash is None:
-        access = None
+        response = response.with_fields(id_token=id_token)
+    access = refresh.refresh_access(granted, row.session_hash)
     if access is not None:
-        body["refresh_token"] = await refresh.create(
+        refresh_token = await refresh.create(
             session,
             family=row.family,
             client_id=client.client_id,
@@ -211,4 +207,5 @@ async def _tokens(
             now=now,
             expires_at=now + settings.refresh_token_lifetime_seconds,
         )
-    return body
+        response = response.with_fields(refresh_token=refresh_token)
+    return response

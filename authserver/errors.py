@@ -7,6 +7,9 @@ resource the caller may not see exists.
 
 from __future__ import annotations
 
+# RFC 6749 §5.1: responses that carry tokens (and their errors, §5.2) are never cached.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
 
 class OAuthError(Exception):
     error = "invalid_request"
@@ -57,3 +60,7 @@ class AccessDeniedError(OAuthError):
 
 class UnsupportedTokenTypeError(OAuthError):
     error = "unsupported_token_type"
+
+
+class AdminUnauthorizedError(Exception):
+    """The admin API's refusal: a bare 401 (admin.py), no OAuth body for strangers."""

@@ -41,22 +41,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, Headers
 
 from authserver import clients, users
 from authserver.client_auth import ClientAuthenticator
-from authserver.deps import RuntimeDep
-from authserver.errors import InvalidRequestError, UnauthorizedClientError
+from authserver.clients import Client
+from authserver.deps import PatientReach, StateDep
+from authserver.errors import NO_STORE, InvalidRequestError, UnauthorizedClientError
 from authserver.launch_options import LaunchOptions
 from authserver.launch_options import parse as parse_options
 from authserver.models import LaunchRow
 from authserver.reach import ReachUnavailableError
 from authserver.sessions import digest, new_secret
-from authserver.settings import AuthSettings
 from authserver.users import User
 from common.bodies import parse_json
+from common.runtime import Runtime
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 _RELATIVE_REFERENCE = re.compile(r"[A-Z][A-Za-z]{0,63}/[A-Za-z0-9\-.]{1,64}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
@@ -190,75 +190,100 @@ async def _user(session: AsyncSession, value: object, fhir_base: str) -> User:
     return user
 
 
-def launch_router(settings: AuthSettings) -> APIRouter:
-    router = APIRouter()
+def _json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
+    try:
+        # Bounded: the body is at most max_body_bytes (BodyLimitMiddleware) and no deeper than
+        # max_json_depth, so no RecursionError, whatever arrives before authentication.
+        body = parse_json(raw, max_depth=max_depth)
+    except ValueError:
+        raise InvalidRequestError("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return body
 
-    @router.post("/launch")
-    async def register_launch(request: Request, runtime: RuntimeDep) -> JSONResponse:
-        try:
-            # Bounded: the body is at most max_body_bytes (BodyLimitMiddleware) and no deeper
-            # than max_json_depth, so no RecursionError, whatever arrives before authentication.
-            body = parse_json(await request.body(), max_depth=settings.max_json_depth)
-        except ValueError:
-            raise InvalidRequestError("the body must be a JSON object") from None
-        if not isinstance(body, dict):
-            raise InvalidRequestError("the body must be a JSON object")
-        credentials = [
-            (name, body[name])
-            for name in ("client_assertion_type", "client_assertion")
-            if isinstance(body.get(name), str)
-        ]
-        authenticator: ClientAuthenticator = request.app.state.client_auth
-        ehr = await authenticator.authenticate(FormData(credentials), request.headers)
-        if ehr.kind != "ehr" or not ehr.first_party or ehr.auth_method != "private_key_jwt":
-            raise UnauthorizedClientError("only the first-party EHR may register launches")
-        patient = _optional_id(body, "patient")
-        if patient is None:
-            raise InvalidRequestError("patient is required")
-        encounter = _optional_id(body, "encounter")
-        app_context = body.get("appContext")
-        if app_context is not None and (not isinstance(app_context, str) or len(app_context) > MAX_APP_CONTEXT):
-            raise InvalidRequestError(
-                "appContext is a string of at most 8192 characters (CDS Hooks Link.appContext); serialize JSON into it"
-            )
-        banner = body.get("need_patient_banner", False)
-        if not isinstance(banner, bool):
-            raise InvalidRequestError("need_patient_banner must be a boolean")
-        context = LaunchContext(
-            patient=patient,
-            encounter=encounter,
-            fhir_context=check_fhir_context(body.get("fhirContext")),
-            app_context=app_context,
-            need_patient_banner=banner,
-            options=parse_options(body.get("launch_options"), max_lifetime=settings.access_token_lifetime_seconds),
+
+async def _first_party_ehr(authenticator: ClientAuthenticator, body: dict[str, Any], headers: Headers) -> Client:
+    credentials = [
+        (name, body[name]) for name in ("client_assertion_type", "client_assertion") if isinstance(body.get(name), str)
+    ]
+    ehr = await authenticator.authenticate(FormData(credentials), headers)
+    if ehr.kind != "ehr" or not ehr.first_party or ehr.auth_method != "private_key_jwt":
+        raise UnauthorizedClientError("only the first-party EHR may register launches")
+    return ehr
+
+
+def launch_context(body: dict[str, Any], max_lifetime: int) -> LaunchContext:
+    """The context the EHR registers, checked (SMART 2.2 "Launch context"; CDS Hooks appContext)."""
+    patient = _optional_id(body, "patient")
+    if patient is None:
+        raise InvalidRequestError("patient is required")
+    encounter = _optional_id(body, "encounter")
+    app_context = body.get("appContext")
+    if app_context is not None and (not isinstance(app_context, str) or len(app_context) > MAX_APP_CONTEXT):
+        raise InvalidRequestError(
+            "appContext is a string of at most 8192 characters (CDS Hooks Link.appContext); serialize JSON into it"
         )
-        async with runtime.sessions() as session:
-            app = await clients.get(session, str(body.get("client_id") or ""))
-            if app is None or not app.active or app.kind != "smart-app":
-                raise InvalidRequestError("client_id does not name an active, registered SMART app")
-            user = await _user(session, body.get("user"), settings.fhir_base_url)
-        try:
-            visible = await request.app.state.reach.can_see(user, patient)
-        except ReachUnavailableError as exc:
-            raise InvalidRequestError("the patient could not be checked right now; try again") from exc
-        if not visible:
-            raise InvalidRequestError("the patient is not available to this user")
-        value = new_secret()
-        now = int(runtime.clock())
-        lifetime = settings.launch_lifetime_seconds
-        async with runtime.sessions() as session, session.begin():
-            await session.execute(delete(LaunchRow).where(LaunchRow.expires_at < now - 3600))
-            session.add(
-                LaunchRow(
-                    launch_hash=digest(value),
-                    client_id=app.client_id,
-                    registered_by=ehr.client_id,
-                    username=user.username,
-                    created_at=now,
-                    expires_at=now + lifetime,
-                    **context.columns(),
-                )
-            )
-        return JSONResponse({"launch": value, "expires_in": lifetime}, headers=NO_STORE)
+    banner = body.get("need_patient_banner", False)
+    if not isinstance(banner, bool):
+        raise InvalidRequestError("need_patient_banner must be a boolean")
+    return LaunchContext(
+        patient=patient,
+        encounter=encounter,
+        fhir_context=check_fhir_context(body.get("fhirContext")),
+        app_context=app_context,
+        need_patient_banner=banner,
+        options=parse_options(body.get("launch_options"), max_lifetime=max_lifetime),
+    )
 
-    return router
+
+async def _app_and_user(runtime: Runtime, body: dict[str, Any], fhir_base: str) -> tuple[Client, User]:
+    async with runtime.sessions() as session:
+        app = await clients.get(session, str(body.get("client_id") or ""))
+        if app is None or not app.active or app.kind != "smart-app":
+            raise InvalidRequestError("client_id does not name an active, registered SMART app")
+        return app, await _user(session, body.get("user"), fhir_base)
+
+
+async def _check_reach(reach: PatientReach, user: User, patient: str) -> None:
+    try:
+        visible = await reach.can_see(user, patient)
+    except ReachUnavailableError as exc:
+        raise InvalidRequestError("the patient could not be checked right now; try again") from exc
+    if not visible:
+        raise InvalidRequestError("the patient is not available to this user")
+
+
+async def store(runtime: Runtime, app: Client, ehr: Client, user: User, context: LaunchContext, lifetime: int) -> str:
+    """Record the launch (only its SHA-256) and return the opaque value the app brings back."""
+    value = new_secret()
+    now = int(runtime.clock())
+    async with runtime.sessions() as session, session.begin():
+        await session.execute(delete(LaunchRow).where(LaunchRow.expires_at < now - 3600))
+        session.add(
+            LaunchRow(
+                launch_hash=digest(value),
+                client_id=app.client_id,
+                registered_by=ehr.client_id,
+                username=user.username,
+                created_at=now,
+                expires_at=now + lifetime,
+                **context.columns(),
+            )
+        )
+    return value
+
+
+router = APIRouter()
+
+
+@router.post("/launch")
+async def register_launch(request: Request, state: StateDep) -> JSONResponse:
+    settings = state.settings
+    body = _json_object(await request.body(), settings.max_json_depth)
+    ehr = await _first_party_ehr(state.client_auth, body, request.headers)
+    context = launch_context(body, settings.access_token_lifetime_seconds)
+    app, user = await _app_and_user(state.runtime, body, settings.fhir_base_url)
+    await _check_reach(state.reach, user, context.patient or "")
+    lifetime = settings.launch_lifetime_seconds
+    value = await store(state.runtime, app, ehr, user, context, lifetime)
+    return JSONResponse({"launch": value, "expires_in": lifetime}, headers=NO_STORE)

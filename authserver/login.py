@@ -39,7 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authserver import sessions, users
-from authserver.deps import RuntimeDep
+from authserver.deps import StateDep
 from authserver.models import LoginThrottleRow, UserRow
 from authserver.passwords import hash_password, verify_password
 from authserver.sessions import CSRF_COOKIE, SESSION_COOKIE, CsrfSigner, LoginSession
@@ -102,11 +102,6 @@ def page(template: str, status: int = 200, *, form_targets: Iterable[str] = (), 
 
 def error_page(title: str, message: str, status: int = 400, *, not_redirected: bool = False) -> HTMLResponse:
     return page("error.html", status, title=title, message=message, not_redirected=not_redirected)
-
-
-def csrf_of(request: Request) -> CsrfSigner:
-    signer: CsrfSigner = request.app.state.csrf
-    return signer
 
 
 def csrf_cookie(request: Request) -> str:
@@ -212,90 +207,98 @@ def _next_targets(next_url: str) -> list[str]:
     return [origin] if origin else []
 
 
-def login_router(settings: AuthSettings) -> APIRouter:
-    router = APIRouter()
+router = APIRouter()
 
-    def login_page(
-        request: Request, next_url: str, *, error: str = "", status: int = 200, username: str = ""
-    ) -> HTMLResponse:
+
+def login_page(
+    request: Request, csrf: CsrfSigner, next_url: str, *, error: str = "", status: int = 200, username: str = ""
+) -> HTMLResponse:
+    cookie = csrf_cookie(request)
+    response = page(
+        "login.html",
+        status,
+        form_targets=_next_targets(next_url),
+        title="Sign in",
+        csrf=csrf.token(cookie, LOGIN_PURPOSE),
+        next=next_url,
+        error=error,
+        username=username,
+    )
+    sessions.set_csrf_cookie(response, cookie)
+    return response
+
+
+@router.get("/login")
+async def login_form(request: Request, state: StateDep) -> Response:
+    next_url = safe_next(request.query_params.get("next"))
+    signed_in = await current_user(request, state.runtime)
+    if signed_in is not None:
+        if next_url:
+            return RedirectResponse(next_url, status_code=303)
+        user, _ = signed_in
         cookie = csrf_cookie(request)
         response = page(
-            "login.html",
-            status,
-            form_targets=_next_targets(next_url),
-            title="Sign in",
-            csrf=csrf_of(request).token(cookie, LOGIN_PURPOSE),
-            next=next_url,
-            error=error,
-            username=username,
+            "logged_in.html",
+            title="Signed in",
+            display=user.display,
+            fhir_user=user.fhir_user,
+            csrf=state.csrf.token(cookie, LOGOUT_PURPOSE),
         )
         sessions.set_csrf_cookie(response, cookie)
         return response
+    return login_page(request, state.csrf, next_url)
 
-    @router.get("/login")
-    async def login_form(request: Request, runtime: RuntimeDep) -> Response:
-        next_url = safe_next(request.query_params.get("next"))
-        signed_in = await current_user(request, runtime)
-        if signed_in is not None:
-            if next_url:
-                return RedirectResponse(next_url, status_code=303)
-            user, _ = signed_in
-            cookie = csrf_cookie(request)
-            response = page(
-                "logged_in.html",
-                title="Signed in",
-                display=user.display,
-                fhir_user=user.fhir_user,
-                csrf=csrf_of(request).token(cookie, LOGOUT_PURPOSE),
-            )
-            sessions.set_csrf_cookie(response, cookie)
-            return response
-        return login_page(request, next_url)
 
-    @router.post("/login")
-    async def login(request: Request, runtime: RuntimeDep) -> Response:
-        form = await request.form()
-        next_url = safe_next(form.get("next"))
-        if not csrf_of(request).check(request.cookies.get(CSRF_COOKIE), LOGIN_PURPOSE, form.get("csrf")):
-            return error_page("Sign-in refused", "The form has expired. Go back and try again.", 403)
-        username = form.get("username")
-        password = form.get("password")
-        username = username if isinstance(username, str) else ""
-        password = password if isinstance(password, str) else ""
-        ip = request.client.host if request.client else "unknown"
-        now = int(runtime.clock())
-        async with runtime.sessions() as session:
-            wait = await throttled(session, settings, username, ip, now)
-        if wait:
-            log.info("login throttled")
-            response = login_page(request, next_url, error=THROTTLED, status=429)
-            response.headers["Retry-After"] = str(max(wait, 1))
-            return response
-        async with runtime.sessions() as session:
-            user = await check_password(session, username, password)
-        if user is None:
-            async with runtime.sessions() as session, session.begin():
-                await record_failure(session, settings, username, ip, now)
-            log.info("login failed")
-            return login_page(request, next_url, error=GENERIC_FAILURE, status=401, username=username[:128])
-        async with runtime.sessions() as session, session.begin():
-            await clear_user_failures(session, username)
-            await sessions.end(session, request.cookies.get(SESSION_COOKIE))  # never reuse a session id
-            await sessions.purge(session, now)
-            value, _ = await sessions.create(session, user.username, now, settings.session_lifetime_seconds)
-        signed_in = RedirectResponse(next_url or "/login", status_code=303)
-        sessions.set_session_cookie(signed_in, value, settings.session_lifetime_seconds)
-        return signed_in
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
-    @router.post("/logout")
-    async def logout(request: Request, runtime: RuntimeDep) -> Response:
-        form = await request.form()
-        if not csrf_of(request).check(request.cookies.get(CSRF_COOKIE), LOGOUT_PURPOSE, form.get("csrf")):
-            return error_page("Sign-out refused", "The form has expired. Go back and try again.", 403)
-        async with runtime.sessions() as session, session.begin():
-            await sessions.end(session, request.cookies.get(SESSION_COOKIE))
-        response = RedirectResponse("/login", status_code=303)
-        sessions.clear_session_cookie(response)
+
+async def start_session(runtime: Runtime, settings: AuthSettings, user: User, old_cookie: str | None, now: int) -> str:
+    """A new login session (never the old id again: no session fixation); returns its cookie value."""
+    async with runtime.sessions() as session, session.begin():
+        await clear_user_failures(session, user.username)
+        await sessions.end(session, old_cookie)
+        await sessions.purge(session, now)
+        value, _ = await sessions.create(session, user.username, now, settings.session_lifetime_seconds)
+    return value
+
+
+@router.post("/login")
+async def login(request: Request, state: StateDep) -> Response:
+    form, runtime, settings = await request.form(), state.runtime, state.settings
+    next_url = safe_next(form.get("next"))
+    if not state.csrf.check(request.cookies.get(CSRF_COOKIE), LOGIN_PURPOSE, form.get("csrf")):
+        return error_page("Sign-in refused", "The form has expired. Go back and try again.", 403)
+    username, password = _text(form.get("username")), _text(form.get("password"))
+    ip = request.client.host if request.client else "unknown"
+    now = int(runtime.clock())
+    async with runtime.sessions() as session:
+        wait = await throttled(session, settings, username, ip, now)
+    if wait:
+        log.info("login throttled")
+        response = login_page(request, state.csrf, next_url, error=THROTTLED, status=429)
+        response.headers["Retry-After"] = str(max(wait, 1))
         return response
+    async with runtime.sessions() as session:
+        user = await check_password(session, username, password)
+    if user is None:
+        async with runtime.sessions() as session, session.begin():
+            await record_failure(session, settings, username, ip, now)
+        log.info("login failed")
+        return login_page(request, state.csrf, next_url, error=GENERIC_FAILURE, status=401, username=username[:128])
+    value = await start_session(runtime, settings, user, request.cookies.get(SESSION_COOKIE), now)
+    signed_in = RedirectResponse(next_url or "/login", status_code=303)
+    sessions.set_session_cookie(signed_in, value, settings.session_lifetime_seconds)
+    return signed_in
 
-    return router
+
+@router.post("/logout")
+async def logout(request: Request, state: StateDep) -> Response:
+    form = await request.form()
+    if not state.csrf.check(request.cookies.get(CSRF_COOKIE), LOGOUT_PURPOSE, form.get("csrf")):
+        return error_page("Sign-out refused", "The form has expired. Go back and try again.", 403)
+    async with state.runtime.sessions() as session, session.begin():
+        await sessions.end(session, request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    sessions.clear_session_cookie(response)
+    return response

@@ -1,4 +1,4 @@
-"""Refresh tokens for SMART apps, and the token response both user grants share.
+"""Refresh-token families for SMART apps, and the refresh_token grant.
 
 SMART App Launch 2.2 "Scopes for requesting a refresh token" and "Refresh access token";
 RFC 6749 §6; RFC 9700 §4.14 (refresh token protection):
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -31,11 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authserver import sessions, tokens, users
 from authserver.clients import Client
 from authserver.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
+from authserver.forms import one
 from authserver.launch import LaunchContext
 from authserver.models import RefreshTokenRow
 from authserver.sessions import digest, new_secret
 from authserver.settings import AuthSettings
-from authserver.tokens import Grant, Issued
+from authserver.token_response import TokenResponse, issue_user_token, user_token_response
 from authserver.users import User
 from common.runtime import Runtime
 from common.scopes import InvalidScopeError as ScopeSyntaxError
@@ -46,64 +48,15 @@ ONLINE = "online_access"
 log = logging.getLogger(__name__)
 
 
-# --- tokens for a signed-in user (authorization_code and refresh_token) ------------------------
-
-
-async def issue_user_token(
-    session: AsyncSession,
-    runtime: Runtime,
-    settings: AuthSettings,
-    *,
-    client_id: str,
-    user: User,
-    scope: str,
-    context: LaunchContext,
-    family: str,
-    now: int,
-) -> Issued:
-    """An RFC 9068 access token for the user, recorded under the grant `family` (so a code replay
-    or a refresh-token reuse can revoke it). fhirUser is always present: the FHIR server needs it
-    for user/ scopes, and it marks the token as user-bound."""
-    grant = Grant(
-        client_id=client_id,
-        sub=user.username,
-        scope=scope,
-        audience=settings.fhir_base_url,
-        lifetime=context.options.lifetime(settings.access_token_lifetime_seconds),
-        grant=family,
-        patient=context.patient,
-        fhir_user=f"{settings.fhir_base_url.rstrip('/')}/{user.fhir_user}",
-        encounter=context.encounter,
-    )
-    issued = await tokens.issue(session, runtime.signing_keys, settings.base_url, grant, now)
-    if context.options.simulate_error == "token_revoked":
-        # Launch options: refused by the FHIR server before its exp (launch_options.py).
-        row = await tokens.record(session, issued.jti)
-        await tokens.revoke(session, [row] if row is not None else [], now)
-    return issued
-
-
-def token_body(issued: Issued, scope: str, context: LaunchContext, settings: AuthSettings) -> dict[str, Any]:
-    """SMART 2.2 "Response to a successful access token request" (RFC 6749 §5.1 + launch context)."""
-    body: dict[str, Any] = {
-        "access_token": issued.token,
-        "token_type": "Bearer",
-        "expires_in": context.options.lifetime(settings.access_token_lifetime_seconds),
-        "scope": scope,
-    }
-    body.update(context.response_fields())
-    body["smart_style_url"] = settings.style_url
-    return body
-
-
 # --- refresh token families ----------------------------------------------------------------
 
 
-def refresh_access(granted: ScopeSet) -> str | None:
-    """offline | online | None: which kind of refresh token (if any) the grant allows."""
+def refresh_access(granted: ScopeSet, session_hash: str | None) -> str | None:
+    """offline | online | None: which kind of refresh token (if any) the grant allows. An
+    online_access token lives with the login session, so without one there is none."""
     if OFFLINE in granted.other:
         return "offline"
-    if ONLINE in granted.other:
+    if ONLINE in granted.other and session_hash is not None:
         return "online"
     return None
 
@@ -152,14 +105,7 @@ async def revoke_family(session: AsyncSession, family: str, now: int) -> None:
     await tokens.revoke_grant(session, family, now)
 
 
-def _one(form: Any, name: str) -> str:
-    values = [v for v in form.getlist(name) if isinstance(v, str)]
-    if len(values) > 1:  # RFC 6749 §3.2: parameters must not be repeated
-        raise InvalidRequestError(f"{name} is repeated")
-    return values[0] if values else ""
-
-
-def _narrower(requested: ScopeSet, allowed: ScopeSet) -> bool:
+def narrower(requested: ScopeSet, allowed: ScopeSet) -> bool:
     """True when `requested` asks for nothing `allowed` does not grant."""
     narrowed = narrow(requested, allowed)
     return {s.to_v2() for s in narrowed.resources} == {s.to_v2() for s in requested.resources} and (
@@ -170,7 +116,7 @@ def _narrower(requested: ScopeSet, allowed: ScopeSet) -> bool:
 async def owner(runtime: Runtime, form: Any) -> str | None:
     """The client a presented refresh token was issued to (None if it is no refresh token of
     ours): how a public client that sends no client_id is identified (RFC 6749 §6)."""
-    presented = _one(form, "refresh_token")
+    presented = one(form, "refresh_token")
     if not presented:
         raise InvalidRequestError("refresh_token is required")
     if len(presented) > 256:
@@ -182,109 +128,170 @@ async def owner(runtime: Runtime, form: Any) -> str | None:
         return found.scalar_one_or_none()
 
 
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    revoke_family: bool = False  # theft or a grant that no longer holds: end every token of it
+
+
+def refusal(row: RefreshTokenRow, client_id: str, fresh: bool, now: int) -> Refusal | None:
+    """What the presented token's own record says (RFC 6749 §6, RFC 9700 §4.14.2): None when it
+    may be rotated. `fresh`: this request's guarded UPDATE marked it used."""
+    if row.client_id != client_id:
+        return Refusal("the refresh token was not issued to this client", revoke_family=True)
+    if not fresh and row.revoked_at is None:
+        return Refusal(
+            "the refresh token was already used; every token of this grant is now revoked", revoke_family=True
+        )
+    if not fresh or row.expires_at <= now:
+        return Refusal("the refresh token is revoked or expired")
+    if LaunchContext.of(row).options.simulate_error == "refresh_refused":
+        return Refusal("refresh refused (simulated by the EHR's launch options)")
+    return None
+
+
+def requested_scope(requested: str, family_scope: str) -> str:
+    """The scope of the new access token: the family's, or a narrower one asked for (RFC 6749 §6:
+    never more than granted at authorization)."""
+    if not requested.strip():
+        return family_scope
+    try:
+        asked = parse_scopes(requested)
+    except ScopeSyntaxError as exc:
+        raise InvalidScopeError(str(exc)) from None
+    if not narrower(asked, parse_scopes(family_scope)):
+        raise InvalidScopeError("a refresh may only narrow the scope granted at authorization")
+    return str(asked)
+
+
+def current_scope(scope: str, client: Client, user: User) -> str:
+    """The grant checked again: what the client is registered for now, within the user's role."""
+    return str(narrow(narrow(parse_scopes(scope), parse_scopes(client.scope)), user.ceiling()))
+
+
+async def _rotate(session: AsyncSession, token_hash: str, now: int) -> tuple[RefreshTokenRow | None, bool]:
+    """Mark the token used. The guarded UPDATE runs first and takes the row (PostgreSQL) or the
+    database (SQLite) write lock before anything is read, so two concurrent uses cannot both see
+    it unused. Returns the row and whether this request was the one that marked it."""
+    rotated = await session.execute(
+        update(RefreshTokenRow)
+        .where(
+            RefreshTokenRow.token_hash == token_hash,
+            RefreshTokenRow.used_at.is_(None),
+            RefreshTokenRow.revoked_at.is_(None),
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    row = await session.get(RefreshTokenRow, token_hash) if token_hash else None
+    return row, getattr(rotated, "rowcount", 0) == 1
+
+
+async def _session_ended(session: AsyncSession, row: RefreshTokenRow, now: int) -> Refusal | None:
+    """online_access tokens live only as long as the user's login session here."""
+    if row.access == "online" and not (row.session_hash and await sessions.alive(session, row.session_hash, now)):
+        return Refusal("the user is no longer signed in (online_access)", revoke_family=True)
+    return None
+
+
+async def _user_refusal(
+    row: RefreshTokenRow, user: User | None, can_see: Callable[[User, str], Awaitable[bool]]
+) -> Refusal | None:
+    """What may have changed since authorization: the user, the patient's reach."""
+    if user is None:
+        return Refusal("the user is no longer active", revoke_family=True)
+    patient = LaunchContext.of(row).patient
+    if patient and not await can_see(user, patient):
+        return Refusal("the patient is no longer available to this user", revoke_family=True)
+    return None
+
+
 async def refresh_token_grant(
     runtime: Runtime,
     settings: AuthSettings,
     client: Client,
     form: Any,
     can_see: Callable[[User, str], Awaitable[bool]],
-) -> dict[str, Any]:
+) -> TokenResponse:
     """Rotate a refresh token and issue a new access token.
 
     The grant is checked again at every refresh: the scope is narrowed to what the client is
     registered for now and to the user's role, and a patient in context must still be in the
     user's reach — so removing an app's scope or a patient from a panel takes effect at the next
-    refresh, not when the family expires.
+    refresh, not when the family expires. A refusal commits what it revoked, then answers
+    invalid_grant; a broader scope raises inside the transaction, which rolls the rotation back.
     """
-    presented = _one(form, "refresh_token")
+    presented = one(form, "refresh_token")
     if not presented:
         raise InvalidRequestError("refresh_token is required")
-    requested_scope = _one(form, "scope")
+    asked = one(form, "scope")
     now = int(runtime.clock())
-    failure = ""
-    body: dict[str, Any] = {}
     token_hash = digest(presented) if len(presented) <= 256 else ""
     async with runtime.sessions() as session, session.begin():
-        # Rotate first: the guarded UPDATE takes the row (PostgreSQL) or the database (SQLite)
-        # write lock before anything is read, so two concurrent uses cannot both see it unused.
-        # A refusal that must not spend the token (a broader scope) raises, which rolls it back.
-        rotated = await session.execute(
-            update(RefreshTokenRow)
-            .where(
-                RefreshTokenRow.token_hash == token_hash,
-                RefreshTokenRow.used_at.is_(None),
-                RefreshTokenRow.revoked_at.is_(None),
+        row, fresh = await _rotate(session, token_hash, now)
+        outcome = await _refresh(session, runtime, settings, client, row, fresh, asked, can_see, now)
+    if isinstance(outcome, Refusal):
+        raise InvalidGrantError(outcome.reason)
+    return outcome
+
+
+async def _refresh(
+    session: AsyncSession,
+    runtime: Runtime,
+    settings: AuthSettings,
+    client: Client,
+    row: RefreshTokenRow | None,
+    fresh: bool,
+    asked: str,
+    can_see: Callable[[User, str], Awaitable[bool]],
+    now: int,
+) -> TokenResponse | Refusal:
+    if row is None:
+        return Refusal("the refresh token is invalid")
+    refused = refusal(row, client.client_id, fresh, now) or await _session_ended(session, row, now)
+    user: User | None = None
+    scope = row.scope
+    if refused is None:
+        scope = requested_scope(asked, row.scope)
+        user = await users.by_username(session, row.username)
+        refused = await _user_refusal(row, user, can_see)
+    if refused is not None or user is None:
+        refused = refused or Refusal("the user is no longer active")
+        if refused.revoke_family:
+            log.warning(
+                "refresh token of %s presented by %s refused (%s): family revoked",
+                row.client_id,
+                client.client_id,
+                refused.reason,
             )
-            .values(used_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        row = await session.get(RefreshTokenRow, token_hash) if token_hash else None
-        fresh = getattr(rotated, "rowcount", 0) == 1
-        if row is None:
-            failure = "the refresh token is invalid"
-        elif row.client_id != client.client_id:
-            log.warning("refresh token of %s presented by %s: family revoked", row.client_id, client.client_id)
             await revoke_family(session, row.family, now)
-            failure = "the refresh token was not issued to this client"
-        elif not fresh and row.revoked_at is None:
-            log.warning("rotated refresh token reused by %s: family revoked", client.client_id)
-            await revoke_family(session, row.family, now)
-            failure = "the refresh token was already used; every token of this grant is now revoked"
-        elif not fresh or row.expires_at <= now:
-            failure = "the refresh token is revoked or expired"
-        elif LaunchContext.of(row).options.simulate_error == "refresh_refused":
-            failure = "refresh refused (simulated by the EHR's launch options)"
-        elif row.access == "online" and not (row.session_hash and await sessions.alive(session, row.session_hash, now)):
-            await revoke_family(session, row.family, now)
-            failure = "the user is no longer signed in (online_access)"
-        else:
-            scope = row.scope
-            if requested_scope.strip():
-                try:
-                    requested = parse_scopes(requested_scope)
-                except ScopeSyntaxError as exc:
-                    raise InvalidScopeError(str(exc)) from None
-                if not _narrower(requested, parse_scopes(row.scope)):
-                    raise InvalidScopeError("a refresh may only narrow the scope granted at authorization")
-                scope = str(requested)
-            user = await users.by_username(session, row.username)
-            context = LaunchContext.of(row)
-            if user is not None:
-                scope = str(narrow(narrow(parse_scopes(scope), parse_scopes(client.scope)), user.ceiling()))
-            if user is None:
-                await revoke_family(session, row.family, now)
-                failure = "the user is no longer active"
-            elif context.patient and not await can_see(user, context.patient):
-                await revoke_family(session, row.family, now)
-                failure = "the patient is no longer available to this user"
-            else:
-                issued = await issue_user_token(
-                    session,
-                    runtime,
-                    settings,
-                    client_id=client.client_id,
-                    user=user,
-                    scope=scope,
-                    context=context,
-                    family=row.family,
-                    now=now,
-                )
-                body = token_body(issued, scope, context, settings)
-                body["refresh_token"] = await create(
-                    session,
-                    family=row.family,
-                    client_id=row.client_id,
-                    username=row.username,
-                    scope=row.scope,
-                    access=row.access,
-                    session_hash=row.session_hash,
-                    context=context,
-                    now=now,
-                    expires_at=row.expires_at,
-                )
-    if failure:
-        raise InvalidGrantError(failure)
-    return body
+        return refused
+    scope = current_scope(scope, client, user)
+    context = LaunchContext.of(row)
+    issued = await issue_user_token(
+        session,
+        runtime,
+        settings,
+        client_id=client.client_id,
+        user=user,
+        scope=scope,
+        context=context,
+        family=row.family,
+        now=now,
+    )
+    new_token = await create(
+        session,
+        family=row.family,
+        client_id=row.client_id,
+        username=row.username,
+        scope=row.scope,
+        access=row.access,
+        session_hash=row.session_hash,
+        context=context,
+        now=now,
+        expires_at=row.expires_at,
+    )
+    return user_token_response(issued, scope, context, settings).with_fields(refresh_token=new_token)
 
 
 async def revoke_presented(session: AsyncSession, token: str, caller: Client, now: int) -> bool | None:

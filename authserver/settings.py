@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from common.cors import CorsOrigins
+from common.discovery import CLIENT_ASSERTION_ALGORITHMS, AuthServerFacts
 from common.jose import ASYMMETRIC_ALGORITHMS
 from common.settings import ServiceSettings
 
@@ -20,7 +21,7 @@ class AuthSettings(ServiceSettings):
     # Lifetime of every access token; CDS Hooks asks for very short-lived tokens (≤ 300 s).
     access_token_lifetime_seconds: int = Field(default=300, ge=10, le=300)
     # Algorithms accepted in client assertions (SMART 2.2: RS384 and ES384; add ES256/RS256 here).
-    client_assertion_algorithms: list[str] = Field(default_factory=lambda: ["RS384", "ES384"])
+    client_assertion_algorithms: list[str] = Field(default_factory=lambda: list(CLIENT_ASSERTION_ALGORITHMS))
 
     @field_validator("client_assertion_algorithms")
     @classmethod
@@ -50,6 +51,14 @@ class AuthSettings(ServiceSettings):
     login_failure_window_seconds: int = Field(default=900, ge=10, le=86400)
     # SMART `smart_style_url`; empty means this server's own /smart-style.json.
     smart_style_url: str = ""
+
+    def discovery_facts(self) -> AuthServerFacts:
+        """What the discovery documents say of this server (common/discovery.py)."""
+        return AuthServerFacts(
+            issuer=self.base_url,
+            client_assertion_algorithms=tuple(self.client_assertion_algorithms),
+            id_token_signing_alg=self.signing_alg,
+        )
 
     @property
     def style_url(self) -> str:

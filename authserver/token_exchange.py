@@ -40,10 +40,11 @@ from authserver.clients import Client
 from authserver.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError, UnauthorizedClientError
 from authserver.tokens import Grant
 from authserver.users import User
+from common.discovery import TOKEN_EXCHANGE
 from common.scopes import InvalidScopeError as ScopeSyntaxError
 from common.scopes import ScopeSet, narrow, parse_scopes
 
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE = TOKEN_EXCHANGE
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN, not a secret
 USER_ASSERTION_TYP = "user+jwt"
 USER_ASSERTION_MAX_LIFETIME = 60

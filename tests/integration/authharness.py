@@ -223,5 +223,5 @@ async def running_authserver(
     async with serving(app, AUTH) as client:
         await _register(app, keys)
         reach = FakeReach({"Practitioner/dr-a": {"p-a1", "p-a2"}, "Practitioner/dr-b": {"p-b1"}})
-        app.state.reach = reach
+        app.state.auth.reach = reach
         yield Harness(client, app, clock, keys, reach, settings.admin_secret())

@@ -252,7 +252,7 @@ async def engine_stack(
                     session, Client(client_id, "cds-service", client_id, "none", SCOPES, False, True)
                 )
         to_fhir = httpx.AsyncClient(transport=httpx.ASGITransport(app=fhir.fhir_app), base_url=FHIR_ORIGIN)
-        fhir.auth_app.state.reach = FhirReach(to_fhir, runtime.signing_keys, AUTH, FHIR, fhir.clock)
+        fhir.auth_app.state.auth.reach = FhirReach(to_fhir, runtime.signing_keys, AUTH, FHIR, fhir.clock)
         # The engine reaches the in-process authorization and FHIR servers through ASGI mounts.
         http = httpx.AsyncClient(
             mounts={

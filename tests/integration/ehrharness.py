@@ -134,7 +134,7 @@ async def ehr_harness(tmp_path: Path, database_url: str, cds: CdsDouble | None =
     async with fhir_harness(tmp_path, database_url) as fhir:
         auth_runtime = fhir.auth_app.state.runtime
         to_fhir = httpx.AsyncClient(transport=httpx.ASGITransport(app=fhir.fhir_app), base_url=FHIR_ORIGIN)
-        fhir.auth_app.state.reach = FhirReach(to_fhir, auth_runtime.signing_keys, AUTH, FHIR, fhir.clock)
+        fhir.auth_app.state.auth.reach = FhirReach(to_fhir, auth_runtime.signing_keys, AUTH, FHIR, fhir.clock)
         router = Router({"auth.test": fhir.auth_app, "fhir.test": fhir.fhir_app, "cds.test": cds.app()})
         settings = EhrSettings(
             data_dir=tmp_path, database_url=database_url, public_url=EHR, authserver_url=AUTH, fhir_base_url=FHIR

@@ -26,10 +26,10 @@ from sqlalchemy import update
 
 from authserver import clients
 from authserver.app import create_app
-from authserver.authorize import PatientChoice
 from authserver.clients import Client
 from authserver.models import UserRow
 from authserver.passwords import hash_password
+from authserver.patients import PatientChoice
 from authserver.settings import AuthSettings
 from authserver.users import User
 from common.clock import FrozenClock
@@ -274,14 +274,14 @@ async def running_smart(
         await _register(app, keys)
         await register_apps(app)
         reach = FakeReach({"Practitioner/dr-a": {"p-a1", "p-a2"}, "Practitioner/dr-b": {"p-b1"}})
-        app.state.reach = reach
+        app.state.auth.reach = reach
         patients = FakePatients(
             {
                 "Practitioner/dr-a": [PatientChoice("p-a1", "Alice A", "1970-01-01"), PatientChoice("p-a2", "Bob A")],
                 "Practitioner/dr-b": [PatientChoice("p-b1", "Carol B")],
             }
         )
-        app.state.patients = patients
+        app.state.auth.patients = patients
         yield Smart(Harness(client, app, clock, keys, reach, settings.admin_secret()), settings, patients)
 
 

@@ -36,7 +36,7 @@ async def flow(tmp_path: Path, database_url: str) -> AsyncIterator[tuple[FhirHar
             )
         # The authorization server reaches the in-process FHIR server for its reach question.
         to_fhir = httpx.AsyncClient(transport=httpx.ASGITransport(app=fhir.fhir_app), base_url=FHIR_ORIGIN)
-        fhir.auth_app.state.reach = FhirReach(to_fhir, runtime.signing_keys, AUTH, FHIR, fhir.clock)
+        fhir.auth_app.state.auth.reach = FhirReach(to_fhir, runtime.signing_keys, AUTH, FHIR, fhir.clock)
         yield fhir, ehr_key
         await to_fhir.aclose()
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from authserver import clients
-from authserver.authorize import FhirPatients, PatientChoice
+from authserver.patients import FhirPatients, PatientChoice
 from authserver.reach import FhirReach, ReachUnavailableError
 from authserver.users import User
 from tests.integration.authharness import AUTH, FHIR, claims_of
