@@ -24,6 +24,7 @@ from common.app_origins import registered_origins
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
 from common.db import is_statement_timeout, make_sessionmaker
+from common.http import make_http_client
 from common.errors import BodyRefusedError
 from common.health import Check
 from common.jwks import JwksCache
@@ -63,11 +64,16 @@ def create_app(
         to_auth = authserver_client or runtime.http
         jwks = JwksCache(to_auth, settings.authserver_jwks_url, clock=clock)
         revocations = RevocationWatcher(
-            to_auth,
+            authserver_client,
             f"{settings.authserver_url.rstrip('/')}/revocations",
             clock=clock,
             poll_seconds=settings.revocation_poll_seconds,
             max_staleness=settings.revocation_max_staleness_seconds,
+            # Its own client in its own thread (revocations.py): a poll that never queues behind
+            # requests, and whose every call gives up at the staleness limit.
+            client_factory=None
+            if authserver_client is not None
+            else lambda: make_http_client(ca_file=settings.ca_path, timeout=settings.revocation_max_staleness_seconds),
         )
         audit = AuditWriter(runtime.sessions, clock)
 
