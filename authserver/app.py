@@ -28,6 +28,7 @@ from common.app import service_app
 from common.app_origins import registered_origins
 from common.clock import Clock, system_clock
 from common.errors import BodyRefusedError
+from common.overload import install_overload_handlers
 from common.runtime import Runtime
 from common.settings import load_settings
 from common.web import jwks_response
@@ -157,6 +158,15 @@ def create_app(settings: AuthSettings | None = None, *, clock: Clock = system_cl
             return PlainTextResponse(exc.message, status_code=exc.status, headers=dict(NO_STORE))
         body = {"error": "invalid_request", "error_description": exc.message}
         return JSONResponse(body, status_code=exc.status, headers=dict(NO_STORE))
+
+    def overloaded(request: Request, reason: str) -> Response:
+        if request.url.path in BROWSER_PAGES:
+            return PlainTextResponse(reason, status_code=503, headers=dict(NO_STORE))
+        # RFC 6749 §4.1.2.1 names this error for a server that is "temporarily overloaded".
+        body = {"error": "temporarily_unavailable", "error_description": reason}
+        return JSONResponse(body, status_code=503, headers=dict(NO_STORE))
+
+    install_overload_handlers(app, overloaded)
 
     app.include_router(oauth_router(settings))
     app.include_router(admin_router(settings))

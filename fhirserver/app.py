@@ -17,17 +17,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.app import service_app
 from common.app_origins import registered_origins
 from common.clock import Clock, system_clock
 from common.cors import CorsMiddleware
-from common.db import is_statement_timeout, make_sessionmaker
-from common.http import make_http_client
+from common.db import is_statement_timeout, make_sessionmaker, overload
 from common.errors import BodyRefusedError
 from common.health import Check
+from common.http import make_http_client
 from common.jwks import JwksCache
+from common.overload import retry_later
 from common.runtime import Runtime
 from common.settings import load_settings
 from fhirserver import rest
@@ -48,6 +50,28 @@ def _outcome(status: int, code: str, diagnostics: str) -> Response:
     return rest.fhir_response(operation_outcome([Issue(diagnostics, code=code)]), status)
 
 
+def _revocation_watcher(
+    settings: FhirSettings, clock: Clock, authserver_client: httpx.AsyncClient | None
+) -> RevocationWatcher:
+    """Polling in a thread of its own with its own client (revocations.py): a poll that never
+    queues behind requests, and whose every call gives up at the staleness limit. A client given
+    for composing the services in one process is used on the caller's loop instead."""
+    feed = f"{settings.authserver_url.rstrip('/')}/revocations"
+    staleness = settings.revocation_max_staleness_seconds
+
+    def own_client() -> httpx.AsyncClient:
+        return make_http_client(ca_file=settings.ca_path, timeout=staleness)
+
+    return RevocationWatcher(
+        authserver_client,
+        feed,
+        clock=clock,
+        poll_seconds=settings.revocation_poll_seconds,
+        max_staleness=staleness,
+        client_factory=None if authserver_client is not None else own_client,
+    )
+
+
 def create_app(
     settings: FhirSettings | None = None,
     *,
@@ -63,18 +87,7 @@ def create_app(
     def on_start(app: FastAPI, runtime: Runtime) -> None:
         to_auth = authserver_client or runtime.http
         jwks = JwksCache(to_auth, settings.authserver_jwks_url, clock=clock)
-        revocations = RevocationWatcher(
-            authserver_client,
-            f"{settings.authserver_url.rstrip('/')}/revocations",
-            clock=clock,
-            poll_seconds=settings.revocation_poll_seconds,
-            max_staleness=settings.revocation_max_staleness_seconds,
-            # Its own client in its own thread (revocations.py): a poll that never queues behind
-            # requests, and whose every call gives up at the staleness limit.
-            client_factory=None
-            if authserver_client is not None
-            else lambda: make_http_client(ca_file=settings.ca_path, timeout=settings.revocation_max_staleness_seconds),
-        )
+        revocations = _revocation_watcher(settings, clock, authserver_client)
         audit = AuditWriter(runtime.sessions, clock)
 
         async def patients_of(practitioner_id: str) -> frozenset[str]:
@@ -332,13 +345,19 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnavailableError)
     async def unavailable(_r: Request, _e: UnavailableError) -> Response:
-        return _outcome(503, "transient", "authorization state is temporarily unavailable; retry")
+        return retry_later(_outcome(503, "transient", "authorization state is temporarily unavailable; retry"))
+
+    @app.exception_handler(PoolTimeoutError)
+    async def pool_exhausted(_r: Request, exc: PoolTimeoutError) -> Response:
+        # No connection free within MOCKEHR_FHIR_DB_POOL_TIMEOUT_SECONDS: overload, not failure.
+        return retry_later(_outcome(503, "transient", overload(exc) or "the server is busy; retry"))
 
     @app.exception_handler(DBAPIError)
     async def database_error(_r: Request, exc: DBAPIError) -> Response:
         if is_statement_timeout(exc):
             # The statement ran past MOCKEHR_FHIR_DB_STATEMENT_TIMEOUT_SECONDS and was stopped.
-            return _outcome(503, "too-costly", "the request took too long and was stopped; narrow it or retry later")
+            outcome = _outcome(503, "too-costly", "the request took too long and was stopped; narrow it or retry later")
+            return retry_later(outcome)
         _log.error("database error: %s", type(exc.orig).__name__)
         return _outcome(500, "exception", "the request failed")
 

@@ -21,6 +21,7 @@ the guard answers 503 rather than serve a token that may have been revoked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -123,7 +124,9 @@ class RevocationWatcher:
     def start(self) -> None:
         if self._client is not None:
             client = self._client
-            self._loop = Periodic("revocation-watcher", lambda: self._poll_quietly(client), self._poll_seconds, run_first=True)
+            self._loop = Periodic(
+                "revocation-watcher", lambda: self._poll_quietly(client), self._poll_seconds, run_first=True
+            )
             self._loop.start()
             return
         if self._thread is None:
@@ -135,17 +138,16 @@ class RevocationWatcher:
         asyncio.run(self._thread_main())
 
     async def _thread_main(self) -> None:
-        assert self._client_factory is not None
+        if self._client_factory is None:
+            return
         self._stopping = asyncio.Event()
         async with self._client_factory() as client:
             self._thread_client, self._thread_loop = client, asyncio.get_running_loop()
             self._ready.set()
             while not self._stopping.is_set():
                 await self._poll_quietly(client)
-                try:
+                with contextlib.suppress(TimeoutError):  # the interval passed: poll again
                     await asyncio.wait_for(self._stopping.wait(), self._poll_seconds)
-                except TimeoutError:
-                    pass
             self._thread_client = self._thread_loop = None
 
     async def stop(self) -> None:

@@ -37,7 +37,7 @@ class Feed:
         feed = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 feed.polls += 1
                 items = list(feed.revoked)
                 body = json.dumps({"revocations": items, "last": len(items)}).encode()
