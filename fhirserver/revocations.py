@@ -93,6 +93,9 @@ class RevocationWatcher:
 
     async def _poll(self, client: httpx.AsyncClient) -> None:
         """Read the feed from a little before the last sequence seen, page by page."""
+        # The view holds every revocation committed before the feed was asked, not before it
+        # answered: stamped with the asking time, a slow answer cannot stretch the 1 s bound.
+        asked_at = self._clock()
         after = max(0, self._last - self._overlap)
         found: dict[str, int] = {}
         while True:
@@ -112,7 +115,7 @@ class RevocationWatcher:
             merged = {j: e for j, e in self._revoked.items() if e > now} if prune else dict(self._revoked)
             merged.update(found)
             self._revoked = merged
-        self._synced_at = self._clock()
+        self._synced_at = asked_at
 
     async def _poll_quietly(self, client: httpx.AsyncClient) -> None:
         try:
