@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 import authserver.models  # noqa: F401  (registers tables on the shared metadata)
 import ehr.models  # noqa: F401
+import ehr.ui.refreshes as _ehr_ui_refreshes  # noqa: F401  (ehr_ui_refreshes)
 import ehr.ui.signouts as _ehr_ui_tables  # noqa: F401  (ehr_ui_signouts)
 import fhirserver.models  # noqa: F401
 from alembic import context

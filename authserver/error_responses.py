@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from authserver.errors import NO_STORE, AdminUnauthorizedError, OAuthError
 from common.errors import BodyRefusedError
+from common.overload import install_overload_handlers
 
 # The pages a browser posts forms to (login.py, authorize.py); every other route is for programs.
 BROWSER_PAGES = frozenset({"/login", "/logout", "/authorize", "/authorize/select"})
@@ -36,7 +37,16 @@ async def body_refused(request: Request, exc: BodyRefusedError) -> Response:
     return JSONResponse(body, status_code=exc.status, headers=dict(NO_STORE))
 
 
+def overloaded(request: Request, reason: str) -> Response:
+    if request.url.path in BROWSER_PAGES:
+        return PlainTextResponse(reason, status_code=503, headers=dict(NO_STORE))
+    # RFC 6749 §4.1.2.1 names this error for a server that is "temporarily overloaded".
+    body = {"error": "temporarily_unavailable", "error_description": reason}
+    return JSONResponse(body, status_code=503, headers=dict(NO_STORE))
+
+
 def install(app: FastAPI) -> None:
     app.exception_handler(AdminUnauthorizedError)(admin_unauthorized)
     app.exception_handler(OAuthError)(oauth_error)
     app.exception_handler(BodyRefusedError)(body_refused)
+    install_overload_handlers(app, overloaded)

@@ -37,7 +37,9 @@ class FhirReach:
     issuer: str
     fhir_base: str
     clock: Clock
-    cache_seconds: float = 5.0
+    # ≤ the 1 s revocation guarantee: a practitioner taken off a panel or care team loses the
+    # patient at every authserver replica within a second, like a revoked token (issue 18).
+    cache_seconds: float = 1.0
     _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     _answers: dict[tuple[str, str], tuple[bool, float]] = field(default_factory=dict)
 

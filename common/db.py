@@ -9,7 +9,13 @@ Every statement of a service is bounded in time (`statement_timeout`, the servic
 gone; on SQLite by a progress handler that interrupts a statement past its deadline (SQLite has
 no timer of its own: the handler runs every few thousand VM instructions, so a statement waiting
 on a lock is bounded by busy_timeout instead). Either way the statement fails with an error
-`is_statement_timeout` recognises, which the FHIR server answers with 503 `too-costly`.
+`is_statement_timeout` recognises.
+
+Every pool is bounded too (`pool_size` connections kept, as many again under a burst, and a
+request waits at most `pool_timeout` seconds for one). Both bounds are overload, not failure:
+`overload` names them and every service answers them with 503 and `Retry-After` in its own
+protocol's shape (the FHIR server an OperationOutcome, the authorization server an OAuth
+`temporarily_unavailable`, the EHR its API error), never 500.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -81,15 +88,19 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | None = None) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 10, pool_timeout: float = 30.0, statement_timeout: float | None = None
+) -> AsyncEngine:
     """Create the async engine. SQLite gets WAL, a busy timeout and enforced foreign keys.
 
     `statement_timeout` (seconds; None: unbounded, for the CLI's bulk work) bounds every
-    statement run through the engine (see the module docstring).
+    statement run through the engine; `pool_size` and `pool_timeout` bound its connections (see
+    the module docstring).
     """
     parsed = parse_database_url(url)
+    pool = {"pool_size": pool_size, "max_overflow": pool_size, "pool_timeout": pool_timeout}
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(parsed, connect_args={"timeout": 30})
+        engine = create_async_engine(parsed, connect_args={"timeout": 30}, **pool)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         if statement_timeout is not None:
             _bound_sqlite_statements(engine, statement_timeout)
@@ -100,9 +111,7 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout: float | Non
         connect_args["server_settings"] = {"statement_timeout": str(max(1, round(statement_timeout * 1000)))}
     # No pre-ping: it costs a round trip per checkout on every request. A connection the
     # server dropped fails its next statement, asyncpg reports it, and the pool discards it.
-    return create_async_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, connect_args=connect_args
-    )
+    return create_async_engine(parsed, pool_recycle=1800, connect_args=connect_args, **pool)
 
 
 _DEADLINE = "mockehr.statement_deadline"
@@ -142,6 +151,19 @@ def is_statement_timeout(exc: BaseException) -> bool:
     orig = exc.orig
     # PostgreSQL: query_canceled (57014); SQLite: the progress handler's interrupt.
     return getattr(orig, "sqlstate", None) == "57014" or str(orig) == "interrupted"
+
+
+RETRY_AFTER_SECONDS = 1
+
+
+def overload(exc: BaseException) -> str | None:
+    """Why this database error is overload rather than failure, or None: a pool with no free
+    connection within its timeout, or a statement stopped at its time bound."""
+    if isinstance(exc, PoolTimeoutError):
+        return "every database connection is busy; retry shortly"
+    if is_statement_timeout(exc):
+        return "the request took too long and was stopped; retry later"
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

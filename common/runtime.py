@@ -52,7 +52,12 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Open the service's resources. A signing service gets its key created if it has none."""
     configure_logging(settings.log_level, settings.service_name)
-    engine = make_engine(settings.db_url, statement_timeout=settings.db_statement_timeout_seconds)
+    engine = make_engine(
+        settings.db_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+    )
     sessions = make_sessionmaker(engine)
     http = make_http_client(ca_file=settings.ca_path, timeout=settings.http_timeout_seconds)
     keys: KeyStore | None = None

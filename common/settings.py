@@ -86,6 +86,12 @@ class ServiceSettings(BaseSettings):
     # Every statement of the service's database sessions stops after this long (common/db.py):
     # a runaway query cannot outlive its client or hold a backend for minutes.
     db_statement_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    # Connections per process: db_pool_size kept open, as many again opened under a burst
+    # (PostgreSQL; SQLite uses the same bounds). A request that finds every connection busy
+    # waits up to db_pool_timeout_seconds for one, then gets 503 with Retry-After (never 500).
+    # Size db_pool_size x 2 x processes below the server's max_connections.
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     # Log level of the service's own lines (uvicorn's output is logged too).
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from common.app import service_app
 from common.clock import Clock, system_clock
 from common.errors import BodyRefusedError
+from common.overload import install_overload_handlers
 from common.settings import load_settings
 from common.web import jwks_response
 from ehr.cds_wiring import CdsWiring
@@ -42,6 +43,14 @@ def create_app(
             body = {"error": code, "message": exc.message}
             return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
         return PlainTextResponse(exc.message, status_code=exc.status)
+
+    def overloaded(request: Request, reason: str) -> Response:
+        if request.url.path.startswith(("/api/", "/ui/")):
+            body = {"error": "unavailable", "message": reason}
+            return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
+        return PlainTextResponse(reason, status_code=503, headers={"Cache-Control": "no-store"})
+
+    install_overload_handlers(app, overloaded)
 
     # CDS Hooks 2.0 "Trusting CDS Clients": the EHR publishes its JWT signing keys as a JWK Set;
     # CDS Services are told this URL (and may see it as `jku`).

@@ -12,10 +12,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.db import is_statement_timeout
+from common.db import is_statement_timeout, overload
 from common.errors import BodyRefusedError
+from common.overload import retry_later
 from fhirserver import rest
 from fhirserver.errors import FhirError, Issue, operation_outcome
 from fhirserver.guard import ForbiddenError, UnauthorizedError, UnavailableError
@@ -46,13 +48,19 @@ async def forbidden(_r: Request, _e: ForbiddenError) -> Response:
 
 
 async def unavailable(_r: Request, _e: UnavailableError) -> Response:
-    return _outcome(503, "transient", "authorization state is temporarily unavailable; retry")
+    return retry_later(_outcome(503, "transient", "authorization state is temporarily unavailable; retry"))
+
+
+async def pool_exhausted(_r: Request, exc: PoolTimeoutError) -> Response:
+    # No connection free within MOCKEHR_FHIR_DB_POOL_TIMEOUT_SECONDS: overload, not failure.
+    return retry_later(_outcome(503, "transient", overload(exc) or "the server is busy; retry"))
 
 
 async def database_error(_r: Request, exc: DBAPIError) -> Response:
     if is_statement_timeout(exc):
         # The statement ran past MOCKEHR_FHIR_DB_STATEMENT_TIMEOUT_SECONDS and was stopped.
-        return _outcome(503, "too-costly", "the request took too long and was stopped; narrow it or retry later")
+        outcome = _outcome(503, "too-costly", "the request took too long and was stopped; narrow it or retry later")
+        return retry_later(outcome)
     _log.error("database error: %s", type(exc.orig).__name__)
     return _outcome(500, "exception", "the request failed")
 
@@ -76,6 +84,7 @@ def install_failure_handlers(app: FastAPI) -> None:
     app.exception_handler(UnauthorizedError)(unauthorized)
     app.exception_handler(ForbiddenError)(forbidden)
     app.exception_handler(UnavailableError)(unavailable)
+    app.exception_handler(PoolTimeoutError)(pool_exhausted)
     app.exception_handler(DBAPIError)(database_error)
     app.exception_handler(RequestValidationError)(invalid)
     app.exception_handler(StarletteHTTPException)(http_error)

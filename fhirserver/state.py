@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from common.clock import Clock
 from common.db import make_sessionmaker
 from common.health import Check
+from common.http import make_http_client
 from common.jwks import JwksCache
 from common.runtime import Runtime
 from fhirserver.audit import AuditWriter
@@ -45,6 +46,28 @@ class FhirState:
     guard: Guard
 
 
+def _revocation_watcher(
+    settings: FhirSettings, clock: Clock, authserver_client: httpx.AsyncClient | None
+) -> RevocationWatcher:
+    """Polling in a thread of its own with its own client (revocations.py): a poll that never
+    queues behind requests, and whose every call gives up at the staleness limit. A client given
+    for composing the services in one process is used on the caller's loop instead."""
+    feed = f"{settings.authserver_url.rstrip('/')}/revocations"
+    staleness = settings.revocation_max_staleness_seconds
+
+    def own_client() -> httpx.AsyncClient:
+        return make_http_client(ca_file=settings.ca_path, timeout=staleness)
+
+    return RevocationWatcher(
+        authserver_client,
+        feed,
+        clock=clock,
+        poll_seconds=settings.revocation_poll_seconds,
+        max_staleness=staleness,
+        client_factory=None if authserver_client is not None else own_client,
+    )
+
+
 def open_state(
     settings: FhirSettings,
     runtime: Runtime,
@@ -56,13 +79,7 @@ def open_state(
     """Build the state and start its background tasks (the revocation poller, the audit writer)."""
     to_auth = authserver_client or runtime.http
     jwks = JwksCache(to_auth, settings.authserver_jwks_url, clock=clock)
-    revocations = RevocationWatcher(
-        to_auth,
-        f"{settings.authserver_url.rstrip('/')}/revocations",
-        clock=clock,
-        poll_seconds=settings.revocation_poll_seconds,
-        max_staleness=settings.revocation_max_staleness_seconds,
-    )
+    revocations = _revocation_watcher(settings, clock, authserver_client)
     audit = AuditWriter(runtime.sessions, clock)
 
     async def patients_of(practitioner_id: str) -> frozenset[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -13,13 +14,26 @@ from starlette.responses import JSONResponse, Response
 
 from common.runtime import Runtime
 from ehr.principal import Principal
+from ehr.ui import refreshes
 from ehr.ui.config import UiConfig
 from ehr.ui.oauth import AuthClient, OAuthFailure, Tokens
 from ehr.ui.session import CSRF_HEADER, SESSION_COOKIE, CookieBox, Session, csrf_ok, session_from, session_payload
 from ehr.ui.signouts import record_signout, signed_out
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REFRESHED = "mockehr-refreshed"  # the sealing context of a stored refresh outcome
+REFRESH_POLL_SECONDS = 0.05
 log = logging.getLogger(__name__)
+
+
+def _payload(tokens: Tokens) -> dict[str, Any]:
+    return {"a": tokens.access_token, "e": tokens.expires_at, "r": tokens.refresh_token}
+
+
+def _tokens(payload: dict[str, Any] | None) -> Tokens | None:
+    if payload is None:
+        return None
+    return Tokens(access_token=payload["a"], expires_at=payload["e"], refresh_token=payload["r"], id_claims={})
 
 
 @dataclass
@@ -28,11 +42,9 @@ class UiState:
     box: CookieBox
     auth: AuthClient
     runtime: Runtime
-    # Refresh tokens rotate: two requests of one browser refreshing at once would present the
-    # same refresh token twice, which the authserver treats as theft (revoking the grant). One
-    # refresh per token at a time, and its result kept briefly for the other request.
-    _refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _refreshed: dict[str, tuple[float, Tokens]] = field(default_factory=dict)
+    # Refresh tokens rotate: a second presentation revokes the grant. ehr/ui/refreshes.py makes
+    # one request, on whichever replica, present each one; the others wait for its outcome.
+    refresh_wait_seconds: float = 15.0
 
     def now(self) -> int:
         return int(self.runtime.clock())
@@ -60,26 +72,41 @@ class UiState:
             return session
         if session.refresh_token is None:
             return session if session.access_expires_at > now else None
-        key = hashlib.sha256(session.refresh_token.encode()).hexdigest()
-        async with self._refresh_lock:
-            for old in [k for k, (at, _) in self._refreshed.items() if now - at > 30]:
-                del self._refreshed[old]
-            done = self._refreshed.get(key)
-            if done is None:
-                try:
-                    tokens = await self.auth.refresh(session.refresh_token)
-                except OAuthFailure:
-                    log.info("session refresh refused: the user signs in again")
-                    return None
-                self._refreshed[key] = (now, tokens)
-            else:
-                tokens = done[1]
+        tokens = await self._refresh_once(session.refresh_token)
+        if tokens is None:
+            return None
         return replace(
             session,
             access_token=tokens.access_token,
             access_expires_at=tokens.expires_at,
             refresh_token=tokens.refresh_token or session.refresh_token,
         )
+
+    async def _refresh_once(self, refresh_token: str) -> Tokens | None:
+        """The tokens this refresh token is exchanged for, presenting it at most once across every
+        replica (None: refused, or the request presenting it never finished)."""
+        token_hash = hashlib.sha256(refresh_token.encode()).hexdigest()
+        sessions = self.runtime.sessions
+        if await refreshes.claim(sessions, token_hash, self.now()):
+            try:
+                tokens = await self.auth.refresh(refresh_token)
+            except OAuthFailure:
+                log.info("session refresh refused: the user signs in again")
+                await refreshes.settle(sessions, token_hash, None)
+                return None
+            except BaseException:
+                await refreshes.settle(sessions, token_hash, None)
+                raise
+            await refreshes.settle(sessions, token_hash, self.box.seal(REFRESHED, _payload(tokens)))
+            return tokens
+        # Presented by another request, here or at another replica: its outcome, within bounds.
+        for _ in range(round(self.refresh_wait_seconds / REFRESH_POLL_SECONDS)):
+            settled, sealed = await refreshes.outcome(sessions, token_hash)
+            if settled:
+                return _tokens(self.box.open(REFRESHED, sealed))
+            await asyncio.sleep(REFRESH_POLL_SECONDS)
+        log.warning("a concurrent session refresh did not finish: the user signs in again")
+        return None
 
     def same_origin(self, request: Request) -> bool:
         """An unsafe request's Origin (when the browser sends one) must be the EHR's own."""

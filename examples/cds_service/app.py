@@ -36,7 +36,7 @@ from common.settings import load_settings
 from examples.cds_service.auth import TrustedClients, Unauthorized, authenticate
 from examples.cds_service.cards import CallEnv
 from examples.cds_service.errors import BadRequest, CdsError, DataUnavailable, TooLarge
-from examples.cds_service.feedback import FeedbackLog, IssuedCards, inconsistency
+from examples.cds_service.feedback import FeedbackLog, IssuedCards, RedisIssuedCards, inconsistency
 from examples.cds_service.fhir_data import DataSource
 from examples.cds_service.schemas import FHIR_ID, CdsResponse, FeedbackBody, HookRequest
 from examples.cds_service.services import SERVICES
@@ -101,6 +101,8 @@ def create_app(
 
             redis = Redis.from_url(settings.redis_url)
             replay = RedisReplayStore(redis, "mockehr:cds-example:jti", clock)
+            # Feedback may reach another replica than the one that issued the card.
+            app.state.issued = RedisIssuedCards(redis, "mockehr:cds-example:card")
         else:
             replay = MemoryReplayStore(clock)
         app.state.replay = replay
@@ -201,7 +203,7 @@ def create_app(
         data = DataSource(hook_request, app.state.http, settings)
         # DataUnavailable → 412 (CDS Hooks 2.0 §HTTP Response), bad context → 400 (cds_error).
         cards = await service.logic(data, env, hook_request)
-        app.state.issued.remember(service_id, cards)
+        await app.state.issued.remember(service_id, cards)
         return JSONResponse(CdsResponse(cards=cards).wire())
 
     @app.post("/cds-services/{service_id}/feedback")
@@ -213,7 +215,7 @@ def create_app(
             body = FeedbackBody.model_validate(await _json_body(request, settings.max_json_depth))
         except ValidationError as exc:
             raise BadRequest(_first_error(exc)) from None
-        issued = [(item, app.state.issued.get(item.card)) for item in body.feedback]
+        issued = [(item, await app.state.issued.get(item.card)) for item in body.feedback]
         for item, card in issued:
             problem = inconsistency(service_id, item, card)
             if problem is not None:

@@ -8,6 +8,7 @@ request of the service is recorded: the tests assert which servers were (and wer
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from common.clock import FrozenClock
 from common.jose import new_jti, sign_jwt
@@ -142,7 +145,7 @@ async def make_cds(tmp_path: Path) -> AsyncIterator[Any]:
     """A factory: the service with the FHIR server `fhir` (or none) reachable at its real URL."""
     stack: list[Any] = []
 
-    async def make(fhir: FhirHarness | None = None) -> Cds:
+    async def make(fhir: FhirHarness | None = None, **more_settings: Any) -> Cds:
         clock = fhir.clock if fhir is not None else FrozenClock(time.time())
         outbound: list[httpx.Request] = []
         holder: dict[str, Cds] = {}
@@ -175,6 +178,7 @@ async def make_cds(tmp_path: Path) -> AsyncIterator[Any]:
             ehr_jwks_url=JWKS_URL,
             fhir_servers=[FHIR],
             smart_launch_url=SMART_LAUNCH,
+            **more_settings,
         )
         app = create_cds(settings, clock=clock, http_client=http)
         context = serving(app, CDS)
@@ -834,6 +838,37 @@ async def test_overridden_feedback_with_an_offered_reason_is_recorded(make_cds: 
     assert (await cds.feedback("abnormal-results", {"feedback": [item]})).status_code == 200
     (entry,) = _recorded(cds)
     assert entry["overrideReason"] == reason["code"] and entry["userComment"] == "Discussed today"
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    url = os.environ.get("MOCKEHR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Redis not reachable at {url}: {exc}")
+        pytest.skip(f"Redis not reachable at {url}")
+    await client.aclose()
+    yield url
+
+
+async def test_feedback_reaching_another_replica_is_checked_against_the_card_the_first_one_issued(
+    make_cds: Any, redis_url: str
+) -> None:
+    issuer, other = await make_cds(redis_url=redis_url), await make_cds(redis_url=redis_url)
+    card = await _issued_card(issuer)
+    suggestion = card["suggestions"][0]["uuid"]
+    good = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": suggestion}]}
+    forged = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": "not-offered"}]}
+    refused = await other.feedback("abnormal-results", {"feedback": [{**forged, "outcomeTimestamp": NOW}]})
+    assert refused.status_code == 400 and "has no suggestion not-offered" in refused.json()["message"]
+    accepted = await other.feedback("abnormal-results", {"feedback": [{**good, "outcomeTimestamp": NOW}]})
+    assert accepted.status_code == 200
+    (entry,) = _recorded(other)
+    assert entry["card"] == card["uuid"] and entry["matched"] is True
 
 
 async def test_feedback_about_a_card_the_service_does_not_remember_is_recorded_as_unmatched(make_cds: Any) -> None:

@@ -3,6 +3,8 @@ it — but never under a request still running through it — and all closed at 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from ehr.mtls_clients import CertKey, MtlsClients
@@ -54,4 +56,27 @@ async def test_the_pool_is_bounded_and_closes_the_least_recently_used_client() -
             pass
     assert [c.is_closed for c in made] == [True, False, False]
     assert pool.current(keys[0]) is None
+    await pool.aclose()
+
+
+async def test_a_certificate_renewed_in_place_is_presented_from_the_next_exchange_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    cert.write_text("first certificate")
+    key.write_text("first key")
+    paths: CertKey = (str(cert), str(key))
+    made: list[httpx.AsyncClient] = []
+    pool = _pool(made)
+    async with pool.use("one", paths) as first:
+        pass
+    async with pool.use("one", paths) as unchanged:
+        assert unchanged is first  # the files did not change: the client is kept
+    renewed = tmp_path / "renewed.pem"
+    renewed.write_text("renewed certificate, longer than the first")
+    renewed.replace(cert)  # as certbot and friends do: a new file moved over the old path
+    async with pool.use("one", paths) as second:
+        assert second is not first
+        assert first.is_closed
+    assert len(made) == 2
     await pool.aclose()

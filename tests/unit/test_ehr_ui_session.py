@@ -1,19 +1,27 @@
 """The UI session's access token refresh: only when it is about to expire, once per refresh token
 even when two requests of one browser arrive together (refresh tokens rotate, and presenting one
-twice makes the authorization server revoke the grant), and the session ends when refused."""
+twice makes the authorization server revoke the grant), and the session ends when refused. The
+once-only record lives in the database (ehr/ui/refreshes.py): a migrated SQLite file here."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from common.clock import FrozenClock
+from common.db import make_engine, make_sessionmaker
 from ehr.ui.config import UiConfig
 from ehr.ui.oauth import OAuthFailure, Tokens
 from ehr.ui.session import CookieBox, Session
 from ehr.ui.state import UiState
+from mockehr import migrate
 
 NOW = 1_800_000_000
 
@@ -34,9 +42,28 @@ class FakeAuth:
         return Tokens(f"at-{n}", NOW + 300, f"rt-{n}", {})
 
 
+@pytest.fixture
+def migrated(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'ehr.db'}"
+    migrate.upgrade(url)  # runs its own event loop: outside the test's
+    return url
+
+
+@pytest.fixture(autouse=True)
+async def database(migrated: str) -> AsyncIterator[None]:
+    engine = make_engine(migrated)
+    _sessions.append(make_sessionmaker(engine))
+    yield
+    _sessions.clear()
+    await engine.dispose()
+
+
+_sessions: list[async_sessionmaker[AsyncSession]] = []
+
+
 def state(auth: FakeAuth, clock: FrozenClock) -> UiState:
     config = UiConfig("https://ehr.test", "https://auth.test", "https://fhir.test/fhir")
-    runtime: Any = SimpleNamespace(clock=clock)
+    runtime: Any = SimpleNamespace(clock=clock, sessions=_sessions[0])
     fake: Any = auth
     return UiState(config, CookieBox(b"\x00" * 32), fake, runtime)
 
