@@ -226,41 +226,39 @@ async def _create(http: httpx.AsyncClient, base: str, token: str, resource: dict
     }
 
 
-def signing_router() -> APIRouter:
-    router = APIRouter()
+router = APIRouter()
 
-    @router.post("/ui/orders")
-    async def sign(request: Request) -> Response:
-        ui = ui_state(request)
-        session = await ui.posting_session(request)
-        if isinstance(session, Response):
-            return session
-        raw = await request.body()
-        try:
-            if len(raw) > MAX_BODY:
-                raise ValueError("too large")
-            body = SignRequest.model_validate_json(raw)
-        except (ValidationError, ValueError):
-            return JSONResponse({"error": "invalid_request", "message": "not a valid order to sign"}, 400)
-        item = orderable(body.kind, body.system, body.code)
-        if item is None:
-            return JSONResponse({"error": "invalid_request", "message": "not an item the order form offers"}, 400)
-        reader = FhirReader(ui.runtime.http, ui.config.fhir_base_url, session.access_token)
-        try:
-            await _check_review(request, body, session.user_ref)
-            if not await reader.chart_visible(body.patientId):
-                raise Refused(404, "not_found", "no such patient")
-            if body.encounterId is not None and not await reader.encounter_of(body.patientId, body.encounterId):
-                raise Refused(400, "invalid_request", "that encounter is not this patient's")
-            today = dt.datetime.fromtimestamp(ui.now(), dt.UTC).date().isoformat()
-            resource = order_resource(body, item, session.user_ref, today, body.encounterId)
-            written = await _create(ui.runtime.http, ui.config.fhir_base_url, session.access_token, resource)
-        except Refused as refused:
-            return refused.response()
-        except FhirUnavailable:
-            return JSONResponse({"error": "unavailable", "message": "the FHIR server could not answer"}, 503)
-        except FhirUnauthorized:
-            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
-        return JSONResponse(written, status_code=201 if written["created"] else 200)
 
-    return router
+@router.post("/ui/orders")
+async def sign(request: Request) -> Response:
+    ui = ui_state(request)
+    session = await ui.posting_session(request)
+    if isinstance(session, Response):
+        return session
+    raw = await request.body()
+    try:
+        if len(raw) > MAX_BODY:
+            raise ValueError("too large")
+        body = SignRequest.model_validate_json(raw)
+    except (ValidationError, ValueError):
+        return JSONResponse({"error": "invalid_request", "message": "not a valid order to sign"}, 400)
+    item = orderable(body.kind, body.system, body.code)
+    if item is None:
+        return JSONResponse({"error": "invalid_request", "message": "not an item the order form offers"}, 400)
+    reader = FhirReader(ui.runtime.http, ui.config.fhir_base_url, session.access_token)
+    try:
+        await _check_review(request, body, session.user_ref)
+        if not await reader.chart_visible(body.patientId):
+            raise Refused(404, "not_found", "no such patient")
+        if body.encounterId is not None and not await reader.encounter_of(body.patientId, body.encounterId):
+            raise Refused(400, "invalid_request", "that encounter is not this patient's")
+        today = dt.datetime.fromtimestamp(ui.now(), dt.UTC).date().isoformat()
+        resource = order_resource(body, item, session.user_ref, today, body.encounterId)
+        written = await _create(ui.runtime.http, ui.config.fhir_base_url, session.access_token, resource)
+    except Refused as refused:
+        return refused.response()
+    except FhirUnavailable:
+        return JSONResponse({"error": "unavailable", "message": "the FHIR server could not answer"}, 503)
+    except FhirUnauthorized:
+        return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
+    return JSONResponse(written, status_code=201 if written["created"] else 200)
