@@ -2,18 +2,6 @@
 
 Run alone with `uvicorn --factory examples.smart_app.app:create_app` (settings MOCKEHR_SMART_*).
 
-    GET /launch?iss=<FHIR base>&launch=<opaque>     (opened by the EHR)
-      → iss must be the configured FHIR server (allow list), its smart-configuration is read,
-        fhirclient builds the authorization request (state, PKCE S256, aud=iss, launch) and the
-        app adds an OpenID Connect nonce; fhirclient's state stays in memory here, the browser
-        gets only an opaque key in a cookie, and goes to the authorization endpoint.
-    GET /callback?code&state&iss                    (back from the authorization server)
-      → the cookie names the launch (once), the state must be the one sent, `iss` the server it
-        was sent to (RFC 9207); fhirclient redeems the code with the verifier; the id_token is
-        verified (signature, iss, aud, exp, nonce) before the patient is read with the access
-        token; the page shows the patient, the user and the launch context the token response
-        carried (appContext, fhirContext, encounter).
-
 The routes are in routes.py, the state (and the worker thread every network step of the
 synchronous fhirclient runs in) in state.py. Of mockehr the app uses only `common` (JWT
 verification, security headers, settings), as any third-party app would use its own libraries.

@@ -1,5 +1,18 @@
 """The example SMART app's routes: the EHR launch, the answer from the authorization server, and
-the stylesheet (SMART App Launch 2.2 "EHR Launch"; the flow is described in app.py)."""
+the stylesheet (SMART App Launch 2.2 "EHR Launch").
+
+    GET /launch?iss=<FHIR base>&launch=<opaque>     (opened by the EHR)
+      → iss must be the configured FHIR server (allow list), its smart-configuration is read,
+        fhirclient builds the authorization request (state, PKCE S256, aud=iss, launch) and the
+        app adds an OpenID Connect nonce; fhirclient's state stays in memory here, the browser
+        gets only an opaque key in a cookie, and goes to the authorization endpoint.
+    GET /callback?code&state&iss                    (back from the authorization server)
+      → the cookie names the launch (once), the state must be the one sent, `iss` the server it
+        was sent to (RFC 9207); fhirclient redeems the code with the verifier; the id_token is
+        verified (signature, iss, aud, exp, nonce) before the patient is read with the access
+        token; the page shows the patient, the user and the launch context the token response
+        carried (appContext, fhirContext, encounter).
+"""
 
 from __future__ import annotations
 
