@@ -6,19 +6,19 @@ Run alone with `uvicorn --factory ehr.app:create_app` (settings from MOCKEHR_EHR
 from __future__ import annotations
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI
 
 from common.app import service_app
 from common.clock import Clock, system_clock
-from common.errors import BodyRefusedError
-from common.overload import install_overload_handlers
 from common.settings import load_settings
-from common.web import jwks_response
+from ehr import api, wellknown
+from ehr.api_errors import install_error_handlers
 from ehr.cds_wiring import CdsWiring
-from ehr.deps import RuntimeDep
 from ehr.settings import EhrSettings
+from ehr.state import EhrState
+from ehr.ui.config import UiConfig
 from ehr.ui.install import install_ui
+from ehr.ui.state import resolve_session
 
 
 def create_app(
@@ -28,35 +28,20 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     settings = settings or load_settings(EhrSettings)
-    # The CDS Hooks client: engine, registry, card actions and the /api routes (ehr/cds_wiring.py).
-    cds = CdsWiring(settings, clock=clock, transport=transport)
+    state = EhrState(
+        settings=settings,
+        admin_token=settings.admin_secret(),
+        ui_config=UiConfig.of(settings),
+        session_resolver=resolve_session,  # a UI session may call the API too (ehr/principal.py)
+    )
+    # The CDS Hooks client: engine, registry and card actions, built in the lifespan.
+    cds = CdsWiring(state, clock=clock, transport=transport)
     app = service_app(
         settings, title="mockehr EHR", signing=True, clock=clock, on_start=cds.on_start, on_stop=cds.on_stop
     )
-    cds.install(app)
-
-    @app.exception_handler(BodyRefusedError)
-    async def body_refused(request: Request, exc: BodyRefusedError) -> Response:
-        # The JSON API (and the UI's script endpoints) get the API's error shape; pages get text.
-        if request.url.path.startswith(("/api/", "/ui/")):
-            code = "too_large" if exc.status == 413 else "invalid_request"
-            body = {"error": code, "message": exc.message}
-            return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
-        return PlainTextResponse(exc.message, status_code=exc.status)
-
-    def overloaded(request: Request, reason: str) -> Response:
-        if request.url.path.startswith(("/api/", "/ui/")):
-            body = {"error": "unavailable", "message": reason}
-            return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
-        return PlainTextResponse(reason, status_code=503, headers={"Cache-Control": "no-store"})
-
-    install_overload_handlers(app, overloaded)
-
-    # CDS Hooks 2.0 "Trusting CDS Clients": the EHR publishes its JWT signing keys as a JWK Set;
-    # CDS Services are told this URL (and may see it as `jku`).
-    @app.get("/.well-known/jwks.json")
-    async def jwks(runtime: RuntimeDep) -> JSONResponse:
-        return await jwks_response(runtime.keys)
-
-    install_ui(app, settings)  # the web UI (ehr/ui): pages, static files, the API's session resolver
+    app.state.ehr = state
+    install_error_handlers(app)
+    for router in (*api.ROUTERS, wellknown.router):
+        app.include_router(router)
+    install_ui(app)  # the web UI (ehr/ui): its pages and static files
     return app

@@ -113,8 +113,8 @@ def _check_value(name: str, modifier: str | None, value: str) -> str | None:
     return f"value of {name} is not a reference, token or date"
 
 
-def check_template(template: str) -> str | None:
-    """None when `template` is an allowed prefetch query form, else the reason it is refused."""
+def _shape_refusal(template: str) -> str | None:
+    """What is wrong with the template as a whole: length, whitespace, absolute, its tokens."""
     if not isinstance(template, str) or not template or len(template) > 2048:
         return "a prefetch template is a non-empty relative FHIR query"
     if any(c.isspace() for c in _tokens_only(template)) or "#" in template:
@@ -126,17 +126,21 @@ def check_template(template: str) -> str | None:
             return refusal
     if TOKEN.sub("", template).count("{") or TOKEN.sub("", template).count("}"):
         return "unbalanced token braces"
-    path, sep, query = template.partition("?")
-    segments = path.split("/")
-    if not _RESOURCE_TYPE.fullmatch(segments[0]):
-        return f"{segments[0]!r} is not a resource type"
-    if not sep:
-        if len(segments) != 2:
-            return "only an instance read Type/id or a type search Type?... is allowed"
-        ident = segments[1]
-        if not (re.fullmatch(r"\{\{[^{}]+\}\}", ident) or (_FHIR_ID.fullmatch(ident) and ident not in (".", ".."))):
-            return "an instance read is Type/{{token}} or Type/<id>"
-        return None
+    return None
+
+
+def _read_refusal(segments: list[str]) -> str | None:
+    """An instance read: Type/{{token}} or Type/<id>."""
+    if len(segments) != 2:
+        return "only an instance read Type/id or a type search Type?... is allowed"
+    ident = segments[1]
+    if not (re.fullmatch(r"\{\{[^{}]+\}\}", ident) or (_FHIR_ID.fullmatch(ident) and ident not in (".", ".."))):
+        return "an instance read is Type/{{token}} or Type/<id>"
+    return None
+
+
+def _search_refusal(segments: list[str], query: str) -> str | None:
+    """A type search: Type?params, each an allowed parameter with an allowed value."""
     if len(segments) != 1:
         return "a type search is Type?params (no compartment or operation paths)"
     if not query:
@@ -153,6 +157,20 @@ def check_template(template: str) -> str | None:
         if refusal is not None:
             return refusal
     return None
+
+
+def check_template(template: str) -> str | None:
+    """None when `template` is an allowed prefetch query form, else the reason it is refused.
+
+    Not hook-aware: `{{context.<field>}}` passes for any field name, whether or not the hooks the
+    template serves have that context field (such a token then simply does not resolve)."""
+    if (refusal := _shape_refusal(template)) is not None:
+        return refusal
+    path, sep, query = template.partition("?")
+    segments = path.split("/")
+    if not _RESOURCE_TYPE.fullmatch(segments[0]):
+        return f"{segments[0]!r} is not a resource type"
+    return _search_refusal(segments, query) if sep else _read_refusal(segments)
 
 
 @dataclass(frozen=True)

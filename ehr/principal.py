@@ -2,7 +2,7 @@
 
 Either the administrator, with `Authorization: Bearer <admin token>` (then the request body's
 `userId` names the user a hook fires for), or a user signed in to the EHR UI, whose session the
-UI's `app.state.session_resolver` resolves (it enforces CSRF on unsafe methods itself).
+UI's session resolver (`EhrState.session_resolver`, ehr/state.py) resolves (it enforces CSRF on unsafe methods itself).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-async def resolve_principal(request: Request, admin_token: str) -> Principal:
+async def resolve_principal(request: Request, admin_token: str, resolver: SessionResolver | None) -> Principal:
     """The admin (constant-time token comparison), else the UI session, else a bare 401."""
     presented = _bearer(request)
     if presented is not None:
@@ -41,7 +41,6 @@ async def resolve_principal(request: Request, admin_token: str) -> Principal:
         if admin_token and hmac.compare_digest(presented.encode(), admin_token.encode()):
             return ADMIN
         raise Unauthenticated
-    resolver: SessionResolver | None = getattr(request.app.state, "session_resolver", None)
     if resolver is not None:
         principal = await resolver(request)
         if principal is not None:

@@ -23,6 +23,7 @@ import json
 import re
 import secrets
 from dataclasses import replace
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -30,6 +31,7 @@ from starlette.datastructures import FormData
 
 from common.keys import list_keys, rotate
 from ehr.authserver_admin import AuthserverAdmin, RegistrationRefused
+from ehr.deps import AuthserverAdminDep
 from ehr.errors import Conflict, UpstreamFailed
 from ehr.ui.oauth import OAuthFailure
 from ehr.ui.pages import Page, with_session
@@ -97,135 +99,138 @@ def _see_other(path: str) -> Response:
     return response
 
 
-def admin_router() -> APIRouter:
-    router = APIRouter()
+# --- the pages, as plain functions of the UI state and the session ------------------------------
 
-    @router.get("/admin")
-    async def admin_home(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            if session.is_admin:
-                return _see_other("/admin/services")
-            return render("admin_signin.html", title="Administration", session=session, error="")
 
-        return await with_session(request, page)
+async def signin_page(ui: UiState, session: Session) -> Response:
+    if session.is_admin:
+        return _see_other("/admin/services")
+    return render("admin_signin.html", title="Administration", session=session, error="")
 
-    @router.post("/admin/elevate")
-    async def elevate(request: Request) -> Response:
-        form = await request.form()
 
-        async def page(ui: UiState, session: Session) -> Response:
-            presented = form.get("admin_token")
-            expected = ui.runtime.settings.admin_secret()
-            if (
-                not isinstance(presented, str)
-                or not presented
-                or not expected
-                or not hmac.compare_digest(presented.encode(), expected.encode())
-            ):
-                return render(
-                    "admin_signin.html",
-                    403,
-                    title="Administration",
-                    session=session,
-                    error="That is not the admin token.",
-                )
-            response = _see_other("/admin/services")
-            ui.write(response, replace(session, is_admin=True))
-            return response
+async def elevate_page(presented: object, ui: UiState, session: Session) -> Response:
+    """The session becomes an admin's when the admin token is shown (compared in constant time)."""
+    expected = ui.runtime.settings.admin_secret()
+    if (
+        not isinstance(presented, str)
+        or not presented
+        or not expected
+        or not hmac.compare_digest(presented.encode(), expected.encode())
+    ):
+        return render(
+            "admin_signin.html", 403, title="Administration", session=session, error="That is not the admin token."
+        )
+    response = _see_other("/admin/services")
+    ui.write(response, replace(session, is_admin=True))
+    return response
 
-        return await _admin_write(request, form, page, admin_only=False)
 
-    @router.get("/admin/services")
-    async def services(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            return render("admin_services.html", title="CDS Services", session=session)
+async def services_page(ui: UiState, session: Session) -> Response:
+    return render("admin_services.html", title="CDS Services", session=session)
 
-        return await _admin(request, page)
 
-    @router.get("/admin/clients")
-    async def clients(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            registry: AuthserverAdmin = request.app.state.authserver_admin
-            try:
-                found = await registry.list_clients()
-            except UpstreamFailed as exc:
-                return render("error.html", 503, title="Try again", message=exc.message, session=session)
-            return render("admin_clients.html", title="OAuth clients", session=session, clients=found)
+async def clients_page(registry: AuthserverAdmin, ui: UiState, session: Session) -> Response:
+    try:
+        found = await registry.list_clients()
+    except UpstreamFailed as exc:
+        return render("error.html", 503, title="Try again", message=exc.message, session=session)
+    return render("admin_clients.html", title="OAuth clients", session=session, clients=found)
 
-        return await _admin(request, page)
 
-    @router.get("/admin/clients/new")
-    async def new_client(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            return _register_form(session, {}, "")
+async def new_client_page(ui: UiState, session: Session) -> Response:
+    return _register_form(session, {}, "")
 
-        return await _admin(request, page)
 
-    @router.post("/admin/clients/new")
-    async def register_client(request: Request) -> Response:
-        form = await request.form()
+async def register_page(registry: AuthserverAdmin, form: FormData, ui: UiState, session: Session) -> Response:
+    parsed = _app_body(form)
+    if isinstance(parsed, str):
+        return _register_form(session, form, parsed, 400)
+    body, secret = parsed
+    try:
+        saved = await registry.register_smart_app(body)
+    except (RegistrationRefused, Conflict) as exc:
+        return _register_form(session, form, str(exc), 400)
+    except UpstreamFailed as exc:
+        return _register_form(session, form, exc.message, 503)
+    return render("admin_client_registered.html", title="App registered", session=session, client=saved, secret=secret)
 
-        async def page(ui: UiState, session: Session) -> Response:
-            parsed = _app_body(form)
-            if isinstance(parsed, str):
-                return _register_form(session, form, parsed, 400)
-            body, secret = parsed
-            registry: AuthserverAdmin = request.app.state.authserver_admin
-            try:
-                saved = await registry.register_smart_app(body)
-            except (RegistrationRefused, Conflict) as exc:
-                return _register_form(session, form, str(exc), 400)
-            except UpstreamFailed as exc:
-                return _register_form(session, form, exc.message, 503)
-            return render(
-                "admin_client_registered.html", title="App registered", session=session, client=saved, secret=secret
-            )
 
-        return await _admin_write(request, form, page)
+async def disable_page(client_id: str, ui: UiState, session: Session) -> Response:
+    if not CLIENT_ID.fullmatch(client_id):
+        return render("error.html", 404, title="No such client", message="No such client.", session=session)
+    try:
+        await ui.auth.disable_client(ui.runtime.settings.admin_secret(), client_id)
+    except OAuthFailure as exc:
+        return render("error.html", 503, title="Try again", message=str(exc), session=session)
+    return _see_other("/admin/clients")
 
-    @router.post("/admin/clients/{client_id}/disable")
-    async def disable_client(request: Request, client_id: str) -> Response:
-        form = await request.form()
 
-        async def page(ui: UiState, session: Session) -> Response:
-            if not CLIENT_ID.fullmatch(client_id):
-                return render("error.html", 404, title="No such client", message="No such client.", session=session)
-            try:
-                await ui.auth.disable_client(ui.runtime.settings.admin_secret(), client_id)
-            except OAuthFailure as exc:
-                return render("error.html", 503, title="Try again", message=str(exc), session=session)
-            return _see_other("/admin/clients")
+async def keys_page(ui: UiState, session: Session) -> Response:
+    rows = [r for r in await list_keys(ui.runtime.sessions) if r.service == ui.runtime.settings.service_name]
+    return render("admin_keys.html", title="Signing keys", session=session, keys=rows, overlap=ROTATION_OVERLAP)
 
-        return await _admin_write(request, form, page)
 
-    @router.get("/admin/keys")
-    async def keys(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            rows = [r for r in await list_keys(ui.runtime.sessions) if r.service == ui.runtime.settings.service_name]
-            return render("admin_keys.html", title="Signing keys", session=session, keys=rows, overlap=ROTATION_OVERLAP)
+async def rotate_page(ui: UiState, session: Session) -> Response:
+    settings = ui.runtime.settings
+    await rotate(
+        ui.runtime.sessions, settings.service_name, settings.signing_alg, settings.kek(), ui.now(), ROTATION_OVERLAP
+    )
+    await ui.runtime.signing_keys.reload()
+    return _see_other("/admin/keys")
 
-        return await _admin(request, page)
 
-    @router.post("/admin/keys/rotate")
-    async def rotate_key(request: Request) -> Response:
-        form = await request.form()
+# --- the routes ----------------------------------------------------------------------------------
 
-        async def page(ui: UiState, session: Session) -> Response:
-            settings = ui.runtime.settings
-            await rotate(
-                ui.runtime.sessions,
-                settings.service_name,
-                settings.signing_alg,
-                settings.kek(),
-                ui.now(),
-                ROTATION_OVERLAP,
-            )
-            await ui.runtime.signing_keys.reload()
-            return _see_other("/admin/keys")
+router = APIRouter()
 
-        return await _admin_write(request, form, page)
 
-    return router
+@router.get("/admin")
+async def admin_home(request: Request) -> Response:
+    return await with_session(request, signin_page)
+
+
+@router.post("/admin/elevate")
+async def elevate(request: Request) -> Response:
+    form = await request.form()
+    return await _admin_write(request, form, partial(elevate_page, form.get("admin_token")), admin_only=False)
+
+
+@router.get("/admin/services")
+async def services(request: Request) -> Response:
+    return await _admin(request, services_page)
+
+
+@router.get("/admin/clients")
+async def clients(request: Request, registry: AuthserverAdminDep) -> Response:
+    return await _admin(request, partial(clients_page, registry))
+
+
+@router.get("/admin/clients/new")
+async def new_client(request: Request) -> Response:
+    return await _admin(request, new_client_page)
+
+
+@router.post("/admin/clients/new")
+async def register_client(request: Request, registry: AuthserverAdminDep) -> Response:
+    form = await request.form()
+    return await _admin_write(request, form, partial(register_page, registry, form))
+
+
+@router.post("/admin/clients/{client_id}/disable")
+async def disable_client(request: Request, client_id: str) -> Response:
+    form = await request.form()
+    return await _admin_write(request, form, partial(disable_page, client_id))
+
+
+@router.get("/admin/keys")
+async def keys(request: Request) -> Response:
+    return await _admin(request, keys_page)
+
+
+@router.post("/admin/keys/rotate")
+async def rotate_key(request: Request) -> Response:
+    form = await request.form()
+    return await _admin_write(request, form, rotate_page)
 
 
 def _register_form(session: Session, values: object, error: str, status: int = 200) -> Response:

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ehr.authserver_admin import AuthserverAdmin, smart_apps
+from ehr.deps import AuthserverAdminDep
 from ehr.errors import UpstreamFailed
 from ehr.models import SmartLaunchRow
 from ehr.ui.chart import FHIR_ID, FhirReader, FhirUnauthorized, FhirUnavailable
@@ -142,75 +143,98 @@ def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status)
 
 
-def launcher_router() -> APIRouter:
-    router = APIRouter()
+async def _refusal_by_fhir(reader: FhirReader, parsed: LaunchRequest) -> Response | None:
+    """Why the user may not launch this (the patient, the encounter, a fhirContext resource), or None."""
+    try:
+        if not await reader.chart_visible(parsed.patient):
+            return _error(404, "not_found", "no such patient")
+        # The encounter and fhirContext go into the app's token response: they must be this
+        # patient's encounter and resources this user can read.
+        if parsed.encounter and not await reader.encounter_of(parsed.patient, parsed.encounter):
+            return _error(400, "invalid_request", "that encounter is not this patient's")
+        for reference in parsed.fhir_context:
+            if not await reader.readable(reference):
+                return _error(400, "invalid_request", f"{reference} is not a resource you can read")
+    except FhirUnavailable:
+        return _error(503, "unavailable", "the FHIR server could not answer")
+    except FhirUnauthorized:
+        return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
+    return None
 
-    @router.post("/ui/launch")
-    async def launch(request: Request) -> Response:
-        """An app chosen in the Apps menu, or a card's smart link clicked: register the launch
-        context at the authserver and answer the URL to open (launch URL + iss + launch). Only
-        for a patient the user may see (checked here with the user's token, and again by the
-        authserver), an encounter of that patient and fhirContext resources the user can read."""
-        ui = ui_state(request)
-        session = await ui.posting_session(request)
-        if isinstance(session, Response):
-            return session
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        parsed = parse_launch(body)
-        if isinstance(parsed, str):
-            return _error(400, "invalid_request", parsed)
-        registry: AuthserverAdmin = request.app.state.authserver_admin
-        try:
-            apps = smart_apps(await registry.list_clients())
-        except UpstreamFailed:
-            return _error(503, "unavailable", "the app registry could not be read")
-        app = next((a for a in apps if a.get("launch_url") == parsed.url), None)
-        if app is None:
-            return _error(403, "forbidden", "not the launch URL of a registered SMART app")
-        reader = FhirReader(ui.runtime.http, ui.config.fhir_base_url, session.access_token)
-        try:
-            if not await reader.chart_visible(parsed.patient):
-                return _error(404, "not_found", "no such patient")
-            # The encounter and fhirContext go into the app's token response: they must be this
-            # patient's encounter and resources this user can read.
-            if parsed.encounter and not await reader.encounter_of(parsed.patient, parsed.encounter):
-                return _error(400, "invalid_request", "that encounter is not this patient's")
-            for reference in parsed.fhir_context:
-                if not await reader.readable(reference):
-                    return _error(400, "invalid_request", f"{reference} is not a resource you can read")
-        except FhirUnavailable:
-            return _error(503, "unavailable", "the FHIR server could not answer")
-        except FhirUnauthorized:
-            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
-        context: dict[str, Any] = {"client_id": app["client_id"], "user": session.user_ref, "patient": parsed.patient}
-        if parsed.encounter:
-            context["encounter"] = parsed.encounter
-        if parsed.app_context is not None:
-            context["appContext"] = parsed.app_context
-        if parsed.fhir_context:
-            context["fhirContext"] = [{"reference": r} for r in parsed.fhir_context]
-        if parsed.options:
-            context["launch_options"] = parsed.options
-        try:
-            value = await ui.auth.register_launch(context)
-        except OAuthFailure as exc:
-            await record_launch(ui.runtime.sessions, session, app, parsed, ui.now(), refused=str(exc))
-            return _error(502, "launch_refused", str(exc))
-        await record_launch(ui.runtime.sessions, session, app, parsed, ui.now())
-        parts = urlsplit(parsed.url)
-        query = "&".join(q for q in (parts.query, urlencode({"iss": ui.config.fhir_base_url, "launch": value})) if q)
-        return JSONResponse({"url": urlunsplit(parts._replace(query=query))}, headers={"Cache-Control": "no-store"})
 
-    @router.get("/launches")
-    async def launches(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            rows = await user_launches(ui.runtime.sessions, session.user_ref)
-            shown = [(row, json.loads(row.options or "{}"), json.loads(row.fhir_context or "[]")) for row in rows]
-            return render("launches.html", title="SMART launches", session=session, launches=shown)
+def launch_context(app: dict[str, Any], session: Session, parsed: LaunchRequest) -> dict[str, Any]:
+    """The body of the authserver's POST /launch."""
+    context: dict[str, Any] = {"client_id": app["client_id"], "user": session.user_ref, "patient": parsed.patient}
+    if parsed.encounter:
+        context["encounter"] = parsed.encounter
+    if parsed.app_context is not None:
+        context["appContext"] = parsed.app_context
+    if parsed.fhir_context:
+        context["fhirContext"] = [{"reference": r} for r in parsed.fhir_context]
+    if parsed.options:
+        context["launch_options"] = parsed.options
+    return context
 
-        return await with_session(request, page)
 
-    return router
+def launch_url(url: str, iss: str, launch: str) -> str:
+    """The app's launch URL with `iss` and `launch` added to its own query."""
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode({"iss": iss, "launch": launch})) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+async def start_launch(ui: UiState, registry: AuthserverAdmin, session: Session, parsed: LaunchRequest) -> Response:
+    """Register the launch at the authserver for a registered app and a context the user may see;
+    the answer names the URL to open."""
+    try:
+        apps = smart_apps(await registry.list_clients())
+    except UpstreamFailed:
+        return _error(503, "unavailable", "the app registry could not be read")
+    app = next((a for a in apps if a.get("launch_url") == parsed.url), None)
+    if app is None:
+        return _error(403, "forbidden", "not the launch URL of a registered SMART app")
+    refusal = await _refusal_by_fhir(FhirReader(ui.runtime.http, ui.config.fhir_base_url, session.access_token), parsed)
+    if refusal is not None:
+        return refusal
+    try:
+        value = await ui.auth.register_launch(launch_context(app, session, parsed))
+    except OAuthFailure as exc:
+        await record_launch(ui.runtime.sessions, session, app, parsed, ui.now(), refused=str(exc))
+        return _error(502, "launch_refused", str(exc))
+    await record_launch(ui.runtime.sessions, session, app, parsed, ui.now())
+    url = launch_url(parsed.url, ui.config.fhir_base_url, value)
+    return JSONResponse({"url": url}, headers={"Cache-Control": "no-store"})
+
+
+async def launches_page(ui: UiState, session: Session) -> Response:
+    rows = await user_launches(ui.runtime.sessions, session.user_ref)
+    shown = [(row, json.loads(row.options or "{}"), json.loads(row.fhir_context or "[]")) for row in rows]
+    return render("launches.html", title="SMART launches", session=session, launches=shown)
+
+
+router = APIRouter()
+
+
+@router.post("/ui/launch")
+async def launch(request: Request, registry: AuthserverAdminDep) -> Response:
+    """An app chosen in the Apps menu, or a card's smart link clicked: register the launch
+    context at the authserver and answer the URL to open (launch URL + iss + launch). Only
+    for a patient the user may see (checked here with the user's token, and again by the
+    authserver), an encounter of that patient and fhirContext resources the user can read."""
+    ui = ui_state(request)
+    session = await ui.posting_session(request)
+    if isinstance(session, Response):
+        return session
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    parsed = parse_launch(body)
+    if isinstance(parsed, str):
+        return _error(400, "invalid_request", parsed)
+    return await start_launch(ui, registry, session, parsed)
+
+
+@router.get("/launches")
+async def launches(request: Request) -> Response:
+    return await with_session(request, launches_page)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,8 +18,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ehr import exchange_log
-from ehr.api import UUIDISH
+from ehr.api_bodies import UUIDISH
 from ehr.authserver_admin import AuthserverAdmin, smart_apps
+from ehr.deps import AuthserverAdminDep
 from ehr.errors import UpstreamFailed
 from ehr.ui.chart import Chart, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.orders import LAB_TESTS, MEDICATIONS
@@ -89,82 +91,86 @@ async def _read_chart(ui: UiState, session: Session, patient_id: str) -> Chart |
     return _not_found(session) if found is None else found
 
 
-def pages_router() -> APIRouter:
-    router = APIRouter()
+async def patients_page(ui: UiState, session: Session) -> Response:
+    try:
+        found = await _reader(ui, session).patients()
+    except FhirUnavailable:
+        return _unavailable()
+    return render("patients.html", title="My patients", session=session, patients=found)
 
-    @router.get("/patients")
-    async def patients(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            try:
-                found = await _reader(ui, session).patients()
-            except FhirUnavailable:
-                return _unavailable()
-            return render("patients.html", title="My patients", session=session, patients=found)
 
-        return await with_session(request, page)
+async def chart_page(registry: AuthserverAdmin, patient_id: str, ui: UiState, session: Session) -> Response:
+    found = await _read_chart(ui, session, patient_id)
+    if isinstance(found, Response):
+        return found
+    try:
+        apps: list[dict[str, Any]] | None = smart_apps(await registry.list_clients())
+    except UpstreamFailed:
+        apps = None  # the chart still opens; the Apps menu says why it is empty
+    return render(
+        "chart.html",
+        title=found.name,
+        session=session,
+        chart=found,
+        medications=MEDICATIONS,
+        lab_tests=LAB_TESTS,
+        apps=apps,
+        simulated_errors=SIMULATED_ERRORS,
+        lifetimes=LIFETIMES,
+    )
 
-    @router.get("/patients/{patient_id}")
-    async def chart(request: Request, patient_id: str) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            found = await _read_chart(ui, session, patient_id)
-            if isinstance(found, Response):
-                return found
-            registry: AuthserverAdmin = request.app.state.authserver_admin
-            try:
-                apps: list[dict[str, Any]] | None = smart_apps(await registry.list_clients())
-            except UpstreamFailed:
-                apps = None  # the chart still opens; the Apps menu says why it is empty
-            return render(
-                "chart.html",
-                title=found.name,
-                session=session,
-                chart=found,
-                medications=MEDICATIONS,
-                lab_tests=LAB_TESTS,
-                apps=apps,
-                simulated_errors=SIMULATED_ERRORS,
-                lifetimes=LIFETIMES,
-            )
 
-        return await with_session(request, page)
+async def sections_page(patient_id: str, ui: UiState, session: Session) -> Response:
+    found = await _read_chart(ui, session, patient_id)
+    if isinstance(found, Response):
+        return found
+    return render("sections.html", chart=found)
 
-    @router.get("/patients/{patient_id}/sections")
-    async def sections(request: Request, patient_id: str) -> Response:
-        """The chart's clinical sections alone, re-read after a suggestion was accepted."""
 
-        async def page(ui: UiState, session: Session) -> Response:
-            found = await _read_chart(ui, session, patient_id)
-            if isinstance(found, Response):
-                return found
-            return render("sections.html", chart=found)
+async def exchanges_page(ui: UiState, session: Session) -> Response:
+    return render("exchanges.html", title="CDS exchanges", session=session)
 
-        return await with_session(request, page)
 
-    @router.get("/exchanges")
-    async def exchanges(request: Request) -> Response:
-        async def page(ui: UiState, session: Session) -> Response:
-            return render("exchanges.html", title="CDS exchanges", session=session)
+async def exchange_page(hook_instance: str, ui: UiState, session: Session) -> Response:
+    rows = []
+    if re.fullmatch(UUIDISH, hook_instance):
+        rows = await exchange_log.exchange_rows(ui.runtime.sessions, hook_instance)
+    if not session.is_admin:
+        rows = [r for r in rows if r.user_ref is not None and r.user_ref == session.user_ref]
+    if not rows:
+        return render("error.html", 404, title="Not found", message="No such exchange.", session=session)
+    decisions = await exchange_log.card_decisions(ui.runtime.sessions, hook_instance)
+    data = exchange_log.exchange_json(rows, decisions)
+    bars = {s["serviceId"]: waterfall(s["timings"]) for s in data["services"]}
+    return render("exchange.html", title="CDS exchange", session=session, exchange=data, bars=bars, scale=SCALE)
 
-        return await with_session(request, page)
 
-    @router.get("/exchanges/{hook_instance}")
-    async def exchange(request: Request, hook_instance: str) -> Response:
-        """One exchange, per service: the timing waterfall beside the numbers, then what was
-        sent and received. A user sees only their own hook calls (as GET /api/exchanges/{id})."""
+router = APIRouter()
 
-        async def page(ui: UiState, session: Session) -> Response:
-            rows = []
-            if re.fullmatch(UUIDISH, hook_instance):
-                rows = await exchange_log.exchange_rows(ui.runtime.sessions, hook_instance)
-            if not session.is_admin:
-                rows = [r for r in rows if r.user_ref is not None and r.user_ref == session.user_ref]
-            if not rows:
-                return render("error.html", 404, title="Not found", message="No such exchange.", session=session)
-            decisions = await exchange_log.card_decisions(ui.runtime.sessions, hook_instance)
-            data = exchange_log.exchange_json(rows, decisions)
-            bars = {s["serviceId"]: waterfall(s["timings"]) for s in data["services"]}
-            return render("exchange.html", title="CDS exchange", session=session, exchange=data, bars=bars, scale=SCALE)
 
-        return await with_session(request, page)
+@router.get("/patients")
+async def patients(request: Request) -> Response:
+    return await with_session(request, patients_page)
 
-    return router
+
+@router.get("/patients/{patient_id}")
+async def chart(request: Request, patient_id: str, registry: AuthserverAdminDep) -> Response:
+    return await with_session(request, partial(chart_page, registry, patient_id))
+
+
+@router.get("/patients/{patient_id}/sections")
+async def sections(request: Request, patient_id: str) -> Response:
+    """The chart's clinical sections alone, re-read after a suggestion was accepted."""
+    return await with_session(request, partial(sections_page, patient_id))
+
+
+@router.get("/exchanges")
+async def exchanges(request: Request) -> Response:
+    return await with_session(request, exchanges_page)
+
+
+@router.get("/exchanges/{hook_instance}")
+async def exchange(request: Request, hook_instance: str) -> Response:
+    """One exchange, per service: the timing waterfall beside the numbers, then what was sent
+    and received. A user sees only their own hook calls (as GET /api/exchanges/{id})."""
+    return await with_session(request, partial(exchange_page, hook_instance))

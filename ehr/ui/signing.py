@@ -36,13 +36,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ehr.deps import RegistryDep
 from ehr.exchange_log import exchange_rows
 from ehr.models import CdsCardOutcomeRow, CdsExchangeRow
 from ehr.registry import Registry
 from ehr.ui.chart import FHIR_JSON, FhirReader, FhirUnauthorized, FhirUnavailable
 from ehr.ui.orders import Orderable, orderable
-from ehr.ui.state import ui_state
+from ehr.ui.session import Session
+from ehr.ui.state import UiState, ui_state
 
 log = logging.getLogger(__name__)
 MAX_BODY = 8192
@@ -163,25 +166,25 @@ def order_resource(
     return resource
 
 
-async def _decisions(request: Request, hook_instance: str) -> dict[tuple[str, str], tuple[str, str | None]]:
-    sessions = ui_state(request).runtime.sessions
+async def _decisions(
+    sessions: async_sessionmaker[AsyncSession], hook_instance: str
+) -> dict[tuple[str, str], tuple[str, str | None]]:
     async with sessions() as session:
         query = select(CdsCardOutcomeRow).where(CdsCardOutcomeRow.hook_instance == hook_instance)
         rows = (await session.execute(query)).scalars()
         return {(r.service_id, r.card_uuid): (r.outcome, r.suggestion_uuid) for r in rows}
 
 
-async def _check_review(request: Request, body: SignRequest, user_ref: str) -> None:
-    rows = await exchange_rows(ui_state(request).runtime.sessions, body.hookInstance)
+async def _check_review(ui: UiState, registry: Registry, body: SignRequest, user_ref: str) -> None:
+    rows = await exchange_rows(ui.runtime.sessions, body.hookInstance)
     # Another user's call, or one for another patient, looks exactly like a missing one.
     if any(r.hook != "order-sign" or r.user_ref != user_ref or r.patient_id != body.patientId for r in rows):
         raise Refused(404, "not_found", "no such order-sign call")
     if not rows:
-        registry: Registry = request.app.state.registry
         if await registry.enabled_for("order-sign", None):
             raise Refused(409, "conflict", "sign through order-sign first (its cards are not reviewed)")
         return
-    problem = review_problem(rows, await _decisions(request, body.hookInstance), body.draft_ref)
+    problem = review_problem(rows, await _decisions(ui.runtime.sessions, body.hookInstance), body.draft_ref)
     if problem is not None:
         raise Refused(409, "conflict", problem)
 
@@ -226,41 +229,51 @@ async def _create(http: httpx.AsyncClient, base: str, token: str, resource: dict
     }
 
 
-def signing_router() -> APIRouter:
-    router = APIRouter()
+def _parse(raw: bytes) -> SignRequest | None:
+    try:
+        if len(raw) > MAX_BODY:
+            raise ValueError("too large")
+        return SignRequest.model_validate_json(raw)
+    except (ValidationError, ValueError):
+        return None
 
-    @router.post("/ui/orders")
-    async def sign(request: Request) -> Response:
-        ui = ui_state(request)
-        session = await ui.posting_session(request)
-        if isinstance(session, Response):
-            return session
-        raw = await request.body()
-        try:
-            if len(raw) > MAX_BODY:
-                raise ValueError("too large")
-            body = SignRequest.model_validate_json(raw)
-        except (ValidationError, ValueError):
-            return JSONResponse({"error": "invalid_request", "message": "not a valid order to sign"}, 400)
-        item = orderable(body.kind, body.system, body.code)
-        if item is None:
-            return JSONResponse({"error": "invalid_request", "message": "not an item the order form offers"}, 400)
-        reader = FhirReader(ui.runtime.http, ui.config.fhir_base_url, session.access_token)
-        try:
-            await _check_review(request, body, session.user_ref)
-            if not await reader.chart_visible(body.patientId):
-                raise Refused(404, "not_found", "no such patient")
-            if body.encounterId is not None and not await reader.encounter_of(body.patientId, body.encounterId):
-                raise Refused(400, "invalid_request", "that encounter is not this patient's")
-            today = dt.datetime.fromtimestamp(ui.now(), dt.UTC).date().isoformat()
-            resource = order_resource(body, item, session.user_ref, today, body.encounterId)
-            written = await _create(ui.runtime.http, ui.config.fhir_base_url, session.access_token, resource)
-        except Refused as refused:
-            return refused.response()
-        except FhirUnavailable:
-            return JSONResponse({"error": "unavailable", "message": "the FHIR server could not answer"}, 503)
-        except FhirUnauthorized:
-            return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
-        return JSONResponse(written, status_code=201 if written["created"] else 200)
 
-    return router
+async def sign_order(
+    ui: UiState, registry: Registry, session: Session, body: SignRequest, item: Orderable
+) -> dict[str, Any]:
+    """Write the reviewed order as the user (Refused: why not)."""
+    reader = FhirReader(ui.runtime.http, ui.config.fhir_base_url, session.access_token)
+    await _check_review(ui, registry, body, session.user_ref)
+    if not await reader.chart_visible(body.patientId):
+        raise Refused(404, "not_found", "no such patient")
+    if body.encounterId is not None and not await reader.encounter_of(body.patientId, body.encounterId):
+        raise Refused(400, "invalid_request", "that encounter is not this patient's")
+    today = dt.datetime.fromtimestamp(ui.now(), dt.UTC).date().isoformat()
+    resource = order_resource(body, item, session.user_ref, today, body.encounterId)
+    return await _create(ui.runtime.http, ui.config.fhir_base_url, session.access_token, resource)
+
+
+router = APIRouter()
+
+
+@router.post("/ui/orders")
+async def sign(request: Request, registry: RegistryDep) -> Response:
+    ui = ui_state(request)
+    session = await ui.posting_session(request)
+    if isinstance(session, Response):
+        return session
+    body = _parse(await request.body())
+    if body is None:
+        return JSONResponse({"error": "invalid_request", "message": "not a valid order to sign"}, 400)
+    item = orderable(body.kind, body.system, body.code)
+    if item is None:
+        return JSONResponse({"error": "invalid_request", "message": "not an item the order form offers"}, 400)
+    try:
+        written = await sign_order(ui, registry, session, body, item)
+    except Refused as refused:
+        return refused.response()
+    except FhirUnavailable:
+        return JSONResponse({"error": "unavailable", "message": "the FHIR server could not answer"}, 503)
+    except FhirUnauthorized:
+        return Response(status_code=401, headers={"WWW-Authenticate": "Session"})
+    return JSONResponse(written, status_code=201 if written["created"] else 200)

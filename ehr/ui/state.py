@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from common.runtime import Runtime
 from ehr.principal import Principal
+from ehr.state import ehr_state
 from ehr.ui import refreshes
 from ehr.ui.config import UiConfig
 from ehr.ui.oauth import AuthClient, OAuthFailure, Tokens
@@ -127,7 +128,7 @@ class UiState:
         return session
 
     async def resolve(self, request: Request) -> Principal | None:
-        """`app.state.session_resolver` for the EHR API (HELPERS.md contract): the signed-in user,
+        """`EhrState.session_resolver` for the EHR API (HELPERS.md contract): the signed-in user,
         or None. Unsafe methods need the session's CSRF token in X-CSRF-Token and a same-origin
         Origin. No refresh here (the API answer cannot carry a new cookie): an expired access
         token means None, and the page reloads, which refreshes."""
@@ -142,19 +143,18 @@ class UiState:
 
 
 def ui_state(request: Request) -> UiState:
-    state: UiState | None = getattr(request.app.state, "ui", None)
-    if state is None:  # built on first use, inside the lifespan (the runtime exists by then)
+    state = ehr_state(request.app)
+    if state.ui is None:  # built on first use, inside the lifespan (the runtime exists by then)
         runtime: Runtime = request.app.state.runtime
-        config: UiConfig = request.app.state.ui_config
-        state = UiState(
-            config=config,
+        state.ui = UiState(
+            config=state.ui_config,
             box=CookieBox(runtime.settings.kek()),
-            auth=AuthClient(config, runtime.http, runtime.signing_keys, runtime.clock),
+            auth=AuthClient(state.ui_config, runtime.http, runtime.signing_keys, runtime.clock),
             runtime=runtime,
         )
-        request.app.state.ui = state
-    return state
+    return state.ui
 
 
 async def resolve_session(request: Request) -> Principal | None:
+    """`EhrState.session_resolver`: the API's caller by their UI session."""
     return await ui_state(request).resolve(request)

@@ -23,6 +23,7 @@ from common.clock import FrozenClock
 from common.jose import new_jti, sign_jwt
 from examples.cds_service.app import create_app as create_cds
 from examples.cds_service.settings import CdsSettings
+from examples.cds_service.state import cds_state
 from mockehr.seed import DIABETES, SeedResult, generate
 from tests.integration.apps import serving
 from tests.integration.fhirharness import FHIR, FhirHarness, fhir_harness
@@ -805,7 +806,7 @@ async def _issued_card(cds: Cds) -> dict[str, Any]:
 
 
 def _recorded(cds: Cds) -> list[dict[str, Any]]:
-    return list(cds.app.state.feedback.entries)
+    return list(cds_state(cds.app).feedback.entries)
 
 
 async def test_accepted_feedback_for_an_issued_card_and_its_suggestion_is_recorded(make_cds: Any) -> None:

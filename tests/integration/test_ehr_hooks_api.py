@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ehr.models import CdsExchangeRow
 from ehr.principal import Principal
 from ehr.settings import EhrSettings
+from ehr.state import ehr_state
 from tests.integration.authharness import claims_of
 from tests.integration.ehrharness import (
     DISCOVERY,
@@ -41,7 +42,7 @@ def _as_user(h: EhrHarness, user_ref: str) -> None:
     async def resolver(_request: Request) -> Principal:
         return Principal(user_ref=user_ref, is_admin=False, session_token=None)
 
-    h.ehr_app.state.session_resolver = resolver
+    ehr_state(h.ehr_app).session_resolver = resolver
 
 
 async def test_patient_view_returns_each_services_cards_and_logs_the_exchange(h: EhrHarness) -> None:
@@ -169,7 +170,7 @@ async def test_an_admin_session_firing_for_another_user_never_lends_its_own_toke
     async def resolver(_request: Request) -> Principal:
         return Principal(user_ref=me, is_admin=True, session_token="the-admins-own-session-token")
 
-    h.ehr_app.state.session_resolver = resolver
+    ehr_state(h.ehr_app).session_resolver = resolver
     response = await h.ehr.post("/api/hooks/patient-view", json={"userId": other, "patientId": h.fhir.patient_of(1)})
     assert response.status_code == 200
     assert {s["status"] for s in response.json()["services"]} == {"ok"}  # a user assertion for `other`
@@ -187,7 +188,7 @@ async def test_an_unexpected_failure_is_json_without_a_trace(h: EhrHarness, monk
     async def broken() -> list[object]:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(h.ehr_app.state.registry, "list_all", broken)
+    monkeypatch.setattr(ehr_state(h.ehr_app).parts().registry, "list_all", broken)
     transport = httpx.ASGITransport(app=h.ehr_app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="https://ehr.test") as client:
         response = await client.get("/api/services", headers=h.admin)

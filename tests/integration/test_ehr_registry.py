@@ -15,6 +15,7 @@ from authserver import clients
 from common.jose import import_public_jwks, verify_jwt
 from ehr.models import CdsServiceRow
 from ehr.principal import Principal
+from ehr.state import ehr_state
 from tests.integration.ehrharness import DISCOVERY, EHR, CdsDouble, EhrHarness, ehr_harness, greeting_service
 
 ORDER_SIGN = {
@@ -278,7 +279,7 @@ async def test_a_signed_in_user_may_not_manage_the_registry(h: EhrHarness) -> No
     async def resolver(_request: Request) -> Principal:
         return Principal(user_ref=h.fhir.practitioner(0), is_admin=False, session_token=None)
 
-    h.ehr_app.state.session_resolver = resolver
+    ehr_state(h.ehr_app).session_resolver = resolver
     response = await h.ehr.post("/api/services", json={"discoveryUrl": DISCOVERY})
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from ehr.models import CdsCardOutcomeRow
 from ehr.principal import Principal
+from ehr.state import ehr_state
 from tests.integration.authharness import claims_of
 from tests.integration.ehrharness import (
     DISCOVERY,
@@ -179,7 +180,7 @@ async def test_another_users_exchange_cannot_be_acted_on(h: EhrHarness) -> None:
     async def resolver(_request: Request) -> Principal:
         return Principal(user_ref=intruder, is_admin=False, session_token=None)
 
-    h.ehr_app.state.session_resolver = resolver
+    ehr_state(h.ehr_app).session_resolver = resolver
     body = {"hookInstance": hook_instance, "serviceId": "greeting", "cardUuid": "card-1", "suggestionUuid": "sugg-1"}
     assert (await h.ehr.post("/api/suggestions/accept", json=body)).status_code == 404
     assert (await _accept(h, hook_instance, userId=intruder)).status_code == 404  # admin naming someone else

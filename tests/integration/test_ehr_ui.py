@@ -23,6 +23,7 @@ from common.keys import list_keys
 from common.runtime import Runtime
 from ehr.app import create_app
 from ehr.settings import EhrSettings
+from ehr.state import ehr_state
 from ehr.ui.session import LOGIN_COOKIE, SESSION_COOKIE, CookieBox, LoginState, Session
 from ehr.ui.state import UiState
 from tests.integration.apps import serving
@@ -256,7 +257,7 @@ async def test_the_api_session_resolver_refuses_unsafe_calls_without_the_csrf_he
     app = create_app(settings, clock=clock)
     async with serving(app, EHR):
         runtime: Runtime = app.state.runtime
-        ui = UiState(app.state.ui_config, box(settings), _no_auth(), runtime)
+        ui = UiState(ehr_state(app).ui_config, box(settings), _no_auth(), runtime)
         cookie = f"{SESSION_COOKIE}={session_cookie(settings, clock)}"
 
         def request(method: str, headers: dict[str, str]) -> Request:

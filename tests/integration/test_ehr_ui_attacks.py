@@ -21,6 +21,7 @@ import pytest
 from common.clock import FrozenClock
 from ehr.app import create_app
 from ehr.settings import EhrSettings
+from ehr.state import ehr_state
 from ehr.ui.oauth import AuthClient, Tokens
 from ehr.ui.session import LOGIN_COOKIE, SESSION_COOKIE, CookieBox, Session
 from ehr.ui.state import UiState, ui_state
@@ -138,8 +139,8 @@ async def ehr(tmp_path: Path, database_url: str) -> AsyncIterator[Ehr]:
         runtime = replace(real.runtime, http=http)
         auth = FakeAuth(real.config, http, runtime.signing_keys, clock)
         auth.launches = []
-        app.state.ui = UiState(real.config, real.box, auth, runtime)
-        app.state.authserver_admin = FakeApps()
+        ehr_state(app).ui = UiState(real.config, real.box, auth, runtime)
+        ehr_state(app).parts().authserver_admin = FakeApps()  # type: ignore[assignment]
         yield Ehr(client, settings, clock, fhir, auth)
 
 

@@ -21,6 +21,7 @@ from common.runtime import Runtime
 from ehr.app import create_app
 from ehr.models import CdsCardOutcomeRow, CdsExchangeRow, CdsServiceRow
 from ehr.settings import EhrSettings
+from ehr.state import ehr_state
 from ehr.ui.session import SESSION_COOKIE, CookieBox, Session
 from ehr.ui.state import UiState, ui_state
 from tests.integration.apps import serving
@@ -92,7 +93,7 @@ async def ehr(tmp_path: Path, database_url: str) -> AsyncIterator[Ehr]:
     fhir = FakeFhir()
     async with serving(app, EHR) as client, httpx.AsyncClient(transport=httpx.MockTransport(fhir.handler)) as http:
         real = ui_state_of(app)
-        app.state.ui = UiState(real.config, real.box, real.auth, replace(real.runtime, http=http))
+        ehr_state(app).ui = UiState(real.config, real.box, real.auth, replace(real.runtime, http=http))
         now = int(clock())
         session = Session(USER, "Dr. Test", "the-users-own-token", now + 280, None, CSRF, now, now, sid="sid-1")
         client.cookies.set(SESSION_COOKIE, CookieBox(settings.kek()).seal(SESSION_COOKIE, asdict(session)))
