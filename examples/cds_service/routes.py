@@ -102,7 +102,7 @@ async def answer(state: CdsState, service: Service, body: Any) -> dict[str, Any]
     return CdsResponse(cards=cards).wire()
 
 
-def take_feedback(state: CdsState, service_id: str, body: Any) -> None:
+async def take_feedback(state: CdsState, service_id: str, body: Any) -> None:
     """CDS Hooks 2.0 §Feedback: all items consistent with the cards issued, or none recorded."""
     try:
         feedback = FeedbackBody.model_validate(body)
@@ -140,5 +140,5 @@ async def call(service_id: str, request: Request, state: StateDep, _caller: Call
 async def feedback(service_id: str, request: Request, state: StateDep, _caller: CallerDep) -> Response:
     if service_id not in SERVICES:
         return _not_found()
-    take_feedback(state, service_id, await _json_body(request, state.settings.max_json_depth))
+    await take_feedback(state, service_id, await _json_body(request, state.settings.max_json_depth))
     return Response(status_code=200)
