@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from common.clock import FrozenClock
 from ehr.app import create_app
 from ehr.settings import EhrSettings
+from ehr.state import ehr_state
 from ehr.ui import refreshes
 from ehr.ui.oauth import AuthClient, OAuthFailure, Tokens
 from ehr.ui.session import CookieBox, Session
@@ -66,7 +67,7 @@ async def replicas(tmp_path: Path, database_url: str) -> AsyncIterator[list[Fast
 def _ui_state(app: FastAPI, auth: AuthorizationServer) -> UiState:
     runtime = app.state.runtime
     return UiState(
-        config=app.state.ui_config,
+        config=ehr_state(app).ui_config,
         box=CookieBox(runtime.settings.kek()),
         auth=cast(AuthClient, auth),
         runtime=runtime,
