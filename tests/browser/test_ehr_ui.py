@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -25,6 +25,9 @@ from fastapi.responses import JSONResponse
 from tests.browser.chromium import ARTIFACTS, require_chromium, trusted_chromium
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 from tests.integration.probeharness import free_port, serve_tls
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Dialog
 
 pytestmark = pytest.mark.e2e
 
@@ -267,7 +270,12 @@ def test_a_card_with_malicious_markup_runs_no_script(stack: Stack, browser: Any)
             user = stack.users[0]
             with signed_in(browser, stack, user) as page:
                 dialogs: list[str] = []
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+                def dismiss(dialog: Dialog) -> None:
+                    dialogs.append(dialog.message)
+                    dialog.dismiss()
+
+                page.on("dialog", dismiss)
                 open_chart(page, stack, user.patients[0])
                 card = page.locator(".card[data-uuid='c0ffee00-0000-4000-8000-000000000001']")
                 card.wait_for()

@@ -170,7 +170,8 @@ def test_the_readme_two_minute_tour_works_as_written(up: UpProcess, tmp_path: Pa
             other.get_by_role("button", name="Dismiss").click()
             page.select_option("#dismiss-reason", index=1)
             page.get_by_role("button", name="Dismiss", exact=True).last.click()
-        assert sent.value.status == 200 and json.loads(sent.value.request.post_data)["outcome"] == "overridden"
+        posted = sent.value.request.post_data
+        assert sent.value.status == 200 and posted is not None and json.loads(posted)["outcome"] == "overridden"
         page.wait_for_selector(".card.dismissed")
 
         # Step 8: CDS exchanges → click one → per service the request (token redacted), response, timings.

@@ -31,14 +31,14 @@ from common.http import make_http_client
 from common.jwks import JwksCache
 from common.tls import ensure_server_certificate
 
-SERVICE = {
+SERVICE: dict[str, Any] = {
     "hook": "patient-view",
     "id": "weak-greeting",
     "title": "Weak greeting",
     "description": "A test double.",
     "prefetch": {"patient": "Patient/{{context.patientId}}"},
 }
-CARD = {
+CARD: dict[str, Any] = {
     "uuid": "7c1d2a57-2d4e-4f41-9d4e-2f3c1f0a0001",
     "summary": "Hello",
     "indicator": "info",

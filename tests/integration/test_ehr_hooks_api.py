@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import Request
@@ -115,7 +116,7 @@ async def test_a_hook_without_registered_services_calls_nobody_and_logs_nothing(
 
 async def test_firing_needs_a_user_and_a_valid_context(h: EhrHarness) -> None:
     patient = h.fhir.patient_of(0)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"patientId": patient}, "userId is required with the admin token (the user the hook fires for)"),
         ({"userId": h.fhir.practitioner(0), "patientId": "Patient/1&_id=2"}, "patientId"),
         ({"userId": h.fhir.practitioner(0), "patientId": patient, "context": {"patientId": "other"}}, "context."),

@@ -410,7 +410,8 @@ def _fhir_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 async def _decision(h: EhrHarness, hook_instance: str) -> CdsCardOutcomeRow:
     async with h.ehr_app.state.runtime.sessions() as session:
         query = select(CdsCardOutcomeRow).where(CdsCardOutcomeRow.hook_instance == hook_instance)
-        return (await session.execute(query)).scalar_one()
+        row: CdsCardOutcomeRow = (await session.execute(query)).scalar_one()
+        return row
 
 
 async def test_accepting_the_removal_of_an_unsigned_draft_sends_no_delete_and_records_the_draft_discarded(

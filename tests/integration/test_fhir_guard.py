@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from authserver import tokens
+from authserver.models import IssuedTokenRow
 from fhirserver.models import ResourceRow
 from tests.integration.fhirharness import FHIR, FhirHarness, fhir_harness
 
@@ -98,7 +99,7 @@ async def test_a_revoked_token_is_refused_as_soon_as_the_feed_is_polled(fhir: Fh
     assert (await fhir.get("Patient", token)).status_code == 200
     runtime = fhir.auth_app.state.runtime
     async with runtime.sessions() as session, session.begin():
-        row = (await session.execute(select(tokens.IssuedTokenRow))).scalars().one()
+        row = (await session.execute(select(IssuedTokenRow))).scalars().one()
         await tokens.revoke(session, [row], int(fhir.clock()))
     await fhir.fhir_app.state.revocations.poll_once()  # what the watcher does every 0.5 s
     _assert_bare_401(await fhir.get("Patient", token))

@@ -91,7 +91,7 @@ async def test_a_redirect_uri_that_is_not_exactly_registered_gets_an_error_page_
 async def test_a_repeated_redirect_uri_gets_an_error_page(smart: Smart) -> None:
     _, challenge = pkce()
     params = [*smart.authorize_params(challenge).items(), ("redirect_uri", "https://evil.test/cb")]
-    response = await smart.browser.get("/authorize", params=params)
+    response = await smart.browser.get("/authorize", params=tuple(params))
     _assert_error_page(response)
 
 

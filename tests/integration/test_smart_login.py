@@ -170,7 +170,7 @@ async def test_login_goes_back_only_to_this_servers_authorize_endpoint(smart: Sm
 
 @asynccontextmanager
 async def limited(tmp_path: Path, database_url: str, **limits: int) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url, login_failure_window_seconds=600, **limits) as harness:
+    async with running_smart(tmp_path, database_url, None, login_failure_window_seconds=600, **limits) as harness:
         yield harness
 
 
