@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.browser.chromium import ARGS, CHROMIUM, require_chromium, trusting_home
-from tests.browser.test_ehr_ui import TIMEOUT, shot
+from tests.browser.ehr_stack import TIMEOUT, shot
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,20 +21,23 @@ from tests.integration.ehrharness import (
     EhrHarness,
     answer_cards,
     card,
-    ehr_harness,
     greeting_service,
 )
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    cds = CdsDouble(
+def cds() -> CdsDouble:
+    return CdsDouble(
         services=[greeting_service(), greeting_service("second")],
         answers={"greeting": answer_cards(card()), "second": answer_cards(card("card-2"))},
     )
-    async with ehr_harness(tmp_path, database_url, cds) as harness:
-        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
-        yield harness
+
+
+@pytest.fixture
+async def h(h: EhrHarness) -> EhrHarness:
+    """The shared harness with both services added."""
+    assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
+    return h
 
 
 def _as_user(h: EhrHarness, user_ref: str) -> None:

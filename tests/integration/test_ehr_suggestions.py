@@ -75,11 +75,15 @@ def _suggesting(body: dict[str, Any]) -> Response:
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    cds = CdsDouble(services=[greeting_service()], answers={"greeting": _suggesting})
-    async with ehr_harness(tmp_path, database_url, cds) as harness:
-        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
-        yield harness
+def cds() -> CdsDouble:
+    return CdsDouble(services=[greeting_service()], answers={"greeting": _suggesting})
+
+
+@pytest.fixture
+async def h(h: EhrHarness) -> EhrHarness:
+    """The shared harness with the service added."""
+    assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
+    return h
 
 
 async def _fire(h: EhrHarness, practitioner: int = 0) -> str:

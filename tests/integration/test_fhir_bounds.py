@@ -7,7 +7,6 @@ Each attack is mounted through the in-process services on a real database of eac
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,9 +21,8 @@ HUGE = "999999999999999999999"  # past 64 bits
 
 
 @pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url, patients=1) as harness:
-        yield harness
+def fhir_patients() -> int:
+    return 1
 
 
 async def _system(fhir: FhirHarness) -> dict[str, str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,15 +11,9 @@ from sqlalchemy import func, select
 from authserver import tokens
 from authserver.models import IssuedTokenRow
 from fhirserver.models import ResourceRow
-from tests.integration.fhirharness import FHIR, FhirHarness, fhir_harness
+from tests.integration.fhirharness import FHIR, FhirHarness
 
 SYSTEM = "system/*.cruds"
-
-
-@pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _ids(bundle: dict[str, Any], rtype: str | None = None) -> set[str]:

@@ -7,8 +7,6 @@ double for the FHIR server's answer, as FakeReach is for can_see.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -30,14 +28,7 @@ from tests.integration.smartharness import (
     hidden_fields,
     pkce,
     query_of,
-    running_smart,
 )
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _assert_error_page(response: httpx.Response) -> None:
