@@ -28,6 +28,8 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# Playwright's type for a browser's environment (`BrowserType.launch(env=...)`).
+BrowserEnv = dict[str, str | float | bool]
 
 
 def require_chromium() -> None:
@@ -36,7 +38,7 @@ def require_chromium() -> None:
     missing("Debian chromium is not installed (.ci/run installs it)")
 
 
-def trusting_home(ca: Path, home: Path) -> dict[str, str]:
+def trusting_home(ca: Path, home: Path) -> BrowserEnv:
     """The environment of a Chromium that trusts the dev CA for real: a fresh NSS database in
     `home`/.pki/nssdb (where Chromium on Linux reads user trust anchors) holding `ca` as a trusted
     authority, made with `certutil` from Debian's libnss3-tools. Every other certificate is checked

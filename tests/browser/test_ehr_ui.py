@@ -11,106 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from tests.browser.chromium import ARTIFACTS, require_chromium, trusted_chromium
-from tests.e2e.conftest import UpProcess, free_base_port, start_up
+from tests.browser.ehr_stack import TIMEOUT, Stack, open_chart, shot, signed_in
 from tests.integration.probeharness import free_port, serve_tls
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Dialog
+
 pytestmark = pytest.mark.e2e
-
-TIMEOUT = 30_000  # ms, for the first page of a cold stack on a busy machine
-
-
-@dataclass(frozen=True)
-class User:
-    login: str
-    password: str
-    fhir_user: str
-    patients: tuple[str, ...]
-
-
-@dataclass
-class Stack:
-    up: UpProcess
-
-    @property
-    def ehr(self) -> str:
-        return f"https://localhost:{self.up.base_port}"
-
-    @property
-    def smart_app(self) -> str:
-        return f"https://localhost:{self.up.base_port + 4}"
-
-    @property
-    def users(self) -> list[User]:
-        data: dict[str, Any] = json.loads((self.up.data_dir / "demo-users.json").read_text())
-        return [User(k, v["password"], v["fhirUser"], tuple(v["patients"])) for k, v in data.items()]
-
-    def admin(self) -> httpx.Client:
-        token = (self.up.data_dir / "admin-token").read_text().strip()
-        tls = ssl.create_default_context(cafile=str(self.up.data_dir / "ca.pem"))
-        return httpx.Client(base_url=self.ehr, verify=tls, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_chromium()
-    data_dir = tmp_path_factory.mktemp("browser") / ".mockehr"
-    up = start_up(data_dir, free_base_port(), "--patients", "6")
-    try:
-        up.wait_for("Ctrl-C stops every service.")
-        found = Stack(up)
-        with found.admin() as admin:  # `mockehr up` allow-lists the example CDS Service itself
-            listed = {s["id"] for s in admin.get("/api/services").json()["services"]}
-            assert {"abnormal-results", "medication-safety"} <= listed, listed
-        yield found
-    finally:
-        up.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with trusted_chromium(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home")) as chromium:
-        yield chromium
-
-
-@contextmanager
-def signed_in(browser: Any, stack: Stack, user: User) -> Iterator[Any]:
-    """A fresh browser profile, signed in to the EHR as `user` through the authserver's page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    context.set_default_timeout(TIMEOUT)
-    try:
-        page = context.new_page()
-        page.goto(stack.ehr + "/")
-        page.click("#sign-in")
-        page.fill("input[name=username]", user.login)
-        page.fill("input[name=password]", user.password)
-        page.click("button[type=submit]")
-        page.wait_for_url(stack.ehr + "/patients")
-        yield page
-    finally:
-        context.close()
-
-
-def open_chart(page: Any, stack: Stack, patient: str) -> None:
-    """Open the patient's chart and wait until its patient-view hook has answered."""
-    page.goto(f"{stack.ehr}/patients/{patient}")
-    page.wait_for_selector(".hook-result[data-hook='patient-view']")
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"ehr-{name}.png"), full_page=True)
 
 
 def test_a_clinician_signs_in_sees_cards_accepts_a_suggestion_and_the_chart_shows_the_order(
@@ -267,7 +180,12 @@ def test_a_card_with_malicious_markup_runs_no_script(stack: Stack, browser: Any)
             user = stack.users[0]
             with signed_in(browser, stack, user) as page:
                 dialogs: list[str] = []
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+                def dismiss(dialog: Dialog) -> None:
+                    dialogs.append(dialog.message)
+                    dialog.dismiss()
+
+                page.on("dialog", dismiss)
                 open_chart(page, stack, user.patients[0])
                 card = page.locator(".card[data-uuid='c0ffee00-0000-4000-8000-000000000001']")
                 card.wait_for()

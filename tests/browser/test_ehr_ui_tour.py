@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.browser.chromium import ARGS, CHROMIUM, require_chromium, trusting_home
-from tests.browser.test_ehr_ui import TIMEOUT, shot
+from tests.browser.ehr_stack import TIMEOUT, shot
 from tests.e2e.conftest import UpProcess, free_base_port, start_up
 
 pytestmark = pytest.mark.e2e
@@ -170,7 +170,8 @@ def test_the_readme_two_minute_tour_works_as_written(up: UpProcess, tmp_path: Pa
             other.get_by_role("button", name="Dismiss").click()
             page.select_option("#dismiss-reason", index=1)
             page.get_by_role("button", name="Dismiss", exact=True).last.click()
-        assert sent.value.status == 200 and json.loads(sent.value.request.post_data)["outcome"] == "overridden"
+        posted = sent.value.request.post_data
+        assert sent.value.status == 200 and posted is not None and json.loads(posted)["outcome"] == "overridden"
         page.wait_for_selector(".card.dismissed")
 
         # Step 8: CDS exchanges → click one → per service the request (token redacted), response, timings.

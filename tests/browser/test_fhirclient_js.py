@@ -29,9 +29,9 @@ from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tests.browser.chromium import ARTIFACTS, require_chromium, trusted_chromium
+from tests.browser.chromium import ARTIFACTS, require_chromium
+from tests.browser.ehr_stack import TIMEOUT, Stack, User, open_chart, signed_in
 from tests.browser.fhirclient_js import PUBLIC, fhirclient_bundle
-from tests.browser.test_ehr_ui import TIMEOUT, Stack, User, open_chart, signed_in
 from tests.e2e.conftest import free_base_port, start_up
 from tests.integration.probeharness import free_port, serve_tls
 
@@ -108,12 +108,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppStack]:
             yield found
     finally:
         up.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(stack: AppStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with trusted_chromium(stack.up.data_dir / "ca.pem", tmp_path_factory.mktemp("chromium-home")) as chromium:
-        yield chromium
 
 
 @dataclass

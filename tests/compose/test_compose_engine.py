@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, require_chromium, trusting_home
+from tests.browser.chromium import ARGS, ARTIFACTS, CHROMIUM, BrowserEnv, require_chromium, trusting_home
 from tests.compose.standins import StandinError, base_images, docker_env
 from tests.needs import missing
 
@@ -215,7 +215,7 @@ def _hook(data_dir: Path, login: str, patient: str) -> dict[str, Any]:
     return answer
 
 
-def _sign_in(env: dict[str, str], login: str, password: str) -> list[str]:
+def _sign_in(env: BrowserEnv, login: str, password: str) -> list[str]:
     """Sign in through the EHR UI; returns the patients listed on My patients."""
     from playwright.sync_api import sync_playwright
 

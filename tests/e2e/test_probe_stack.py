@@ -9,25 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import UpProcess, free_base_port, start_up
+from tests.e2e.conftest import UpProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    data_dir = tmp_path_factory.mktemp("probe-stack") / ".mockehr"
-    up = start_up(data_dir, free_base_port(), "--patients", "3")
-    try:
-        up.wait_for("Ctrl-C stops every service.")
-        yield up
-    finally:
-        up.stop()
 
 
 def _probe(up: UpProcess, *extra: str) -> subprocess.CompletedProcess[str]:

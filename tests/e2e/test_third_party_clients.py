@@ -151,7 +151,7 @@ def _browse(browser: httpx.Client, url: str) -> httpx.Response:
 # --- authlib's private_key_jwt, SMART-sized ---------------------------------------------------
 
 
-class FiveMinutePrivateKeyJWT(PrivateKeyJWT):
+class FiveMinutePrivateKeyJWT(PrivateKeyJWT):  # type: ignore[misc]  # authlib ships no types
     """authlib's PrivateKeyJWT signs assertions that expire after an hour (its default
     `expires_in`, which the class does not expose); SMART Backend Services caps a client
     assertion's `exp` at five minutes ahead. Same signing function, a shorter lifetime."""

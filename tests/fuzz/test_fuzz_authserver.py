@@ -145,7 +145,7 @@ def subject_tokens(draw: st.DrawFn, auth: Auth) -> str:
     kind = draw(st.integers(0, 3))
     if kind == 0:
         claims = draw(jwt_claims({"sub": "Practitioner/dr-a", "iat": now, "exp": now + 30}))
-        overrides = {k: claims.get(k) for k in ("sub", "iat", "exp")} | {
+        overrides: dict[str, Any] = {k: claims.get(k) for k in ("sub", "iat", "exp")} | {
             k: v for k, v in claims.items() if k not in ("sub", "iat", "exp")
         }
         try:

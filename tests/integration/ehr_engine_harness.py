@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -127,54 +127,107 @@ class Doubles:
     async def behave(self, name: str, body: dict[str, Any]) -> Response:
         if name in self.answers:
             return JSONResponse(self.answers[name](body))
-        if name == "ok-echo":
-            # A careless (or hostile) service that echoes the credentials it was sent.
-            token = body.get("fhirAuthorization", {}).get("access_token", "")
-            jwt = self.received[-1].headers.get("authorization", "").removeprefix("Bearer ")
-            return JSONResponse({"cards": [card_for(name, detail=f"token {token} jwt {jwt}")], "echo": [token, jwt]})
-        if name.startswith("ok"):
-            return JSONResponse({"cards": [card_for(name, detail=f"prefetch: {sorted(body.get('prefetch', {}))}")]})
-        if name == "slow":
-            await asyncio.sleep(30)
-            return JSONResponse({"cards": [card_for(name)]})
-        if name == "trickle":
+        behaviour = BEHAVIOURS.get(name) or (_ok if name.startswith("ok") else _unknown)
+        return await behaviour(self, name, body)
 
-            async def drip() -> AsyncIterator[bytes]:
-                yield b'{"cards": ['
-                for _ in range(300):
-                    await asyncio.sleep(0.1)
-                    yield b" "
 
-            return StreamingResponse(drip(), media_type="application/json")
-        if name == "error":
-            return Response("<html>Internal Server Error</html>", status_code=503, media_type="text/html")
-        if name == "unauthorized":
-            return Response(status_code=401)
-        if name == "invalid-json":
-            return Response('{"cards": [', media_type="application/json")
-        if name == "wrong-type":
-            return Response(json.dumps({"cards": [card_for(name)]}), media_type="text/html")
-        if name == "oversized":
+# One behaviour per path: a good service or one fault. Each receives the doubles (for the last
+# request's headers), the service name and the parsed body.
+Behaviour = Callable[[Doubles, str, dict[str, Any]], Awaitable[Response]]
 
-            async def flood() -> AsyncIterator[bytes]:
-                yield b'{"cards": [], "padding": "'
-                for _ in range(64):
-                    yield b"x" * 65536
-                yield b'"}'
 
-            return StreamingResponse(flood(), media_type="application/json")
-        if name == "oversized-declared":
-            return Response(b'{"cards": []}' + b" " * (2 * 1024 * 1024), media_type="application/json")
-        if name == "echo-error":
-            jwt = self.received[-1].headers.get("authorization", "")
-            return Response(f"bad credentials: {jwt}", status_code=500)
-        if name == "redirect":
-            return RedirectResponse("/cds-services/redirect-target", status_code=307)
-        if name == "redirect-target":
-            return JSONResponse({"cards": [card_for(name)]})
-        if name == "precondition":
-            return JSONResponse({"error": "need Observation prefetch"}, status_code=412)
-        return Response(status_code=404)
+async def _ok(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return JSONResponse({"cards": [card_for(name, detail=f"prefetch: {sorted(body.get('prefetch', {}))}")]})
+
+
+async def _ok_echo(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    # A careless (or hostile) service that echoes the credentials it was sent.
+    token = body.get("fhirAuthorization", {}).get("access_token", "")
+    jwt = doubles.received[-1].headers.get("authorization", "").removeprefix("Bearer ")
+    return JSONResponse({"cards": [card_for(name, detail=f"token {token} jwt {jwt}")], "echo": [token, jwt]})
+
+
+async def _slow(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    await asyncio.sleep(30)
+    return JSONResponse({"cards": [card_for(name)]})
+
+
+async def _trickle(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    async def drip() -> AsyncIterator[bytes]:
+        yield b'{"cards": ['
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            yield b" "
+
+    return StreamingResponse(drip(), media_type="application/json")
+
+
+async def _error(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return Response("<html>Internal Server Error</html>", status_code=503, media_type="text/html")
+
+
+async def _unauthorized(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return Response(status_code=401)
+
+
+async def _invalid_json(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return Response('{"cards": [', media_type="application/json")
+
+
+async def _wrong_type(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return Response(json.dumps({"cards": [card_for(name)]}), media_type="text/html")
+
+
+async def _oversized(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    async def flood() -> AsyncIterator[bytes]:
+        yield b'{"cards": [], "padding": "'
+        for _ in range(64):
+            yield b"x" * 65536
+        yield b'"}'
+
+    return StreamingResponse(flood(), media_type="application/json")
+
+
+async def _oversized_declared(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return Response(b'{"cards": []}' + b" " * (2 * 1024 * 1024), media_type="application/json")
+
+
+async def _echo_error(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    jwt = doubles.received[-1].headers.get("authorization", "")
+    return Response(f"bad credentials: {jwt}", status_code=500)
+
+
+async def _redirect(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return RedirectResponse("/cds-services/redirect-target", status_code=307)
+
+
+async def _redirect_target(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return JSONResponse({"cards": [card_for(name)]})
+
+
+async def _precondition(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return JSONResponse({"error": "need Observation prefetch"}, status_code=412)
+
+
+async def _unknown(doubles: Doubles, name: str, body: dict[str, Any]) -> Response:
+    return Response(status_code=404)
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "ok-echo": _ok_echo,
+    "slow": _slow,
+    "trickle": _trickle,
+    "error": _error,
+    "unauthorized": _unauthorized,
+    "invalid-json": _invalid_json,
+    "wrong-type": _wrong_type,
+    "oversized": _oversized,
+    "oversized-declared": _oversized_declared,
+    "echo-error": _echo_error,
+    "redirect": _redirect,
+    "redirect-target": _redirect_target,
+    "precondition": _precondition,
+}
 
 
 @dataclass

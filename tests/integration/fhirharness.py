@@ -100,9 +100,12 @@ class FhirHarness:
         return f"Practitioner/{self.data.practitioners[index].id}"
 
 
+PATIENTS = 9  # seeded by default: enough for every practitioner to have several
+
+
 @asynccontextmanager
 async def fhir_harness(
-    tmp_path: Path, database_url: str, patients: int = 9, **fhir_options: Any
+    tmp_path: Path, database_url: str, patients: int = PATIENTS, **fhir_options: Any
 ) -> AsyncIterator[FhirHarness]:
     """`fhir_options`: further FhirSettings fields (e.g. limits) for the FHIR server."""
     clock = FrozenClock(time.time())

@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -30,14 +31,14 @@ from common.http import make_http_client
 from common.jwks import JwksCache
 from common.tls import ensure_server_certificate
 
-SERVICE = {
+SERVICE: dict[str, Any] = {
     "hook": "patient-view",
     "id": "weak-greeting",
     "title": "Weak greeting",
     "description": "A test double.",
     "prefetch": {"patient": "Patient/{{context.patientId}}"},
 }
-CARD = {
+CARD: dict[str, Any] = {
     "uuid": "7c1d2a57-2d4e-4f41-9d4e-2f3c1f0a0001",
     "summary": "Hello",
     "indicator": "info",
@@ -98,124 +99,180 @@ class Refused(Exception):
     pass
 
 
+@dataclass
+class Double:
+    """The typed state of one double: what it trusts, its weakness, and what it has seen."""
+
+    weakness: Weakness
+    issuer: str
+    jwks_url: str
+    base_url: str
+    http: httpx.AsyncClient | None = None
+    jwks: JwksCache | None = None
+    seen: set[str] = field(default_factory=set)
+    refusals: int = 0
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        assert self.http is not None, "the double's lifespan has not started"
+        return self.http
+
+    @property
+    def trusted_keys(self) -> JwksCache:
+        assert self.jwks is not None, "the double's lifespan has not started"
+        return self.jwks
+
+
 def _part(segment: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
 
 
+def _header(parts: list[str]) -> dict[str, Any]:
+    if len(parts) != 3:
+        raise Refused("malformed token")
+    try:
+        header = _part(parts[0])
+    except ValueError:
+        raise Refused("malformed header") from None
+    if not isinstance(header, dict) or header.get("typ") != "JWT":
+        raise Refused("typ is not JWT")
+    return header
+
+
+async def _keys(double: Double, header: dict[str, Any]) -> KeySet:
+    """The keys to verify with: the trusted JWKS, or (weakly) whatever a `jku` points at."""
+    if "jku" not in header:
+        return await double.trusted_keys.key_set(header.get("kid"))
+    if double.weakness.any_jku:
+        fetched = await double.client.get(header["jku"])
+        return KeySet.import_key_set(fetched.json())
+    if header["jku"] != double.jwks_url:
+        raise Refused("jku not trusted")
+    return await double.trusted_keys.key_set(header.get("kid"))
+
+
+async def _claims(double: Double, token: str) -> dict[str, Any]:
+    """The token's claims once its header and signature pass (or without either, when weak)."""
+    parts = token.split(".")
+    header = _header(parts)
+    alg = header.get("alg")
+    if double.weakness.alg_none and isinstance(alg, str) and alg.lower() == "none":
+        claims: dict[str, Any] = _part(parts[1])
+        return claims
+    if alg != "ES384":
+        raise Refused("algorithm not allowed")
+    if {"jwk", "x5u", "x5c"} & header.keys():
+        raise Refused("key in header")
+    keys = await _keys(double, header)
+    try:
+        key = keys.get_by_kid(header["kid"])
+        return dict(jwt.decode(token, key, algorithms=["ES384"]).claims)
+    except (KeyError, ValueError, JoseError):
+        raise Refused("bad kid or signature") from None
+
+
+def _check_claims(double: Double, claims: dict[str, Any], url: str) -> None:
+    now = time.time()
+    if claims.get("iss") != double.issuer:
+        raise Refused("issuer not trusted")
+    aud = claims.get("aud")
+    if double.weakness.check_aud and aud != url and not (isinstance(aud, list) and url in aud):
+        raise Refused("audience mismatch")
+    exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
+    if not isinstance(exp, int) or exp < now - 30 or exp > now + 330:
+        raise Refused("exp expired or too far")
+    if not isinstance(iat, int) or iat > now + 30:
+        raise Refused("iat in the future")
+    if not isinstance(jti, str) or not jti:
+        raise Refused("jti missing")
+    if double.weakness.track_jti:
+        if jti in double.seen:
+            raise Refused("jti replayed")
+        double.seen.add(jti)
+
+
+async def verify(double: Double, request: Request, token: str) -> None:
+    """Verify the CDS Client's JWT as CDS Hooks 2.0 §Trusting CDS Clients asks, but for the weakness."""
+    claims = await _claims(double, token)
+    _check_claims(double, claims, double.base_url + request.url.path)
+
+
+def _refusal(weakness: Weakness, reason: str, token: str) -> Response:
+    if weakness.huge_refusals:
+        return Response(b"bad signature " + b"x" * (1024 * 1024), 401, media_type="text/plain")
+    if weakness.verbose_errors:
+        trace = 'Traceback (most recent call last):\n  File "/srv/double.py", line 99, in verify'
+        return JSONResponse({"error": f"invalid_token: {reason}", "token": token, "trace": trace}, 401)
+    return Response(status_code=401)
+
+
+async def authenticate(request: Request) -> Response | None:
+    """None when the request may go on, else the double's refusal."""
+    double: Double = request.app.state.double
+    weakness = double.weakness
+    if not weakness.verify:
+        return None
+    if weakness.lockout_after is not None and double.refusals >= weakness.lockout_after:
+        return Response(status_code=401)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        if scheme.lower() != "bearer" or not token:
+            raise Refused("no bearer token")
+        try:
+            await verify(double, request, token)
+        except TokenInvalidError as exc:  # the trusted JWKS is unreachable
+            raise Refused(exc.reason) from None
+    except Refused as exc:
+        double.refusals += 1
+        return _refusal(weakness, str(exc), token)
+    return None
+
+
+router = APIRouter()
+feedback_router = APIRouter()
+
+
+@router.get("/cds-services")
+async def discovery(request: Request) -> Response:
+    return await authenticate(request) or JSONResponse({"services": [SERVICE]})
+
+
+@router.post("/cds-services/{service_id}")
+async def call(service_id: str, request: Request) -> Response:
+    refused = await authenticate(request)
+    if refused is not None:
+        return refused
+    body = await request.json()
+    if service_id != SERVICE["id"] or body.get("hook") != SERVICE["hook"]:
+        return JSONResponse({"error": "unknown"}, 404)
+    if request.app.state.double.weakness.needs_fhir:
+        return JSONResponse({"error": "fhirAuthorization required"}, 412)
+    return JSONResponse({"cards": [CARD]})
+
+
+@feedback_router.post("/cds-services/{service_id}/feedback")
+async def feedback(service_id: str, request: Request) -> Response:
+    refused = await authenticate(request)
+    if refused is not None:
+        return refused
+    body = await request.json()
+    if service_id != SERVICE["id"] or not isinstance(body.get("feedback"), list):
+        return JSONResponse({"error": "invalid"}, 400)
+    return Response(status_code=200)
+
+
 def create_double(weakness: Weakness, *, issuer: str, jwks_url: str, base_url: str, ca_file: Path) -> FastAPI:
-    seen: set[str] = set()
-    refusals = [0]
+    double = Double(weakness, issuer=issuer, jwks_url=jwks_url, base_url=base_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with make_http_client(ca_file=ca_file) as http:
-            app.state.http = http
-            app.state.jwks = JwksCache(http, jwks_url)
+            double.http, double.jwks = http, JwksCache(http, jwks_url)
             yield
 
     app = FastAPI(lifespan=lifespan)
-
-    async def verify(request: Request, token: str) -> None:
-        url = base_url + request.url.path
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise Refused("malformed token")
-        try:
-            header = _part(parts[0])
-        except ValueError:
-            raise Refused("malformed header") from None
-        if not isinstance(header, dict) or header.get("typ") != "JWT":
-            raise Refused("typ is not JWT")
-        alg = header.get("alg")
-        if weakness.alg_none and isinstance(alg, str) and alg.lower() == "none":
-            claims = _part(parts[1])
-        else:
-            if alg != "ES384":
-                raise Refused("algorithm not allowed")
-            if {"jwk", "x5u", "x5c"} & header.keys():
-                raise Refused("key in header")
-            if "jku" in header:
-                if weakness.any_jku:
-                    fetched = await app.state.http.get(header["jku"])
-                    keys = KeySet.import_key_set(fetched.json())
-                elif header["jku"] != jwks_url:
-                    raise Refused("jku not trusted")
-                else:
-                    keys = await app.state.jwks.key_set(header.get("kid"))
-            else:
-                keys = await app.state.jwks.key_set(header.get("kid"))
-            try:
-                key = keys.get_by_kid(header["kid"])
-                claims = dict(jwt.decode(token, key, algorithms=["ES384"]).claims)
-            except (KeyError, ValueError, JoseError):
-                raise Refused("bad kid or signature") from None
-        now = time.time()
-        if claims.get("iss") != issuer:
-            raise Refused("issuer not trusted")
-        aud = claims.get("aud")
-        if weakness.check_aud and aud != url and not (isinstance(aud, list) and url in aud):
-            raise Refused("audience mismatch")
-        exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
-        if not isinstance(exp, int) or exp < now - 30 or exp > now + 330:
-            raise Refused("exp expired or too far")
-        if not isinstance(iat, int) or iat > now + 30:
-            raise Refused("iat in the future")
-        if not isinstance(jti, str) or not jti:
-            raise Refused("jti missing")
-        if weakness.track_jti:
-            if jti in seen:
-                raise Refused("jti replayed")
-            seen.add(jti)
-
-    async def authenticate(request: Request) -> Response | None:
-        if not weakness.verify:
-            return None
-        if weakness.lockout_after is not None and refusals[0] >= weakness.lockout_after:
-            return Response(status_code=401)
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        try:
-            if scheme.lower() != "bearer" or not token:
-                raise Refused("no bearer token")
-            try:
-                await verify(request, token)
-            except TokenInvalidError as exc:  # the trusted JWKS is unreachable
-                raise Refused(exc.reason) from None
-        except Refused as exc:
-            refusals[0] += 1
-            if weakness.huge_refusals:
-                return Response(b"bad signature " + b"x" * (1024 * 1024), 401, media_type="text/plain")
-            if weakness.verbose_errors:
-                trace = 'Traceback (most recent call last):\n  File "/srv/double.py", line 99, in verify'
-                return JSONResponse({"error": f"invalid_token: {exc}", "token": token, "trace": trace}, 401)
-            return Response(status_code=401)
-        return None
-
-    @app.get("/cds-services")
-    async def discovery(request: Request) -> Response:
-        return await authenticate(request) or JSONResponse({"services": [SERVICE]})
-
-    @app.post("/cds-services/{service_id}")
-    async def call(service_id: str, request: Request) -> Response:
-        refused = await authenticate(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
-        if service_id != SERVICE["id"] or body.get("hook") != SERVICE["hook"]:
-            return JSONResponse({"error": "unknown"}, 404)
-        if weakness.needs_fhir:
-            return JSONResponse({"error": "fhirAuthorization required"}, 412)
-        return JSONResponse({"cards": [CARD]})
-
-    async def feedback(service_id: str, request: Request) -> Response:
-        refused = await authenticate(request)
-        if refused is not None:
-            return refused
-        body = await request.json()
-        if service_id != SERVICE["id"] or not isinstance(body.get("feedback"), list):
-            return JSONResponse({"error": "invalid"}, 400)
-        return Response(status_code=200)
-
+    app.state.double = double
+    app.include_router(router)
     if weakness.feedback:  # otherwise the framework answers every request to the path 404
-        app.post("/cds-services/{service_id}/feedback")(feedback)
-
+        app.include_router(feedback_router)
     return app

@@ -104,12 +104,13 @@ class Smart:
         self,
         challenge: str,
         *,
-        client_id: str = APP,
-        redirect_uri: str = APP_REDIRECT,
-        scope: str = "launch/patient patient/Observation.rs openid fhirUser offline_access",
-        state: str = "st-1",
+        client_id: str | None = APP,
+        redirect_uri: str | None = APP_REDIRECT,
+        scope: str | None = "launch/patient patient/Observation.rs openid fhirUser offline_access",
+        state: str | None = "st-1",
         **extra: str | None,
     ) -> dict[str, str]:
+        """The authorization request's parameters; a parameter given as None is left out."""
         params: dict[str, str | None] = {
             "response_type": "code",
             "client_id": client_id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,6 @@ from tests.integration.authharness import (
     new_key,
     running_authserver,
 )
-
-
-@pytest.fixture
-async def auth(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
-    async with running_authserver(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _form(assertion: str, scope: str = "system/Patient.rs") -> dict[str, str]:

@@ -3,21 +3,12 @@ acting as the user for one patient (to apply what the user accepted), and no oth
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
 from sqlalchemy import select
 
 from authserver.models import IssuedTokenRow
-from tests.integration.authharness import EXCHANGE, FHIR, TT_ACCESS, TT_JWT, Harness, claims_of, running_authserver
-
-
-@pytest.fixture
-async def auth(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
-    async with running_authserver(tmp_path, database_url) as harness:
-        yield harness
+from tests.integration.authharness import EXCHANGE, FHIR, TT_ACCESS, TT_JWT, Harness, claims_of
 
 
 async def _self_exchange(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
@@ -18,15 +15,7 @@ from tests.integration.authharness import (
     claims_of,
     header_of,
     jwks_of,
-    running_authserver,
 )
-
-
-@pytest.fixture
-async def auth(tmp_path: Path, database_url: str) -> AsyncIterator[Harness]:
-    async with running_authserver(tmp_path, database_url) as harness:
-        yield harness
-
 
 # --- client_credentials ------------------------------------------------------------------------
 

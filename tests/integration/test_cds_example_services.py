@@ -26,7 +26,7 @@ from examples.cds_service.settings import CdsSettings
 from examples.cds_service.state import cds_state
 from mockehr.seed import DIABETES, SeedResult, generate
 from tests.integration.apps import serving
-from tests.integration.fhirharness import FHIR, FhirHarness, fhir_harness
+from tests.integration.fhirharness import FHIR, FhirHarness
 from tests.integration.test_cds_example import CDS, EHR, JWKS_URL, _jwks, _key
 
 SMART_LAUNCH = "https://smart.test/launch"
@@ -192,12 +192,6 @@ async def make_cds(tmp_path: Path) -> AsyncIterator[Any]:
     for context, http in reversed(stack):
         await context.__aexit__(None, None, None)
         await http.aclose()
-
-
-@pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url) as harness:
-        yield harness
 
 
 def assert_valid_cards(cards: list[dict[str, Any]]) -> None:

@@ -70,7 +70,9 @@ def _environment(service: dict[str, Any]) -> dict[str, str | None]:
 
 def _settings_class(dotted: str) -> type:
     module_name, _, class_name = dotted.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    found = getattr(importlib.import_module(module_name), class_name)
+    assert isinstance(found, type), dotted
+    return found
 
 
 def _env_names(cls: type) -> set[str]:

@@ -7,7 +7,6 @@ and the patient; the token reads this patient, not another, and nothing once the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,7 @@ from ehr.client_jwt import MAX_LIFETIME_SECONDS
 from ehr.hooks import HookContextError
 from ehr.invoke import REDACTED
 from fhirserver.state import fhir_state
-from tests.integration.ehr_engine_harness import EHR, SCOPES, Doubles, EngineStack, engine_stack, serve, service
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, database_url: str) -> AsyncIterator[EngineStack]:
-    async with engine_stack(tmp_path, database_url) as built:
-        yield built
-
-
-@pytest.fixture
-def doubles() -> Iterator[tuple[Doubles, str]]:
-    found = Doubles()
-    with serve(found.app()) as port:
-        yield found, f"http://127.0.0.1:{port}"
+from tests.integration.ehr_engine_harness import EHR, SCOPES, Doubles, EngineStack, serve, service
 
 
 async def verify_client_jwt(stack: EngineStack, authorization: str, url: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,8 @@ from tests.integration.ehr_engine_harness import (
     engine_stack,
     free_port,
     migrated,
-    serve,
     service,
 )
-
-
-@pytest.fixture(scope="module")
-def doubles() -> Iterator[tuple[Doubles, str]]:
-    found = Doubles()
-    with serve(found.app()) as port:
-        yield found, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

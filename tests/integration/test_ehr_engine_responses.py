@@ -7,7 +7,7 @@ for a hook without a user).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 
 from ehr.exchange import HookCall
 from ehr.invoke import CdsEngine
-from tests.integration.ehr_engine_harness import Doubles, EngineStack, card_for, engine_stack, migrated, serve, service
+from tests.integration.ehr_engine_harness import Doubles, EngineStack, card_for, engine_stack, migrated, service
 
 SMART = "https://localhost:9004/launch"
 
@@ -42,13 +42,6 @@ def registry() -> SmartRegistry:
 
 
 @pytest.fixture(scope="module")
-def doubles() -> Iterator[tuple[Doubles, str]]:
-    found = Doubles()
-    with serve(found.app()) as port:
-        yield found, f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     directory = tmp_path_factory.mktemp("responses")
     return directory, migrated(directory)
@@ -61,9 +54,7 @@ async def stack(db: tuple[Path, str], registry: SmartRegistry) -> AsyncIterator[
 
 
 @pytest.fixture(autouse=True)
-def reset(doubles: tuple[Doubles, str], registry: SmartRegistry) -> None:
-    doubles[0].received.clear()
-    doubles[0].answers.clear()
+def reset(registry: SmartRegistry) -> None:
     registry.calls = 0
     registry.broken = False
 

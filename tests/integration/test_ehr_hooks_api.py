@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import Request
@@ -22,20 +22,23 @@ from tests.integration.ehrharness import (
     EhrHarness,
     answer_cards,
     card,
-    ehr_harness,
     greeting_service,
 )
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    cds = CdsDouble(
+def cds() -> CdsDouble:
+    return CdsDouble(
         services=[greeting_service(), greeting_service("second")],
         answers={"greeting": answer_cards(card()), "second": answer_cards(card("card-2"))},
     )
-    async with ehr_harness(tmp_path, database_url, cds) as harness:
-        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
-        yield harness
+
+
+@pytest.fixture
+async def h(h: EhrHarness) -> EhrHarness:
+    """The shared harness with both services added."""
+    assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
+    return h
 
 
 def _as_user(h: EhrHarness, user_ref: str) -> None:
@@ -116,7 +119,7 @@ async def test_a_hook_without_registered_services_calls_nobody_and_logs_nothing(
 
 async def test_firing_needs_a_user_and_a_valid_context(h: EhrHarness) -> None:
     patient = h.fhir.patient_of(0)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"patientId": patient}, "userId is required with the admin token (the user the hook fires for)"),
         ({"userId": h.fhir.practitioner(0), "patientId": "Patient/1&_id=2"}, "patientId"),
         ({"userId": h.fhir.practitioner(0), "patientId": patient, "context": {"patientId": "other"}}, "context."),

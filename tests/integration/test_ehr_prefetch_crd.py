@@ -10,7 +10,6 @@ table of the Additional Data Retrieval section. That table writes the Coverage q
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -57,9 +56,8 @@ SCOPE = [
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    async with ehr_harness(tmp_path, database_url, CdsDouble(services=SERVICES)) as harness:
-        yield harness
+def cds() -> CdsDouble:
+    return CdsDouble(services=SERVICES)
 
 
 def _fhir_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:

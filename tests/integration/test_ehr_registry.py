@@ -3,7 +3,6 @@ the service's client at the authorization server, and the allow-list."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,8 @@ ORDER_SIGN = {
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    async with ehr_harness(tmp_path, database_url, CdsDouble(services=[greeting_service(), ORDER_SIGN])) as harness:
-        yield harness
+def cds() -> CdsDouble:
+    return CdsDouble(services=[greeting_service(), ORDER_SIGN])
 
 
 async def _rows(h: EhrHarness) -> list[CdsServiceRow]:

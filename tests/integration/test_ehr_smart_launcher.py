@@ -26,7 +26,7 @@ from ehr.ui.session import SESSION_COOKIE, CookieBox, Session
 from fhirserver.state import fhir_state
 from mockehr.demo import USERS_FILE
 from tests.integration.authharness import claims_of
-from tests.integration.ehrharness import EHR, EhrHarness, Router, ehr_harness
+from tests.integration.ehrharness import EHR, EhrHarness, Router
 from tests.integration.fhirharness import AUTH, FHIR
 
 CSRF = "csrf-of-this-session"
@@ -37,66 +37,64 @@ POST = {"X-CSRF-Token": CSRF, "Origin": EHR}
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    async with ehr_harness(tmp_path, database_url) as harness:
-        runtime = harness.fhir.auth_app.state.runtime
-        async with runtime.sessions() as session, session.begin():
-            for client in (
-                Client(
-                    "app-a",
-                    "smart-app",
-                    "Zeta app",
-                    "none",
-                    SCOPE,
-                    False,
-                    True,
-                    redirect_uris=(REDIRECT,),
-                    launch_url=LAUNCH,
-                ),
-                Client(
-                    "app-b",
-                    "smart-app",
-                    "Alpha app",
-                    "none",
-                    SCOPE,
-                    False,
-                    True,
-                    redirect_uris=("https://b.test/cb",),
-                    launch_url="https://b.test/launch",
-                ),
-                Client(
-                    "app-nolaunch",
-                    "smart-app",
-                    "No launch URL",
-                    "none",
-                    SCOPE,
-                    False,
-                    True,
-                    redirect_uris=("https://c.test/cb",),
-                ),
-                Client(
-                    "cds-x",
-                    "cds-service",
-                    "A CDS Service",
-                    "none",
-                    "patient/*.rs",
-                    False,
-                    True,
-                    launch_url="https://x.test/l",
-                ),
-            ):
-                await clients.register(session, client, None)
-        # The UI reads FHIR and calls the authserver with the runtime's client: route it in-process.
-        routed = httpx.AsyncClient(
-            transport=Router({"auth.test": harness.fhir.auth_app, "fhir.test": harness.fhir.fhir_app})
-        )
-        original = harness.ehr_app.state.runtime.http
-        harness.ehr_app.state.runtime.http = routed
-        try:
-            yield harness
-        finally:
-            harness.ehr_app.state.runtime.http = original
-            await routed.aclose()
+async def h(h: EhrHarness) -> AsyncIterator[EhrHarness]:
+    """The shared h with SMART apps and a CDS Service registered, the UI's HTTP routed in-process."""
+    runtime = h.fhir.auth_app.state.runtime
+    async with runtime.sessions() as session, session.begin():
+        for client in (
+            Client(
+                "app-a",
+                "smart-app",
+                "Zeta app",
+                "none",
+                SCOPE,
+                False,
+                True,
+                redirect_uris=(REDIRECT,),
+                launch_url=LAUNCH,
+            ),
+            Client(
+                "app-b",
+                "smart-app",
+                "Alpha app",
+                "none",
+                SCOPE,
+                False,
+                True,
+                redirect_uris=("https://b.test/cb",),
+                launch_url="https://b.test/launch",
+            ),
+            Client(
+                "app-nolaunch",
+                "smart-app",
+                "No launch URL",
+                "none",
+                SCOPE,
+                False,
+                True,
+                redirect_uris=("https://c.test/cb",),
+            ),
+            Client(
+                "cds-x",
+                "cds-service",
+                "A CDS Service",
+                "none",
+                "patient/*.rs",
+                False,
+                True,
+                launch_url="https://x.test/l",
+            ),
+        ):
+            await clients.register(session, client, None)
+    # The UI reads FHIR and calls the authserver with the runtime's client: route it in-process.
+    routed = httpx.AsyncClient(transport=Router({"auth.test": h.fhir.auth_app, "fhir.test": h.fhir.fhir_app}))
+    original = h.ehr_app.state.runtime.http
+    h.ehr_app.state.runtime.http = routed
+    try:
+        yield h
+    finally:
+        h.ehr_app.state.runtime.http = original
+        await routed.aclose()
 
 
 async def _sign_in(h: EhrHarness, practitioner: int = 0) -> str:

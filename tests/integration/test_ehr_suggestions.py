@@ -76,11 +76,15 @@ def _suggesting(body: dict[str, Any]) -> Response:
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    cds = CdsDouble(services=[greeting_service()], answers={"greeting": _suggesting})
-    async with ehr_harness(tmp_path, database_url, cds) as harness:
-        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
-        yield harness
+def cds() -> CdsDouble:
+    return CdsDouble(services=[greeting_service()], answers={"greeting": _suggesting})
+
+
+@pytest.fixture
+async def h(h: EhrHarness) -> EhrHarness:
+    """The shared harness with the service added."""
+    assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
+    return h
 
 
 async def _fire(h: EhrHarness, practitioner: int = 0) -> str:
@@ -411,7 +415,8 @@ def _fhir_writes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 async def _decision(h: EhrHarness, hook_instance: str) -> CdsCardOutcomeRow:
     async with h.ehr_app.state.runtime.sessions() as session:
         query = select(CdsCardOutcomeRow).where(CdsCardOutcomeRow.hook_instance == hook_instance)
-        return (await session.execute(query)).scalar_one()
+        row: CdsCardOutcomeRow = (await session.execute(query)).scalar_one()
+        return row
 
 
 async def test_accepting_the_removal_of_an_unsigned_draft_sends_no_delete_and_records_the_draft_discarded(

@@ -61,7 +61,7 @@ class FakeFhir:
             return httpx.Response(
                 200, json={"resourceType": "Encounter", "id": "enc-x", "subject": {"reference": "Patient/pat-9"}}
             )
-        found = {
+        resources: dict[str, dict[str, Any]] = {
             "Condition": {"resourceType": "Condition", "id": "c1", "code": concept, "clinicalStatus": concept},
             "MedicationRequest": {
                 "resourceType": "MedicationRequest",
@@ -72,7 +72,8 @@ class FakeFhir:
             "Observation": {"resourceType": "Observation", "id": "o1", "code": concept, "valueString": XSS},
             "Encounter": {"resourceType": "Encounter", "id": "e1", "type": [concept], "status": XSS},
             "ServiceRequest": {"resourceType": "ServiceRequest", "id": "s1", "code": concept, "status": XSS},
-        }.get(path)
+        }
+        found = resources.get(path)
         if found is not None:
             return httpx.Response(200, json=bundle(found))
         return httpx.Response(404, json={"resourceType": "OperationOutcome", "issue": []})

@@ -5,14 +5,12 @@ by card uuid). What the EHR ignores in a response is noted in the exchange log."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.responses import JSONResponse, Response
 
-from tests.integration.ehrharness import CdsDouble, EhrHarness, card, ehr_harness, greeting_service
+from tests.integration.ehrharness import CdsDouble, EhrHarness, card, greeting_service
 
 FEEDBACK = "/cds-services/greeting/feedback"
 BY_POSITION = {"index": 1, "identifiedBy": "suggestion identified by position; no uuid"}
@@ -51,11 +49,15 @@ def _uuidless(body: dict[str, Any]) -> Response:
 
 
 @pytest.fixture
-async def h(tmp_path: Path, database_url: str) -> AsyncIterator[EhrHarness]:
-    cds = CdsDouble(services=[greeting_service()], answers={"greeting": _uuidless})
-    async with ehr_harness(tmp_path, database_url, cds) as harness:
-        assert (await harness.add_service(approveAllPrefetch=True)).status_code == 201
-        yield harness
+def cds() -> CdsDouble:
+    return CdsDouble(services=[greeting_service()], answers={"greeting": _uuidless})
+
+
+@pytest.fixture
+async def h(h: EhrHarness) -> EhrHarness:
+    """The shared harness with the service added."""
+    assert (await h.add_service(approveAllPrefetch=True)).status_code == 201
+    return h
 
 
 async def _fire(h: EhrHarness) -> str:

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.integration.fhirharness import FhirHarness, fhir_harness
+from tests.integration.fhirharness import FhirHarness
 
 RACERS = 16
 
 
 @pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url, patients=1) as harness:
-        yield harness
+def fhir_patients() -> int:
+    return 1
 
 
 async def _observation(fhir: FhirHarness, headers: dict[str, str]) -> dict[str, Any]:

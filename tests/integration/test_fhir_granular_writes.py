@@ -5,8 +5,6 @@ nothing, alone, in a batch entry and in a transaction."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from fhirserver.models import ResourceRow, ResourceVersionRow
-from tests.integration.fhirharness import FhirHarness, fhir_harness
+from tests.integration.fhirharness import FhirHarness
 
 SYSTEM = "system/*.cruds"
 CATEGORIES = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -22,9 +20,8 @@ LAB_ONLY = f"patient/Observation.cruds?category={CATEGORIES}|laboratory"
 
 
 @pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url, patients=3) as harness:
-        yield harness
+def fhir_patients() -> int:
+    return 3
 
 
 def _headers(token: str) -> dict[str, str]:

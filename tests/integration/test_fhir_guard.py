@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from authserver import tokens
+from authserver.models import IssuedTokenRow
 from fhirserver.models import ResourceRow
 from fhirserver.state import fhir_state
-from tests.integration.fhirharness import FHIR, FhirHarness, fhir_harness
+from tests.integration.fhirharness import FHIR, FhirHarness
 
 SYSTEM = "system/*.cruds"
-
-
-@pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _ids(bundle: dict[str, Any], rtype: str | None = None) -> set[str]:
@@ -99,7 +92,7 @@ async def test_a_revoked_token_is_refused_as_soon_as_the_feed_is_polled(fhir: Fh
     assert (await fhir.get("Patient", token)).status_code == 200
     runtime = fhir.auth_app.state.runtime
     async with runtime.sessions() as session, session.begin():
-        row = (await session.execute(select(tokens.IssuedTokenRow))).scalars().one()
+        row = (await session.execute(select(IssuedTokenRow))).scalars().one()
         await tokens.revoke(session, [row], int(fhir.clock()))
     await fhir_state(fhir.fhir_app).revocations.poll_once()  # what the watcher does every 0.5 s
     _assert_bare_401(await fhir.get("Patient", token))

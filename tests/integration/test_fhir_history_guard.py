@@ -3,8 +3,6 @@ granular filters; every other version looks as if it did not exist (fhirserver/h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,7 +12,7 @@ from sqlalchemy import select
 from fhirserver.compartments import in_compartment
 from fhirserver.history import in_compartment_of
 from fhirserver.models import ResourceRow
-from tests.integration.fhirharness import FhirHarness, fhir_harness
+from tests.integration.fhirharness import FhirHarness
 
 SYSTEM = "system/*.cruds"
 CATEGORIES = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -22,9 +20,8 @@ LAB_ONLY = f"patient/Observation.rs?category={CATEGORIES}|laboratory"
 
 
 @pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url, patients=3) as harness:
-        yield harness
+def fhir_patients() -> int:
+    return 3
 
 
 async def _stored(fhir: FhirHarness, patient: str, category: str) -> dict[str, Any]:

@@ -5,21 +5,13 @@ Another Practitioner stays exactly as invisible as a missing one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.fhirharness import FhirHarness, fhir_harness
+from tests.integration.fhirharness import FhirHarness
 
 SYSTEM = "system/*.cruds"
-
-
-@pytest.fixture
-async def fhir(tmp_path: Path, database_url: str) -> AsyncIterator[FhirHarness]:
-    async with fhir_harness(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _ids(bundle: dict[str, Any], rtype: str | None = None) -> set[str]:

@@ -56,6 +56,7 @@ async def test_private_keys_are_stored_encrypted_and_jwks_holds_public_members_o
     store = await _store(sessions, clock)
     signer = await store.signer()
     d = signer.key.as_dict(private=True)["d"]
+    assert isinstance(d, str)
     async with sessions() as session:
         row = (await session.execute(select(SigningKeyRow))).scalar_one()
     assert row.private_jwk_enc is not None

@@ -160,7 +160,9 @@ def _subject_of(corpus: Corpus, patient_id: str) -> Callable[[Resource], bool]:
 
 
 def _first_patient(corpus: Corpus, n: int = 0) -> str:
-    return sorted(corpus.by_type["Patient"], key=lambda p: p["name"][0]["family"] + p["name"][0]["given"][0])[n]["id"]
+    patients = sorted(corpus.by_type["Patient"], key=lambda p: p["name"][0]["family"] + p["name"][0]["given"][0])
+    identifier: str = patients[n]["id"]
+    return identifier
 
 
 def _common_loinc(corpus: Corpus) -> str:

@@ -133,7 +133,7 @@ async def test_escaped_commas_and_pipes_belong_to_the_value(sessions: Sessions) 
 
 
 async def test_tags_profiles_and_sources_are_searchable(sessions: Sessions) -> None:
-    meta = {
+    meta: dict[str, Any] = {
         "tag": [{"system": "urn:tags", "code": "demo"}],
         "profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"],
         "source": "urn:source:a",

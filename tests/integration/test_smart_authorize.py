@@ -7,8 +7,6 @@ double for the FHIR server's answer, as FakeReach is for can_see.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -30,14 +28,7 @@ from tests.integration.smartharness import (
     hidden_fields,
     pkce,
     query_of,
-    running_smart,
 )
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _assert_error_page(response: httpx.Response) -> None:
@@ -91,7 +82,7 @@ async def test_a_redirect_uri_that_is_not_exactly_registered_gets_an_error_page_
 async def test_a_repeated_redirect_uri_gets_an_error_page(smart: Smart) -> None:
     _, challenge = pkce()
     params = [*smart.authorize_params(challenge).items(), ("redirect_uri", "https://evil.test/cb")]
-    response = await smart.browser.get("/authorize", params=params)
+    response = await smart.browser.get("/authorize", params=tuple(params))
     _assert_error_page(response)
 
 

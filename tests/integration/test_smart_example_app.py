@@ -162,9 +162,10 @@ class ServersAdapter(BaseAdapter):
         self.servers.sent_with.append({"verify": verify, "timeout": timeout, "proxies": proxies})
         self.servers.threads.add(threading.get_ident())
         body = request.body.encode() if isinstance(request.body, str) else (request.body or b"")
-        answer = self.servers.handle(
-            httpx.Request(str(request.method), str(request.url), headers=dict(request.headers), content=body)
-        )
+        assert isinstance(body, bytes), "the app sends no streamed bodies"
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        sent = httpx.Request(str(request.method), str(request.url), headers=headers, content=body)
+        answer = self.servers.handle(sent)
         response = requests.Response()
         response.status_code = answer.status_code
         response.headers = CaseInsensitiveDict(answer.headers)

@@ -3,8 +3,6 @@ handle to /authorize; the handle is single use, short-lived and bound to its app
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +19,6 @@ from tests.integration.smartharness import (
     Smart,
     pkce,
     query_of,
-    running_smart,
 )
 
 EHR_SCOPE = "launch openid fhirUser patient/Observation.rs"
@@ -30,12 +27,6 @@ FHIR_CONTEXT = [
     {"reference": "Patient/p-a2", "role": "https://example.org/roles/mother"},
     {"canonical": "http://example.org/Questionnaire/q|1.0", "type": "Questionnaire"},
 ]
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 async def _launch(smart: Smart, **body: Any) -> str:

@@ -4,22 +4,14 @@ to it, and only the first-party EHR can ask."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.authharness import claims_of
-from tests.integration.smartharness import Smart, pkce, query_of, running_smart
+from tests.integration.smartharness import Smart, pkce, query_of
 
 SCOPE = "launch openid fhirUser patient/Observation.rs offline_access"
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 async def _launch(smart: Smart, options: dict[str, Any] | None = None) -> str:

@@ -10,7 +10,6 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy import select, update
 
 from authserver.app import create_app
@@ -19,12 +18,6 @@ from authserver.sessions import SESSION_COOKIE, digest
 from tests.integration.apps import serving
 from tests.integration.authharness import AUTH
 from tests.integration.smartharness import PASSWORD, Smart, csrf_in, hidden_fields, pkce, running_smart
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 @asynccontextmanager
@@ -170,7 +163,7 @@ async def test_login_goes_back_only_to_this_servers_authorize_endpoint(smart: Sm
 
 @asynccontextmanager
 async def limited(tmp_path: Path, database_url: str, **limits: int) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url, login_failure_window_seconds=600, **limits) as harness:
+    async with running_smart(tmp_path, database_url, None, login_failure_window_seconds=600, **limits) as harness:
         yield harness
 
 

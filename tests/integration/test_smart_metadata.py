@@ -3,8 +3,8 @@ configured origins on the endpoints browser apps call — never on /authorize or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -19,9 +19,8 @@ ALLOWED = "https://app.test"
 
 
 @pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url, cors_origins=[ALLOWED, "http://localhost:8000"]) as harness:
-        yield harness
+def smart_options() -> dict[str, Any]:
+    return {"cors_origins": [ALLOWED, "http://localhost:8000"]}
 
 
 async def test_the_oauth_metadata_announces_the_authorization_code_flow_with_s256_only(smart: Smart) -> None:

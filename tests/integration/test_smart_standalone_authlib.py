@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
-import pytest
 
 from common.jose import import_public_jwks, verify_jwt
 from tests.integration.authharness import AUTH, FHIR, claims_of
-from tests.integration.smartharness import APP, APP_REDIRECT, PASSWORD, Smart, hidden_fields, running_smart
+from tests.integration.smartharness import APP, APP_REDIRECT, PASSWORD, Smart, hidden_fields
 
 with warnings.catch_warnings():
     # authlib 1.9 deprecates its httpx (vs httpx2) integration; its module installs an "always"
@@ -26,12 +23,6 @@ with warnings.catch_warnings():
 
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import AsyncOAuth2Client
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 async def _browse(browser: httpx.AsyncClient, url: str) -> httpx.Response:

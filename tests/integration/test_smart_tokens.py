@@ -7,8 +7,6 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,14 +29,7 @@ from tests.integration.smartharness import (
     Smart,
     csrf_in,
     pkce,
-    running_smart,
 )
-
-
-@pytest.fixture
-async def smart(tmp_path: Path, database_url: str) -> AsyncIterator[Smart]:
-    async with running_smart(tmp_path, database_url) as harness:
-        yield harness
 
 
 def _invalid_grant(response: Any) -> None:

@@ -18,10 +18,12 @@ import os
 from typing import Any
 
 import httpx
-from healthchain.gateway import CDSHooksService, HealthChainAPI
-from healthchain.gateway.cds import CDSHooksConfig
-from healthchain.models import CDSRequest, CDSResponse
-from healthchain.models.responses.cdsresponse import Card
+
+# HealthChain lives only in its own venv (see above), so mypy, run from the project's, cannot see it.
+from healthchain.gateway import CDSHooksService, HealthChainAPI  # type: ignore[import-not-found]
+from healthchain.gateway.cds import CDSHooksConfig  # type: ignore[import-not-found]
+from healthchain.models import CDSRequest, CDSResponse  # type: ignore[import-not-found]
+from healthchain.models.responses.cdsresponse import Card  # type: ignore[import-not-found]
 
 SOURCE = {"label": "HealthChain interop service"}
 
@@ -50,13 +52,13 @@ def _patient_name(request: CDSRequest) -> str:
     return " ".join([*name.get("given", []), name.get("family", "")]).strip()
 
 
-@cds.hook("patient-view", id="healthchain-patient-view", title="HealthChain patient-view")
+@cds.hook("patient-view", id="healthchain-patient-view", title="HealthChain patient-view")  # type: ignore[untyped-decorator]
 def patient_view(request: CDSRequest) -> CDSResponse:
     name = _patient_name(request)
     return CDSResponse(cards=[Card(summary=f"HealthChain read {name}", indicator="info", source=SOURCE)])
 
 
-@cds.hook("order-sign", id="healthchain-order-sign", title="HealthChain order-sign")
+@cds.hook("order-sign", id="healthchain-order-sign", title="HealthChain order-sign")  # type: ignore[untyped-decorator]
 def order_sign(request: CDSRequest) -> CDSResponse:
     name = _patient_name(request)
     return CDSResponse(

@@ -4,6 +4,7 @@ and the transaction a suggestion becomes."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_default_client_ids_and_resource_types() -> None:
 
 
 def test_redaction_removes_tokens_and_jwt_shaped_strings_at_any_depth() -> None:
-    body = {
+    body: dict[str, Any] = {
         "fhirAuthorization": {"access_token": "opaque-token", "scope": "patient/Patient.rs"},
         "prefetch": {"x": [{"note": JWT}, {"Authorization": "Bearer abc"}]},
         "context": {"patientId": "p1"},

@@ -18,7 +18,7 @@ def request(kind: str = "lab", code: str = "58410-2") -> SignRequest:
         draftId=DRAFT,
         kind=kind,
         system=LOINC,
-        code=code,  # type: ignore[arg-type]
+        code=code,
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from joserfc.jwk import DictKey
 
 from common.errors import ConfigError, TokenInvalidError
 from common.jose import KeySet, verify_jwt
@@ -30,8 +31,13 @@ def _claims() -> dict[str, Any]:
     return {"iss": ISS, "aud": AUD, "iat": now, "exp": now + 60, "jti": "j-1"}
 
 
+def _jwk(values: dict[str, str]) -> DictKey:
+    # joserfc types a JWK as str-or-list values; the probe's keys only hold strings.
+    return {**values}
+
+
 def _keys(key: forge.ProbeKey) -> KeySet:
-    return KeySet.import_key_set({"keys": [key.published_jwk()]})
+    return KeySet.import_key_set({"keys": [_jwk(key.published_jwk())]})
 
 
 def test_a_correctly_signed_probe_token_verifies_with_the_published_jwk() -> None:
@@ -49,7 +55,7 @@ def test_the_kid_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
 
     key = forge.generate_key()
 
-    assert key.kid == ECKey.import_key(key.public_jwk()).thumbprint()
+    assert key.kid == ECKey.import_key(_jwk(key.public_jwk())).thumbprint()
     assert not {"d"} & key.published_jwk().keys()
 
 
