@@ -1,6 +1,6 @@
 """The client registry: who may ask this server for tokens, and for what.
 
-Kinds (DESIGN.md "Identities"):
+Kinds (docs/tokens.md lists what each may obtain):
 - `ehr`: confidential, private_key_jwt; `first_party` lets it obtain tokens on behalf of
   registered CDS Services (token exchange) and sign user assertions.
 - `cds-service`: its client_id is `fhirAuthorization.subject`; `scope` is what an

@@ -44,8 +44,8 @@ def _display(resource: Mapping[str, Any]) -> str:
 
 @dataclass
 class FhirPatients:
-    """The patients a user may see, asked of the FHIR server (which owns the rule, DESIGN.md
-    "Identities") with the same short-lived, user-scoped, unrecorded token reach.py mints:
+    """The patients a user may see, asked of the FHIR server (which owns the rule,
+    fhirserver/compartments.py) with the same short-lived, user-scoped, unrecorded token reach.py mints:
     `GET {fhir}/Patient?_count=50`. A Patient user is offered themselves only, without a call."""
 
     reach: FhirReach

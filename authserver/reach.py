@@ -1,6 +1,6 @@
 """May this user see this patient? Asked of the FHIR server, which owns the rule.
 
-DESIGN.md: who may see whom is data-driven (Patient.generalPractitioner, CareTeam membership) and
+Who may see whom is data-driven (Patient.generalPractitioner, CareTeam membership) and
 lives in the FHIR server's guard. Rather than copy the rule, the authorization server asks the
 FHIR server with a short-lived token for the user (`user/Patient.rs`, audience the FHIR base,
 never recorded, never handed out): `GET {fhir}/Patient?_id=<id>&_summary=count` counts 1 only if

@@ -1,6 +1,6 @@
 """People who log in, and what each role may do at all (before the per-patient rule).
 
-A practitioner may act on any patient in their reach (DESIGN.md "Identities": the patients whose
+A practitioner may act on any patient in their reach (docs/security.md "The FHIR server's guard": the patients whose
 Patient.generalPractitioner or a CareTeam.participant.member names them; the FHIR server decides
 that, see reach.py). A patient may read their own record only.
 """

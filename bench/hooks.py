@@ -1,4 +1,4 @@
-"""Hook overhead: what the EHR adds to a CDS Hooks call (DESIGN.md budget: p50 ≤ 25 ms for one
+"""Hook overhead: what the EHR adds to a CDS Hooks call (budget, docs/performance.md: p50 ≤ 25 ms for one
 hook to one service with three prefetch queries, on loopback, excluding the service's time).
 
 The stack runs under the supervisor (real TLS, PostgreSQL when available); a no-op CDS Service

@@ -59,7 +59,7 @@ class AuthserverAdmin:
         return [c for c in body if isinstance(c, dict)] if isinstance(body, list) else []
 
     async def smart_launch_urls(self) -> frozenset[str]:
-        """The launch URLs of active SMART apps: a card's smart link must name one (HELPERS.md),
+        """The launch URLs of active SMART apps: a card's smart link must name one,
         cached briefly so a hook call costs no admin round trip in the common case."""
         now = self._clock()
         if self._smart_urls is not None and now - self._smart_urls[0] < SMART_URLS_TTL_SECONDS:

@@ -1,4 +1,4 @@
-"""The CDS Hooks engine: one hook call fanned out to its services (DESIGN.md "The CDS flow").
+"""The CDS Hooks engine: one hook call fanned out to its services (docs/cds-client.md, "One hook call").
 
 Per service, in parallel, under the service's deadline (and never beyond the hook's total
 deadline): exchange a per-call token (ehr.fhir_token) → prefetch the *approved* templates with it

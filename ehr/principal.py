@@ -1,4 +1,4 @@
-"""Who is calling the EHR's API (HELPERS.md contract, shared with the UI).
+"""Who is calling the EHR's API (shared with the UI: a bearer admin token or a UI session).
 
 Either the administrator, with `Authorization: Bearer <admin token>` (then the request body's
 `userId` names the user a hook fires for), or a user signed in to the EHR UI, whose session the

@@ -1,4 +1,4 @@
-"""The FHIR server's guard (DESIGN.md "The FHIR server's guard").
+"""The FHIR server's guard (docs/security.md "The FHIR server's guard").
 
 Every request but /metadata and /.well-known: a bearer token verified as an access token
 (`common/access_token.py`, RFC 9068 §4: signature against the authorization server's JWKS —

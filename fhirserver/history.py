@@ -1,5 +1,5 @@
 """Which stored versions of a resource a token may see: vread and instance `_history`
-(FHIR R4 http.html#vread, #history; DESIGN.md "The FHIR server's guard").
+(FHIR R4 http.html#vread, #history; docs/security.md "The FHIR server's guard").
 
 A version is shown only if THAT version lies in the token's compartment and granular scope
 filters, whatever the current version looks like: an Observation misfiled under patient A and

@@ -497,7 +497,7 @@ class _Builder:
         where = [cols.rtype == rtype, cols.deleted.is_(False), *conds, *self.visible(rtype, cols)]
         return select(cols.id).where(*where)
 
-    # the restriction (DESIGN.md "The FHIR server's guard")
+    # the restriction (docs/security.md "The FHIR server's guard")
     def visible(self, rtype: str, cols: _Cols) -> list[Cond]:
         r = self.restriction
         if r is None:

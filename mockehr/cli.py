@@ -1,6 +1,6 @@
 """The `mockehr` command line (typer + rich).
 
-A contract: scripts and CI jobs depend on these commands and flags (DESIGN.md "The command line").
+A contract: scripts and CI jobs depend on these commands and flags (docs/cli.md, generated from this module).
 Every subcommand takes --data-dir (env MOCKEHR_DATA_DIR); listings take --json. Errors are one
 line on stderr and a non-zero exit, never a traceback.
 """

@@ -6,7 +6,7 @@ MOCKEHR_<SVC>_* variables. Output goes to `<data_dir>/logs/<service>.log`.
 
 `MOCKEHR_<SVC>_WORKERS=N` runs N worker processes of a service behind one port (uvicorn's
 process manager): replicas share nothing but the database (and Redis), so this is safe for every
-service (DESIGN.md, Replicas), and it is how a service uses more than one core.
+service (docs/architecture.md, "State and where it lives"), and it is how a service uses more than one core.
 
 `mockehr up --replicas N` runs N separate processes per service on internal loopback ports
 instead, with HAProxy on the public ports (mockehr/balancer.py, docs/replicas.md); their logs

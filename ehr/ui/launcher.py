@@ -4,7 +4,7 @@ every launch (the Launches page).
 SMART App Launch 2.2 "EHR Launch": the EHR registers the launch context at the authorization
 server (authserver/launch.py, POST /launch) and opens the app's launch URL with `iss` and the
 opaque `launch`. Only the launch URL of an active, registered SMART app launches anything (CDS
-Hooks 2.0 Link: type smart "MUST" be a SMART app launch URL; DESIGN.md), read from the
+Hooks 2.0 Link: type smart "MUST" be a SMART app launch URL), read from the
 authorization server's registry at each request, so a disabled app disappears from the menu and
 stops launching at once.
 

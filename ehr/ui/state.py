@@ -128,7 +128,7 @@ class UiState:
         return session
 
     async def resolve(self, request: Request) -> Principal | None:
-        """`EhrState.session_resolver` for the EHR API (HELPERS.md contract): the signed-in user,
+        """`EhrState.session_resolver` for the EHR API: the signed-in user,
         or None. Unsafe methods need the session's CSRF token in X-CSRF-Token and a same-origin
         Origin. No refresh here (the API answer cannot carry a new cookie): an expired access
         token means None, and the page reloads, which refreshes."""

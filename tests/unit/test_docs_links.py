@@ -81,3 +81,22 @@ def test_a_link_to_a_missing_file_or_heading_is_caught(tmp_path: Path) -> None:
         "nowhere.md (no file docs/nowhere.md)",
         "#no-such-heading (no heading #no-such-heading in docs/page.md)",
     ]
+
+
+# Documents that live outside the repository (the team's brief and notes): code and docs cite
+# what a reader of the repository can open, never these.
+OUTSIDE = ("DESIGN.md", "HELPERS.md", "SPEC-NOTES.md")
+SOURCES = sorted(
+    path
+    for folder in ("common", "authserver", "fhirserver", "ehr", "mockehr", "examples", "bench", "tools", "alembic")
+    for path in (REPO_ROOT / folder).rglob("*")
+    if path.suffix in {".py", ".html", ".js", ".css"}
+)
+
+
+def test_no_source_file_cites_a_document_outside_the_repository() -> None:
+    citing = [
+        f"{path.relative_to(REPO_ROOT)}: {name}" for path in SOURCES for name in OUTSIDE if name in path.read_text()
+    ]
+    assert SOURCES, "no source files found: the walk itself is broken"
+    assert citing == []
