@@ -100,3 +100,51 @@ def test_no_source_file_cites_a_document_outside_the_repository() -> None:
     ]
     assert SOURCES, "no source files found: the walk itself is broken"
     assert citing == []
+
+
+# `path/to/module.py:name` (and a following `:other`, the same module) names code a reader can
+# open: after a refactoring moves or renames it, the page must follow (issue 17: facts drift).
+CODE_REF = re.compile(r"`(?:((?:[a-z_]+/)*[a-z_0-9]+\.py))?:([A-Za-z_][A-Za-z_0-9.]*)")
+
+
+def _defines(source: str, dotted: str) -> bool:
+    return all(
+        re.search(rf"(?:def|class)\s+{re.escape(part)}\b|^\s*{re.escape(part)}\s*[:=]", source, re.M)
+        for part in dotted.split(".")
+    )
+
+
+def _stale_code_references(page: Path, root: Path = REPO_ROOT) -> list[str]:
+    stale: list[str] = []
+    for paragraph in FENCE.sub("", page.read_text()).split("\n\n"):
+        module: str | None = None
+        for match in CODE_REF.finditer(paragraph):
+            named, name = match.groups()
+            if named is not None:
+                # A bare file name (`login.py:x`) is the reader's shorthand: not resolved here.
+                module = named if "/" in named else None
+            if module is None:
+                continue
+            path = root / module
+            if not path.is_file():
+                stale.append(f"{module}:{name} (no file {module})")
+            elif not _defines(path.read_text(), name):
+                stale.append(f"{module}:{name} (not defined there)")
+    return stale
+
+
+@pytest.mark.parametrize("page", [*PAGES, REPO_ROOT / "deploy" / "README.md"], ids=lambda p: p.name)
+def test_every_code_reference_names_something_defined_in_that_module(page: Path) -> None:
+    assert _stale_code_references(page) == []
+
+
+def test_a_stale_code_reference_is_caught(tmp_path: Path) -> None:
+    module = tmp_path / "pkg" / "mod.py"
+    module.parent.mkdir()
+    module.write_text("class Kept:\n    def method(self) -> None: ...\n\n\ndef kept() -> None: ...\n")
+    page = tmp_path / "page.md"
+    page.write_text("See `pkg/mod.py:kept`, `:Kept.method`, `:gone` and `pkg/old.py:x`; `other.py:y`, `:z`.\n")
+    assert _stale_code_references(page, tmp_path) == [
+        "pkg/mod.py:gone (not defined there)",
+        "pkg/old.py:x (no file pkg/old.py)",
+    ]
