@@ -1,0 +1,237 @@
+"""Where the time goes (`python -m bench.profile`): CPU per request of every service, and a sampled
+profile of the service that does the work, for a client_credentials grant, an authorized read and
+a hook (one no-op service, three prefetch templates).
+
+A one-worker stack on PostgreSQL (the supervisor's processes, real TLS) is driven by an async httpx
+client at concurrency 8 for a bounded time per path. Meanwhile py-spy (PyPI; not a dependency of
+mockehr: pass its path with --py-spy or put it on PATH) samples the processes without stopping
+them (`--nonblocking`, idle stacks excluded), and /proc gives each process's CPU seconds, so:
+
+- `cpu_ms_per_request[service]`: that service's user+system CPU time over the run ÷ requests — what
+  a request costs the machine, whatever the load (the wall-clock rates move with it);
+- `top_inclusive`: the share of the sampled CPU time spent under each function (a function counted
+  once per sample), `top_self`: the share in the function itself, over the busiest service.
+
+The profile is read in docs/performance.md, "Where the time goes, and the plan".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import stack_bench
+from bench.hooks import noop_service
+from common.tls import client_ssl_context
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = 8
+FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^:]*)(?::\d+)?\)$")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _short(frame: str) -> str:
+    """`function (path/to/module.py:12)` → `module.function`, the line dropped so one function is
+    one entry."""
+    match = FRAME.match(frame.strip())
+    if match is None:
+        return frame.strip()
+    file = match["file"].removeprefix(f"{ROOT}/")
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+    module = file.removesuffix(".py").replace("/", ".").lstrip(".")
+    return f"{module}.{match['fn']}"
+
+
+def summarize(collapsed: str, top: int = 20) -> dict[str, Any]:
+    """Shares (%) of the samples per function from py-spy's collapsed stacks (`a;b;c count`)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_short(f) for f in stack.split(";") if f and not f.startswith("process ")]
+        if not frames:
+            continue
+        total += count
+        for name in set(frames):
+            inclusive[name] += count
+        own[frames[-1]] += count
+
+    def shares(counter: Counter[str]) -> dict[str, float]:
+        return {name: round(100 * n / total, 1) for name, n in counter.most_common(top)} if total else {}
+
+    return {"samples": total, "top_inclusive": shares(inclusive), "top_self": shares(own)}
+
+
+async def _drive(
+    call: Callable[[httpx.AsyncClient], Awaitable[bool]], client: httpx.AsyncClient, seconds: float
+) -> int:
+    """Requests completed by CONCURRENCY loops of `call` for `seconds` (errors raise)."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            if not await call(client):
+                raise RuntimeError("a profiled request failed")
+            done += 1
+
+    await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
+    return done
+
+
+def _profile_path(
+    running: stack_bench.Running,
+    py_spy: str,
+    name: str,
+    call: Callable[[httpx.AsyncClient], Awaitable[bool]],
+    seconds: float,
+    out_dir: Path,
+) -> dict[str, Any]:
+    pids = {p.name: p.process.pid for p in running.processes if p.process.poll() is None}
+    record = [py_spy, "record", "--duration", str(round(seconds)), "--rate", "250", "--nonblocking", "--format", "raw"]
+    spies = {
+        service: subprocess.Popen(
+            [*record, "--pid", str(pid), "--output", str(out_dir / f"{name}-{service}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for service, pid in pids.items()
+    }
+    before = {service: cpu_seconds(pid) for service, pid in pids.items()}
+    load_before = os.getloadavg()[0]
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+
+    async def run() -> int:
+        async with running.client(limits=limits) as client:
+            for _ in range(5):  # warm-up: connections, caches
+                await call(client)
+            return await _drive(call, client, seconds)
+
+    started = time.perf_counter()
+    requests = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    cpu = {service: cpu_seconds(pid) - before[service] for service, pid in pids.items()}
+    for spy in spies.values():
+        try:
+            spy.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+    busiest = max(cpu, key=lambda service: cpu[service])
+    profiles = {}
+    for service in pids:
+        path = out_dir / f"{name}-{service}.txt"
+        if path.exists() and cpu[service] > 0.05 * cpu[busiest]:
+            profiles[service] = summarize(path.read_text())
+    return {
+        "requests": requests,
+        "req_per_s": round(requests / elapsed, 1),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        "cpu_ms_per_request": {s: round(1000 * c / requests, 2) for s, c in cpu.items() if requests},
+        "busiest": busiest,
+        "profiles": profiles,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.__main__ import database
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    with database("postgresql", args.pg) as url, stack_bench.running_stack(url, 30, 1) as running:
+        stack = running.stack
+        who = stack_bench.actors(running)
+        token_url = f"{stack.base_url('authserver')}/token"
+        fhir = stack.url("fhirserver")
+        forms = [who.backend_form(token_url) for _ in range(int(600 * args.seconds))]
+
+        async def grant(client: httpx.AsyncClient) -> bool:
+            response = await client.post(token_url, data=forms.pop() if forms else who.backend_form(token_url))
+            return response.status_code == 200
+
+        results["client_credentials grant"] = _profile_path(running, args.py_spy, "token", grant, args.seconds, out_dir)
+
+        token = stack_bench._token(running, who.exchange_form(token_url, fhir))
+        read_url = f"{fhir}/Patient/{who.patient}"
+
+        async def read(client: httpx.AsyncClient) -> bool:
+            response = await client.get(read_url, headers={"Authorization": f"Bearer {token}"})
+            return response.status_code == 200
+
+        results["authorized read"] = _profile_path(running, args.py_spy, "read", read, args.seconds, out_dir)
+
+        admin = {"Authorization": f"Bearer {(stack.data_dir / 'admin-token').read_text().strip()}"}
+        ehr = stack.base_url("ehr")
+        users = json.loads((stack.data_dir / "demo-users.json").read_text())
+        user = next(iter(users.values()))
+        practitioner = "Practitioner/" + user["fhirUser"].rstrip("/").rsplit("/", 1)[1]
+        with noop_service(running) as discovery:
+            registered = httpx.post(
+                f"{ehr}/api/services",
+                headers=admin,
+                verify=client_ssl_context(running.ca),
+                trust_env=False,
+                timeout=30,
+                json={
+                    "discoveryUrl": discovery,
+                    "hooks": ["patient-view"],
+                    "approveAllPrefetch": True,
+                    "clientId": "bench-profile",
+                    "scope": ["patient/Patient.rs", "patient/Condition.rs", "patient/Observation.rs"],
+                },
+            )
+            registered.raise_for_status()
+            service = next(s["id"] for s in registered.json()["services"] if s["cdsId"] == "noop3-1")
+            body = {"userId": practitioner, "patientId": user["patients"][0], "services": [service]}
+
+            async def hook(client: httpx.AsyncClient) -> bool:
+                response = await client.post(f"{ehr}/api/hooks/patient-view", headers=admin, json=body)
+                return response.status_code == 200 and all(s["status"] == "ok" for s in response.json()["services"])
+
+            results["hook (1 service, 3 prefetch)"] = _profile_path(
+                running, args.py_spy, "hook", hook, args.seconds, out_dir
+            )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="path of py-spy (PyPI)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="profiled seconds per path")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "profile"))
+    parser.add_argument(
+        "--pg", default=os.environ.get("MOCKEHR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
+    args = parser.parse_args()
+    results = run(args)
+    path = Path(args.out) / "profile.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The pure parts of the peer benchmark (bench/peer.py): the comparison row and the load bundles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import peer
+
+
+def test_the_row_holds_each_sides_figures_and_mockehr_over_peer_and_over_floor() -> None:
+    row = peer.ratios(
+        {"req_per_s": 800.0, "p50_ms": 7.8, "errors": 0},
+        {"req_per_s": 320.0, "p50_ms": 20.0, "errors": 1},
+        {"req_per_s": 6400.0, "p50_ms": 1.1, "errors": 0},
+    )
+    assert row["ratio_to_peer"] == 2.5
+    assert row["ratio_to_floor"] == 0.125
+    assert (row["mockehr_req_per_s"], row["peer_req_per_s"], row["floor_req_per_s"]) == (800.0, 320.0, 6400.0)
+    assert (row["mockehr_p50_ms"], row["peer_p50_ms"], row["floor_p50_ms"]) == (7.8, 20.0, 1.1)
+    assert row["peer_errors"] == 1
+
+
+def test_a_side_that_served_nothing_gives_no_ratio_rather_than_a_division_by_zero() -> None:
+    served: dict[str, Any] = {"req_per_s": 500.0, "p50_ms": 9.0, "errors": 0}
+    assert peer.ratios(served, {"req_per_s": 0.0, "errors": 40}, served)["ratio_to_peer"] is None
+    assert peer.ratios({}, served, served)["ratio_to_floor"] is None
+
+
+def test_the_peer_gets_every_resource_once_as_a_put_keeping_its_id() -> None:
+    resources = [{"resourceType": "Observation", "id": f"o{i}"} for i in range(5)]
+    bundles = list(peer.batches(resources, size=2))
+    assert [len(b["entry"]) for b in bundles] == [2, 2, 1]
+    assert all(b["type"] == "batch" for b in bundles)
+    requests = [e["request"] for b in bundles for e in b["entry"]]
+    assert requests == [{"method": "PUT", "url": f"Observation/o{i}"} for i in range(5)]
+
+
+def test_a_search_page_answers_alike_when_it_holds_as_many_entries_and_a_read_when_it_is_the_same_resource() -> None:
+    page = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "a"}}]}
+    other = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "b"}}]}
+    assert peer._same(page, other)
+    assert not peer._same(page, {"resourceType": "Bundle", "entry": []})
+    assert peer._same({"resourceType": "Patient", "id": "p"}, {"resourceType": "Patient", "id": "p"})
+    assert not peer._same({"resourceType": "Patient", "id": "p"}, {"resourceType": "Patient", "id": "q"})
+
+
+def test_the_peer_is_configured_anonymous_without_its_simulator_and_on_its_own_port(tmp_path: Path) -> None:
+    config = peer.settings(tmp_path, 33006)
+    assert config["server_auth"] == {"types": ["none"]}
+    assert config["simulator"] == {"enabled": False}
+    assert config["base_url"] == "https://127.0.0.1:33006/fhir"
