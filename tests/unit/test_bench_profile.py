@@ -19,6 +19,11 @@ def test_a_function_counts_once_per_sample_in_its_inclusive_share_and_only_as_th
     summary = profile.summarize(COLLAPSED)
     assert summary["samples"] == 10
     assert summary["top_inclusive"]["asyncio.base_events.run"] == 100.0
+    assert summary["by_category"] == {
+        "crypto (joserfc, cryptography)": 60.0,
+        "mockehr's own code": 20.0,
+        "database driver (asyncpg)": 20.0,
+    }
     assert summary["top_inclusive"]["fhirserver.read.handle"] == 80.0
     assert summary["top_self"] == {
         "joserfc.jws.sign": 60.0,
@@ -27,5 +32,11 @@ def test_a_function_counts_once_per_sample_in_its_inclusive_share_and_only_as_th
     }
 
 
+def test_a_thread_parked_in_a_pool_is_not_counted_as_busy() -> None:
+    parked = "process 12:python;_bootstrap (threading.py:1);wait (threading.py:320) 90"
+    summary = profile.summarize(COLLAPSED + "\n" + parked.replace("wait (", "Condition.wait ("))
+    assert summary["samples"] == 10
+
+
 def test_no_samples_give_no_shares() -> None:
-    assert profile.summarize("") == {"samples": 0, "top_inclusive": {}, "top_self": {}}
+    assert profile.summarize("") == {"samples": 0, "by_category": {}, "top_inclusive": {}, "top_self": {}}
