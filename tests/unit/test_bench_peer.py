@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bench import peer
 
@@ -50,3 +56,57 @@ def test_the_peer_is_configured_anonymous_without_its_simulator_and_on_its_own_p
     assert config["server_auth"] == {"types": ["none"]}
     assert config["simulator"] == {"enabled": False}
     assert config["base_url"] == "https://127.0.0.1:33006/fhir"
+
+
+PEER_SCRIPT = """
+import json, sys
+from fastapi.testclient import TestClient
+from sekmet.main import app_factory
+
+bundles = json.loads(sys.stdin.read())
+with TestClient(app_factory(), base_url="https://127.0.0.1:33006") as client:
+    loaded = [client.post("/fhir", json=b, headers={"Content-Type": "application/fhir+json"}) for b in bundles]
+    read = client.get("/fhir/Patient/p1")
+    search = client.get("/fhir/Observation", params={"patient": "p1", "_count": "10"})
+print(json.dumps({"loaded": [r.json() for r in loaded], "read": read.json(), "search": search.json()}))
+"""
+
+
+def test_the_installed_peer_takes_the_batches_and_answers_the_benchmarked_read_and_search(tmp_path: Path) -> None:
+    """Smoke test of the peer itself, in-process through its ASGI app (no server, no network).
+    Skipped unless `python -m bench --only peer` has installed the peer's venv (it is never
+    installed by the tests: `make test` skips this)."""
+    digest = hashlib.sha256(peer.REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    home = peer.ROOT / ".venv-interop" / f"sekmet-{digest}"
+    if not (home / ".installed").exists():
+        pytest.skip("the peer's venv is not installed (python -m bench --only peer installs it)")
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps(peer.settings(tmp_path / "data", 33006)))
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Peer"}]}
+    observations = [
+        {
+            "resourceType": "Observation",
+            "id": f"o{i}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "Patient/p1"},
+        }
+        for i in range(12)
+    ]
+    bundles = list(peer.batches([patient, *observations], size=5))
+    done = subprocess.run(
+        [str(home / "bin" / "python"), "-c", PEER_SCRIPT],
+        input=json.dumps(bundles),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "SEKMET_CONFIG": str(config)},
+    )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    statuses = [e["response"]["status"][:3] for b in answer["loaded"] for e in b["entry"]]
+    assert statuses == ["201"] * 13
+    assert peer._same(answer["read"], patient)
+    assert len(answer["search"]["entry"]) == 10
+    assert {e["resource"]["subject"]["reference"] for e in answer["search"]["entry"]} == {"Patient/p1"}
