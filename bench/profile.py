@@ -37,7 +37,7 @@ from bench.hooks import noop_service
 from common.tls import client_ssl_context
 
 ROOT = Path(__file__).resolve().parent.parent
-CONCURRENCY = 8
+PATHS = ("token", "read", "hook")
 FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>[^:]*)(?::\d+)?\)$")
 
 
@@ -127,9 +127,9 @@ def summarize(collapsed: str, top: int = 25) -> dict[str, Any]:
 
 
 async def _drive(
-    call: Callable[[httpx.AsyncClient], Awaitable[bool]], client: httpx.AsyncClient, seconds: float
+    call: Callable[[httpx.AsyncClient], Awaitable[bool]], client: httpx.AsyncClient, seconds: float, concurrency: int
 ) -> tuple[int, int]:
-    """(requests completed, of which failed) by CONCURRENCY loops of `call` for `seconds`."""
+    """(requests completed, of which failed) by `concurrency` loops of `call` for `seconds`."""
     done, failed = 0, 0
     deadline = time.perf_counter() + seconds
 
@@ -139,18 +139,18 @@ async def _drive(
             failed += not await call(client)
             done += 1
 
-    await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
     return done, failed
 
 
 def _profile_path(
     running: stack_bench.Running,
-    py_spy: str,
+    args: argparse.Namespace,
     name: str,
     call: Callable[[httpx.AsyncClient], Awaitable[bool]],
-    seconds: float,
-    out_dir: Path,
 ) -> dict[str, Any]:
+    py_spy, seconds, concurrency, out_dir = args.py_spy, args.seconds, args.concurrency, Path(args.out)
+    name = f"{name}-c{concurrency}"
     pids = {p.name: p.process.pid for p in running.processes if p.process.poll() is None}
     record = [py_spy, "record", "--duration", str(round(seconds)), "--rate", "250", "--nonblocking", "--format", "raw"]
     spies = {
@@ -163,13 +163,13 @@ def _profile_path(
     }
     before = {service: cpu_seconds(pid) for service, pid in pids.items()}
     load_before = os.getloadavg()[0]
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     async def run() -> tuple[int, int]:
         async with running.client(limits=limits) as client:
             for _ in range(5):  # warm-up: connections, caches
                 await call(client)
-            return await _drive(call, client, seconds)
+            return await _drive(call, client, seconds, concurrency)
 
     started = time.perf_counter()
     requests, errors = asyncio.run(run())
@@ -188,6 +188,7 @@ def _profile_path(
             profiles[service] = summarize(path.read_text())
     return {
         "raw": name,  # the collapsed stacks: <out>/<raw>-<service>.txt
+        "concurrency": concurrency,
         "requests": requests,
         "req_per_s": round(requests / elapsed, 1),
         "errors": errors,
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             response = await client.post(token_url, data=forms.pop() if forms else who.backend_form(token_url))
             return response.status_code == 200
 
-        results["client_credentials grant"] = _profile_path(running, args.py_spy, "token", grant, args.seconds, out_dir)
+        if "token" in args.paths:
+            results["client_credentials grant"] = _profile_path(running, args, "token", grant)
 
         token = stack_bench._token(running, who.exchange_form(token_url, fhir))
         read_url = f"{fhir}/Patient/{who.patient}"
@@ -224,7 +226,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             response = await client.get(read_url, headers={"Authorization": f"Bearer {token}"})
             return response.status_code == 200
 
-        results["authorized read"] = _profile_path(running, args.py_spy, "read", read, args.seconds, out_dir)
+        if "read" in args.paths:
+            results["authorized read"] = _profile_path(running, args, "read", read)
+        if "hook" not in args.paths:
+            return results
 
         admin = {"Authorization": f"Bearer {(stack.data_dir / 'admin-token').read_text().strip()}"}
         ehr = stack.base_url("ehr")
@@ -254,9 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 response = await client.post(f"{ehr}/api/hooks/patient-view", headers=admin, json=body)
                 return response.status_code == 200 and all(s["status"] == "ok" for s in response.json()["services"])
 
-            results["hook (1 service, 3 prefetch)"] = _profile_path(
-                running, args.py_spy, "hook", hook, args.seconds, out_dir
-            )
+            results["hook (1 service, 3 prefetch)"] = _profile_path(running, args, "hook", hook)
     return results
 
 
@@ -264,6 +267,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="path of py-spy (PyPI)")
     parser.add_argument("--seconds", type=float, default=8.0, help="profiled seconds per path")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    parser.add_argument("--paths", default=",".join(PATHS), help="of token, read, hook (comma-separated)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "profile"))
     parser.add_argument(
         "--pg", default=os.environ.get("MOCKEHR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
