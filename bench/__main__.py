@@ -209,6 +209,8 @@ PEER_COLUMNS = [
     ("peer_req_per_s", "peer req/s"),
     ("floor_req_per_s", "floor req/s"),
     ("ratio_to_peer", "÷ peer"),
+    ("ratio_to_peer_min", "min"),
+    ("ratio_to_peer_max", "max"),
     ("ratio_to_floor", "÷ floor"),
     ("mockehr_p50_ms", "mockehr p50"),
     ("peer_p50_ms", "peer p50"),

@@ -40,6 +40,9 @@ TYPES = ("Organization", "Practitioner", "Location", "Patient", "Encounter", "Ob
 BATCH = 200
 INSTALL_TIMEOUT_S = 600.0
 CONCURRENCIES = (8, 32)
+# Each figure is measured in rounds of mockehr, peer, floor back to back, and the median round
+# kept: the load of a shared machine moves within seconds, so one round's ratio can be off by 3×.
+ROUNDS = 3
 
 
 class PeerUnavailableError(RuntimeError):
@@ -116,6 +119,18 @@ def ratios(mockehr: dict[str, Any], peer: dict[str, Any], floor: dict[str, Any])
     return row
 
 
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose mockehr ÷ peer ratio is the median (a real round, so its figures agree with
+    each other), with the spread of that ratio over all rounds."""
+    ranked = sorted(rows, key=lambda row: row["ratio_to_peer"] if row["ratio_to_peer"] is not None else -1.0)
+    chosen = dict(ranked[len(ranked) // 2])
+    ratios_seen = [row["ratio_to_peer"] for row in rows if row["ratio_to_peer"] is not None]
+    chosen["rounds"] = len(rows)
+    chosen["ratio_to_peer_min"] = min(ratios_seen, default=None)
+    chosen["ratio_to_peer_max"] = max(ratios_seen, default=None)
+    return chosen
+
+
 def _export(client: httpx.Client, fhir: str, headers: dict[str, str]) -> list[dict[str, Any]]:
     """Every resource of TYPES in mockehr, through its FHIR API (following `next` links)."""
     out: list[dict[str, Any]] = []
@@ -165,9 +180,11 @@ def peer_server(stack: Any, python: Path) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def compare(running: stack_bench.Running, who: stack_bench.Actors, seconds: float) -> dict[str, Any]:
+def compare(
+    running: stack_bench.Running, who: stack_bench.Actors, seconds: float, rounds: int = ROUNDS
+) -> dict[str, Any]:
     """Authorized read and compartment search `_count=10`: mockehr, the peer and the floor, one
-    worker each, on the same data, at c=8 and c=32."""
+    worker each, on the same data, at c=8 and c=32, in `rounds` interleaved rounds."""
     stack = running.stack
     python = peer_python()
     token_url = f"{stack.base_url('authserver')}/token"
@@ -193,10 +210,13 @@ def compare(running: stack_bench.Running, who: stack_bench.Actors, seconds: floa
         with stack_bench.floor_server(stack, bodies, 1) as floor:
             for name, path in paths.items():
                 for c in CONCURRENCIES:
-                    ours_run = wrk.run(f"{fhir}/{path}", connections=c, seconds=seconds, headers=headers, ca=running.ca)
-                    peer_run = wrk.run(f"{peer}/{path}", connections=c, seconds=seconds, ca=running.ca)
-                    floor_run = wrk.run(f"{floor}/{name}", connections=c, seconds=seconds, ca=running.ca)
-                    out[f"{name} c={c}"] = ratios(ours_run, peer_run, floor_run)
+                    rows = []
+                    for _ in range(rounds):
+                        mine = wrk.run(f"{fhir}/{path}", connections=c, seconds=seconds, headers=headers, ca=running.ca)
+                        others = wrk.run(f"{peer}/{path}", connections=c, seconds=seconds, ca=running.ca)
+                        bare = wrk.run(f"{floor}/{name}", connections=c, seconds=seconds, ca=running.ca)
+                        rows.append(ratios(mine, others, bare))
+                    out[f"{name} c={c}"] = median_row(rows)
     return out
 
 

@@ -33,6 +33,15 @@ def test_a_side_that_served_nothing_gives_no_ratio_rather_than_a_division_by_zer
     assert peer.ratios({}, served, served)["ratio_to_floor"] is None
 
 
+def test_the_kept_round_is_the_median_ratio_to_the_peer_with_the_spread_of_all_rounds() -> None:
+    rounds = [
+        peer.ratios({"req_per_s": ours}, {"req_per_s": 100.0}, {"req_per_s": 5000.0}) for ours in (250.0, 70.0, 190.0)
+    ]
+    row = peer.median_row(rounds)
+    assert (row["mockehr_req_per_s"], row["ratio_to_peer"]) == (190.0, 1.9)
+    assert (row["ratio_to_peer_min"], row["ratio_to_peer_max"], row["rounds"]) == (0.7, 2.5, 3)
+
+
 def test_the_peer_gets_every_resource_once_as_a_put_keeping_its_id() -> None:
     resources = [{"resourceType": "Observation", "id": f"o{i}"} for i in range(5)]
     bundles = list(peer.batches(resources, size=2))
