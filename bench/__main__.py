@@ -6,9 +6,11 @@ Groups (`--only`, default all):
   on SQLite and PostgreSQL, each beside the floor measured in the same run; peak RSS per service;
 - scale: search latency and database size at 30, 300 and 3,000 synthetic patients;
 - hooks: EHR overhead of a hook call to no-op CDS Services (bench/hooks.py);
-- jose: ES384/ES256 sign and verify per second, in-process.
+- jose: ES384/ES256 sign and verify per second, in-process;
+- peer: authorized read and compartment search of mockehr's FHIR server beside a Python FHIR peer
+  from PyPI (sekmet-fhir, its own venv) and the floor, one worker each, same data (bench/peer.py).
 Results: a table per group, and bench/results/bench-<when>.json with the machine, versions,
-configuration and every figure. The whole run takes under ten minutes on a 2-core machine.
+configuration and every figure. The whole run takes about ten minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -185,7 +187,37 @@ def bench_stack(args: argparse.Namespace, groups: set[str]) -> dict[str, Any]:
     return out
 
 
+def bench_peer(args: argparse.Namespace) -> dict[str, Any]:
+    """Per process: a one-worker stack, the peer and the floor, on PostgreSQL (SQLite when
+    PostgreSQL is not among the benchmarked databases), like the hook group: one database is
+    enough for a ratio, and keeps `make bench` near its ten minutes."""
+    from bench import peer, stack_bench
+
+    kind = "postgresql" if "postgresql" in args.db else "sqlite"
+    with database(kind, args.pg) as url, stack_bench.running_stack(url, args.patients, 1) as running:
+        figures: dict[str, Any] = {"load_average_before": [round(x, 2) for x in os.getloadavg()]}
+        figures.update(peer.compare(running, stack_bench.actors(running), args.seconds))
+        figures["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    return {kind: figures}
+
+
 # --- output ---------------------------------------------------------------------------------------
+
+# (JSON key, printed header) of the peer table.
+PEER_COLUMNS = [
+    ("mockehr_req_per_s", "mockehr req/s"),
+    ("peer_req_per_s", "peer req/s"),
+    ("floor_req_per_s", "floor req/s"),
+    ("ratio_to_peer", "÷ peer"),
+    ("ratio_to_peer_min", "min"),
+    ("ratio_to_peer_max", "max"),
+    ("ratio_to_floor", "÷ floor"),
+    ("mockehr_p50_ms", "mockehr p50"),
+    ("peer_p50_ms", "peer p50"),
+    ("floor_p50_ms", "floor p50"),
+    ("mockehr_errors", "errors"),
+    ("peer_errors", "peer errors"),
+]
 
 
 def _fmt(value: Any) -> str:
@@ -196,10 +228,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(title: str, rows: dict[str, dict[str, Any]], columns: list[str]) -> None:
+def _table(title: str, rows: dict[str, dict[str, Any]], columns: list[str], headers: list[str] | None = None) -> None:
     if not rows:
         return
-    table = Table("", *columns, title=title, title_justify="left")
+    table = Table("", *(headers or columns), title=title, title_justify="left")
     for name, figures in rows.items():
         table.add_row(name, *(_fmt(figures.get(c, "")) for c in columns))
     console.print(table)
@@ -242,6 +274,17 @@ def print_report(report: dict[str, Any]) -> None:
                 "errors",
             ],
         )
+    for kind, figures in report.get("peer", {}).items():
+        _table(
+            f"FHIR per process ({kind}; 1 worker each; peer = sekmet-fhir, no auth; floor = bare Starlette)",
+            {k: v for k, v in figures.items() if " c=" in k},
+            [key for key, _ in PEER_COLUMNS],
+            [header for _, header in PEER_COLUMNS],
+        )
+        console.print(
+            f"same data: {figures.get('data')}; load average {figures.get('load_average_before')}"
+            f" → {figures.get('load_average_after')}"
+        )
     if report.get("jose"):
         _table("JOSE in-process (per second)", {"rate": report["jose"]}, list(report["jose"]))
 
@@ -249,7 +292,7 @@ def print_report(report: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "--only", action="append", choices=["tokens", "fhir", "scale", "hooks", "jose"], help="repeatable"
+        "--only", action="append", choices=["tokens", "fhir", "scale", "hooks", "jose", "peer"], help="repeatable"
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per figure")
     parser.add_argument("--db", action="append", choices=["sqlite", "postgresql"], help="default: both")
@@ -261,7 +304,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.db = args.db or ["sqlite", "postgresql"]
-    groups = set(args.only or ["tokens", "fhir", "scale", "hooks", "jose"])
+    groups = set(args.only or ["tokens", "fhir", "scale", "hooks", "jose", "peer"])
     started = time.monotonic()
     report: dict[str, Any] = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -272,6 +315,8 @@ def main() -> None:
         report["jose"] = bench_jose()
     if groups & {"tokens", "fhir"}:
         report["stack"] = bench_stack(args, groups)
+    if "peer" in groups:
+        report["peer"] = bench_peer(args)
     if "scale" in groups:
         from bench.scale import run as run_scale
 

@@ -93,11 +93,13 @@ def uvicorn_server(
     *,
     workers: int = 1,
     env: dict[str, str] | None = None,
+    python: str = sys.executable,
 ) -> Iterator[None]:
     """A bench app on a spare port of the stack, with the services' uvicorn flags and TLS; up once
-    `probe_url` answers 2xx (30 s at most), terminated on exit. Its log goes to `log_path`."""
+    `probe_url` answers 2xx (30 s at most), terminated on exit. Its log goes to `log_path`. `python`
+    is another venv's interpreter for a third-party app (bench/peer.py)."""
     tls = stack.data_dir.resolve() / "tls"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", stack.host]
+    argv = [python, "-m", "uvicorn", "--factory", factory, "--host", stack.host]
     argv += ["--port", str(port), "--ssl-certfile", str(tls / "server.pem")]
     argv += ["--ssl-keyfile", str(tls / "server-key.pem"), "--no-server-header", "--no-proxy-headers"]
     argv += ["--timeout-graceful-shutdown", "2"]
