@@ -86,6 +86,17 @@ def fail_closed(response: httpx.Response) -> bool:
     return body.get("error") == "temporarily_unavailable" or issues[0].get("code") == "transient"
 
 
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return "no JSON body"
+    if not isinstance(body, dict):
+        return "no JSON object"
+    issues = body.get("issue") or [{}]
+    return str(body.get("error_description") or issues[0].get("diagnostics") or "no reason given")[:120]
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else 0.0
@@ -130,7 +141,9 @@ async def _one(client: httpx.AsyncClient, target: Target, kind: str, rng: random
         tally.undocumented_5xx.append(f"{kind} {response.status_code} {response.text[:200]}")
     elif response.status_code == 503:
         # HAProxy's own answer (mockehr/balancer.py) when no replica of the service is ready.
-        by = "balancer: no ready replica" if "no replica of the" in response.text else f"service ({kind})"
+        # The service's own says why: a stale revocation view (the guard fails closed) differs from
+        # an exhausted pool or a stopped statement (overload), and the fix differs too.
+        by = "balancer: no ready replica" if "no replica of the" in response.text else f"{kind}: {_reason(response)}"
         tally.fail_closed_by[by] += 1
     if kind == "create" and response.status_code == 201:
         tally.created.append(response.json()["id"])

@@ -151,6 +151,7 @@ class Guard:
             if claims["exp"] + self._leeway <= self._clock():
                 del self._verified[token]
                 raise UnauthorizedError
+            await self._revocations.until_fresh()
             return self._principal(claims, scopes, memo)
         try:
             claims = await verify_access_token(
@@ -169,6 +170,7 @@ class Guard:
             self._verified.clear()
         fresh: dict[Any, Any] = {}
         self._verified[token] = (claims, scopes, fresh)
+        await self._revocations.until_fresh()
         return self._principal(claims, scopes, fresh)
 
     def _principal(self, claims: dict[str, Any], scopes: ScopeSet, memo: dict[Any, Any]) -> Principal:

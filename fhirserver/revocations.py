@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -32,6 +33,7 @@ from common.clock import Clock
 from common.periodic import Periodic
 
 log = logging.getLogger(__name__)
+FRESH_WAIT_STEP_SECONDS = 0.02
 PAGE = 1000
 
 
@@ -74,6 +76,22 @@ class RevocationWatcher:
 
     def fresh(self) -> bool:
         return self._clock() - self._synced_at <= self.max_staleness
+
+    async def until_fresh(self) -> bool:
+        """Fresh now, or once a poll lands within a short wait (at most half the staleness limit,
+        in real time). Under CPU contention the poll thread can land a moment after the view
+        passed the limit; a request arriving in that moment waits for it instead of failing
+        closed. The request is still checked against a view within the limit, so the 1 s
+        guarantee is unchanged; when the feed is really gone the answer is the 503, that much
+        later."""
+        if self.fresh():
+            return True
+        deadline = time.monotonic() + self.max_staleness / 2
+        while time.monotonic() < deadline:
+            await asyncio.sleep(FRESH_WAIT_STEP_SECONDS)
+            if self.fresh():
+                return True
+        return False
 
     @property
     def synced_at(self) -> float:

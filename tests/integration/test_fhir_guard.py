@@ -100,7 +100,8 @@ async def test_a_revoked_token_is_refused_as_soon_as_the_feed_is_polled(fhir: Fh
 
 async def test_the_guard_fails_closed_when_the_revocation_view_is_stale(fhir: FhirHarness) -> None:
     token = await fhir.token(SYSTEM)
-    fhir.clock.advance(5)  # no poll for longer than the staleness limit
+    await fhir_state(fhir.fhir_app).revocations.stop()  # the feed is no longer read …
+    fhir.clock.advance(5)  # … for longer than the staleness limit
     response = await fhir.get("Patient", await fhir.token(SYSTEM))
     assert response.status_code == 503
     assert response.json()["issue"][0]["code"] == "transient"

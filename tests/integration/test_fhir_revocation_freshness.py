@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from common.clock import system_clock
+from common.clock import FrozenClock, system_clock
 from fhirserver.revocations import RevocationWatcher
 
 USERS = 200
@@ -114,3 +114,42 @@ async def test_a_watcher_in_its_own_thread_fails_closed_when_the_feed_is_gone(fe
         assert not watcher.fresh()
     finally:
         await watcher.stop()
+
+
+async def test_a_request_meeting_a_view_a_moment_stale_waits_for_the_next_poll_instead_of_failing_closed(
+    feed: Feed,
+) -> None:
+    # The poll thread, short of CPU, lands a moment after the view passed the limit: the guard's
+    # wait sees the view fresh again (checked against a view within the limit, as always).
+    clock = FrozenClock(1_000_000.0)
+    watcher = RevocationWatcher(
+        None,
+        feed.url,
+        clock=clock,
+        poll_seconds=0.05,
+        client_factory=lambda: httpx.AsyncClient(timeout=1.0, trust_env=False),
+    )
+    watcher.start()
+    try:
+        await watcher.poll_once()
+        clock.advance(watcher.max_staleness + 0.5)  # stale now; the thread's next poll restamps it
+        assert not watcher.fresh()
+        assert await watcher.until_fresh()
+        assert watcher.fresh()
+    finally:
+        await watcher.stop()
+
+
+async def test_a_view_that_stays_stale_still_fails_closed_after_the_bounded_wait(feed: Feed) -> None:
+    clock = FrozenClock(1_000_000.0)
+    watcher = RevocationWatcher(
+        None, feed.url, clock=clock, client_factory=lambda: httpx.AsyncClient(timeout=1.0, trust_env=False)
+    )
+    watcher.start()
+    try:
+        await watcher.poll_once()
+    finally:
+        await watcher.stop()  # no poll any more: the feed is as good as gone
+    clock.advance(watcher.max_staleness + 0.5)
+    assert not await watcher.until_fresh()
+    assert not watcher.fresh()
