@@ -269,8 +269,13 @@ def test_a_card_dismissed_with_a_reason_sends_feedback_and_the_inspector_shows_t
 ) -> None:
     user = stack.users[0]
     with signed_in(browser, stack, user) as page:
-        page.goto(f"{stack.ehr}/patients/{user.patients[0]}")
         card = page.locator(".hook-result[data-hook='patient-view'] .card.critical").first
+        # Under CI load a CDS Service can miss its 5 s deadline (the chart then shows its error,
+        # not its cards): a bounded number of fresh hook calls, each opening the chart again.
+        for _ in range(3):
+            open_chart(page, stack, user.patients[0])
+            if card.count():
+                break
         card.wait_for()
         feedback: list[Any] = []
         page.on("response", lambda r: feedback.append(r) if r.url.endswith("/api/feedback") else None)
