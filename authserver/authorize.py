@@ -39,11 +39,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
-from authserver import clients, codes, launch, sessions
+from authserver import clients, codes, launch_context, sessions
 from authserver.clients import Client
 from authserver.codes import CHALLENGE_S256, CodeGrant
 from authserver.deps import AuthState, StateDep
-from authserver.launch import FHIR_ID, LaunchContext
+from authserver.launch_context import FHIR_ID, LaunchContext
 from authserver.launch_options import LaunchOptions
 from authserver.login import csrf_cookie, current_user, error_page, origin_of, page
 from authserver.models import LaunchRow
@@ -228,7 +228,7 @@ async def _registered_launch(runtime: Runtime, areq: AuthorizeRequest) -> Launch
     if areq.launch is None:
         return None
     async with runtime.sessions() as session:
-        registered = await launch.find(session, areq.launch, areq.client.client_id, int(runtime.clock()))
+        registered = await launch_context.find(session, areq.launch, areq.client.client_id, int(runtime.clock()))
     if registered is None:
         raise RedirectError("invalid_request", "launch is unknown, expired, already used or not for this app")
     return registered
@@ -299,7 +299,7 @@ async def issue_code(
         auth_time=login.auth_time,
     )
     async with runtime.sessions() as session, session.begin():
-        if registered is not None and not await launch.consume(session, registered.launch_hash, now):
+        if registered is not None and not await launch_context.consume(session, registered.launch_hash, now):
             raise RedirectError("invalid_request", "launch is unknown, expired, already used or not for this app")
         code = await codes.create(session, grant, now, settings.authorization_code_lifetime_seconds)
     return redirect_to(areq.redirect_uri, {"code": code, "state": areq.state, "iss": settings.base_url}, status)

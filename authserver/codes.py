@@ -36,7 +36,7 @@ from authserver.clients import Client
 from authserver.errors import InvalidGrantError, InvalidRequestError, UnauthorizedClientError
 from authserver.forms import one
 from authserver.id_token import make_id_token
-from authserver.launch import LaunchContext
+from authserver.launch_context import LaunchContext
 from authserver.models import AuthorizationCodeRow
 from authserver.sessions import digest, new_secret
 from authserver.settings import AuthSettings

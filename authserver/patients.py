@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from authserver.launch import FHIR_ID
+from authserver.launch_context import FHIR_ID
 from authserver.reach import FhirReach, ReachUnavailableError
 from authserver.users import User
 

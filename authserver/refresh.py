@@ -33,7 +33,7 @@ from authserver import sessions, tokens, users
 from authserver.clients import Client
 from authserver.errors import InvalidGrantError, InvalidRequestError, InvalidScopeError
 from authserver.forms import one
-from authserver.launch import LaunchContext
+from authserver.launch_context import LaunchContext
 from authserver.models import RefreshTokenRow
 from authserver.sessions import digest, new_secret
 from authserver.settings import AuthSettings

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authserver import tokens
 from authserver.errors import NO_STORE
-from authserver.launch import LaunchContext
+from authserver.launch_context import LaunchContext
 from authserver.settings import AuthSettings
 from authserver.tokens import Grant, Issued
 from authserver.users import User
