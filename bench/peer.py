@@ -14,13 +14,9 @@ authorized and audited), the peer answers anonymous requests.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,48 +26,25 @@ from typing import Any
 import httpx
 
 from bench import stack_bench, wrk
+from bench.venvs import pinned_venv
 from common.tls import client_ssl_context
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = Path(__file__).resolve().parent / "peer-requirements.txt"
 FACTORY = "sekmet.main:app_factory"
+PEER = "sekmet"
 # Referenced types first: a batch entry whose reference does not resolve yet could be refused.
 TYPES = ("Organization", "Practitioner", "Location", "Patient", "Encounter", "Observation")
 BATCH = 200
-INSTALL_TIMEOUT_S = 600.0
 CONCURRENCIES = (8, 32)
 # Each figure is measured in rounds of mockehr, peer, floor back to back, and the median round
 # kept: the load of a shared machine moves within seconds, so one round's ratio can be off by 3×.
 ROUNDS = 3
 
 
-class PeerUnavailableError(RuntimeError):
-    """The peer's venv could not be made (offline, or PyPI refused the pinned versions)."""
-
-
 def peer_python(requirements: Path = REQUIREMENTS) -> Path:
-    """The peer venv's python; created once per content of the pinned requirements file, under a
-    file lock so two runs never install into the same directory at once."""
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
-    home = ROOT / ".venv-interop" / f"sekmet-{digest}"
-    python = home / "bin" / "python"
-    done = home / ".installed"
-    home.parent.mkdir(exist_ok=True)
-    with (home.parent / f"sekmet-{digest}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return python
-        shutil.rmtree(home, ignore_errors=True)  # a half-made venv from an interrupted run
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)]
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, timeout=120, capture_output=True)
-            subprocess.run(pip, check=True, timeout=INSTALL_TIMEOUT_S, capture_output=True, text=True)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            shutil.rmtree(home, ignore_errors=True)
-            output = str(getattr(exc, "stderr", None) or "")[-2000:]
-            raise PeerUnavailableError(f"installing {requirements.name} failed: {exc}\n{output}") from exc
-        done.write_text(digest)
-    return python
+    """The peer venv's python (bench/venvs.py: created once per content of the pinned file)."""
+    return pinned_venv(PEER, requirements)
 
 
 def settings(data_dir: Path, port: int) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench import peer
+from bench import peer, venvs
 
 
 def test_the_row_holds_each_sides_figures_and_mockehr_over_peer_and_over_floor() -> None:
@@ -85,9 +84,7 @@ def test_the_installed_peer_takes_the_batches_and_answers_the_benchmarked_read_a
     """Smoke test of the peer itself, in-process through its ASGI app (no server, no network).
     Skipped unless `python -m bench --only peer` has installed the peer's venv (it is never
     installed by the tests: `make test` skips this)."""
-    digest = hashlib.sha256(peer.REQUIREMENTS.read_bytes()).hexdigest()[:12]
-    home = peer.ROOT / ".venv-interop" / f"sekmet-{digest}"
-    if not (home / ".installed").exists():
+    if not venvs.installed(peer.PEER, peer.REQUIREMENTS):
         pytest.skip("the peer's venv is not installed (python -m bench --only peer installs it)")
     config = tmp_path / "settings.json"
     config.write_text(json.dumps(peer.settings(tmp_path / "data", 33006)))
@@ -104,7 +101,7 @@ def test_the_installed_peer_takes_the_batches_and_answers_the_benchmarked_read_a
     ]
     bundles = list(peer.batches([patient, *observations], size=5))
     done = subprocess.run(
-        [str(home / "bin" / "python"), "-c", PEER_SCRIPT],
+        [str(venvs.venv_home(peer.PEER, peer.REQUIREMENTS) / "bin" / "python"), "-c", PEER_SCRIPT],
         input=json.dumps(bundles),
         capture_output=True,
         text=True,
