@@ -14,8 +14,6 @@ import secrets
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -30,6 +28,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
 from tests.e2e.conftest import UpProcess
+from tests.e2e.forms import form
 from tests.e2e.test_stack import _ca_only, _ehr_signer, _token_exchange
 
 with warnings.catch_warnings():
@@ -106,37 +105,6 @@ def _oauth_client(up: UpProcess, **kwargs: Any) -> OAuth2Client:
 
 
 # --- a browser, as far as HTML forms go ------------------------------------------------------
-
-
-@dataclass
-class Form:
-    action: str
-    hidden: dict[str, str] = field(default_factory=dict)
-    radios: dict[str, list[str]] = field(default_factory=dict)
-
-
-class _FormParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: list[Form] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = {name: value or "" for name, value in attrs}
-        if tag == "form":
-            self.forms.append(Form(action=attr.get("action", "")))
-        elif tag == "input" and self.forms and attr.get("name"):
-            if attr.get("type") == "hidden":
-                self.forms[-1].hidden[attr["name"]] = attr.get("value", "")
-            elif attr.get("type") == "radio":
-                self.forms[-1].radios.setdefault(attr["name"], []).append(attr.get("value", ""))
-
-
-def _form(page: httpx.Response, action: str) -> Form:
-    parser = _FormParser()
-    parser.feed(page.text)
-    found = [f for f in parser.forms if f.action == action]
-    assert len(found) == 1, f"no single form posting to {action} in:\n{page.text}"
-    return found[0]
 
 
 def _browse(browser: httpx.Client, url: str) -> httpx.Response:
@@ -289,7 +257,7 @@ def test_authlib_as_a_public_smart_app_completes_a_standalone_launch_with_pkce_s
         with httpx.Client(verify=_ca_only(stack), timeout=30) as browser:
             login_page = _browse(browser, url)
             assert (login_page.status_code, login_page.url.path) == (200, "/login")
-            login = _form(login_page, "/login")
+            login = form(login_page, "/login")
             assert login.hidden["csrf"] and login.hidden["next"].startswith("/authorize?")
             signed_in = browser.post(
                 urljoin(str(login_page.url), login.action),
@@ -298,7 +266,7 @@ def test_authlib_as_a_public_smart_app_completes_a_standalone_launch_with_pkce_s
             assert signed_in.status_code == 303, signed_in.text
             picker = _browse(browser, urljoin(str(signed_in.url), signed_in.headers["location"]))
             assert picker.status_code == 200, picker.text
-            choice = _form(picker, "/authorize/select")
+            choice = form(picker, "/authorize/select")
             assert mine in choice.radios["patient"]
             callback = browser.post(urljoin(str(picker.url), choice.action), data={**choice.hidden, "patient": mine})
         assert callback.status_code == 303, callback.text

@@ -12,7 +12,6 @@ import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -100,35 +99,6 @@ class ReplicaStack:
         header = lines[0].lstrip("# ").split(",")
         rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
         return {(r["pxname"], r["svname"]): r for r in rows}
-
-
-@dataclass
-class Form:
-    action: str
-    hidden: dict[str, str]
-
-
-class _Forms(HTMLParser):
-    """The forms of a page with their hidden inputs: what a browser would post back."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: list[Form] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = {name: value or "" for name, value in attrs}
-        if tag == "form":
-            self.forms.append(Form(attr.get("action", ""), {}))
-        elif tag == "input" and self.forms and attr.get("type") == "hidden" and attr.get("name"):
-            self.forms[-1].hidden[attr["name"]] = attr.get("value", "")
-
-
-def form(page: httpx.Response, action: str) -> Form:
-    parser = _Forms()
-    parser.feed(page.text)
-    found = [f for f in parser.forms if f.action == action]
-    assert len(found) == 1, f"no single form posting to {action} in:\n{page.text}"
-    return found[0]
 
 
 def replica_database() -> str:

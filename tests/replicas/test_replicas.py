@@ -31,8 +31,9 @@ from common.keys import KeyStore, SigningKey
 from ehr.ui.session import SESSION_COOKIE
 from mockehr.balancer import REPLICA_HEADER
 from mockehr.stack import SERVICES
+from tests.e2e.forms import form
 from tests.e2e.test_stack import _cds_jwt, _token_exchange
-from tests.replicas.conftest import REPLICAS, ReplicaStack, form
+from tests.replicas.conftest import REPLICAS, ReplicaStack
 
 pytestmark = pytest.mark.e2e
 APP = "replica-app"
